@@ -1,0 +1,51 @@
+"""fxcomp: plugin-based graph rewrites on torch.fx that compress neural networks.
+
+The data flows one way: trace → analyze → plan → rewrite → verify → lower → export.
+
+* :func:`trace` turns a model into a ``GraphModule`` annotated with shapes, MACs and names;
+* :func:`compress` runs a recipe of passes (from plugins) on a copy and verifies each;
+* :func:`save` / :func:`load` store a rewritten graph in a format that never runs code on load;
+* :func:`layer_table` and :func:`to_dot` show a graph.
+"""
+
+from fxcomp.errors import FxcompError, LoadError, PassError, PluginError, RecipeError, SaveError, TraceError
+from fxcomp.export import load, save, to_dot
+from fxcomp.passes import CheckContext, Option, Pass, PassContext, PassResult
+from fxcomp.passes.pipeline import CompressionResult, compress
+from fxcomp.plugin import PluginInfo, Plugins, hookimpl, load_plugins
+from fxcomp.report import CompressionReport, layer_table
+from fxcomp.tracing import NodeInfo, TensorSpec, node_info, propagate, qualname, trace
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckContext",
+    "CompressionReport",
+    "CompressionResult",
+    "FxcompError",
+    "LoadError",
+    "NodeInfo",
+    "Option",
+    "Pass",
+    "PassContext",
+    "PassError",
+    "PassResult",
+    "PluginError",
+    "PluginInfo",
+    "Plugins",
+    "RecipeError",
+    "SaveError",
+    "TensorSpec",
+    "TraceError",
+    "compress",
+    "hookimpl",
+    "layer_table",
+    "load",
+    "load_plugins",
+    "node_info",
+    "propagate",
+    "qualname",
+    "save",
+    "to_dot",
+    "trace",
+]

@@ -1,0 +1,35 @@
+"""Errors a user can cause.
+
+Every one of them is an :class:`FxcompError` whose one-line message says what
+to change. The command line prints that line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+
+class FxcompError(Exception):
+    """Base class of every error caused by the user's input."""
+
+
+class TraceError(FxcompError):
+    """The model cannot be traced into an fx graph, or its shapes cannot be propagated."""
+
+
+class RecipeError(FxcompError, ValueError):
+    """A recipe or a pass option is invalid; the message names the bad field's path."""
+
+
+class PassError(FxcompError):
+    """A pass failed, or its result failed verification; the message names the pass and the node."""
+
+
+class PluginError(FxcompError):
+    """A plugin is broken or conflicts with another plugin."""
+
+
+class SaveError(FxcompError):
+    """A module cannot be saved in fxcomp's safe format."""
+
+
+class LoadError(FxcompError):
+    """A file is not a valid fxcomp model file, or asks for something not on the allow-list."""

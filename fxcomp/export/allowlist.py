@@ -1,0 +1,124 @@
+"""What a saved graph may call: the allow-list :func:`fxcomp.load` checks every name against.
+
+A file names module classes and functions by string; loading resolves those
+strings only through these tables, never through ``importlib``. The tables
+hold the ``torch.nn`` layer classes, the tensor operators of ``torch``,
+``torch.nn.functional``, ``torch.fft``, ``torch.linalg``, ``torch.special``,
+``operator`` and ``math``, and whatever plugins register through the
+``fxcomp_register_serializables`` hook. Anything that reads files or calls an
+arbitrary callable (``torch.from_file``, ``operator.call``,
+``operator.methodcaller`` …) is left out.
+"""
+
+from __future__ import annotations
+
+import builtins
+import math
+import operator
+import types
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+_FUNCTION_TYPES = (types.FunctionType, types.BuiltinFunctionType, types.BuiltinMethodType)
+_EXCLUDED = {
+    "torch.from_file",
+    "operator.attrgetter",
+    "operator.call",
+    "operator.itemgetter",
+    "operator.methodcaller",
+}
+_BUILTINS = ("getattr", "len")
+
+
+def qualified_name(obj: Any) -> str:
+    """``module.qualname`` of a class or function, as it appears in saved files."""
+    return f"{obj.__module__}.{obj.__qualname__}"
+
+
+def _namespace_functions(prefix: str, namespace: Any, names: Iterable[str]) -> dict[str, Any]:
+    table = {}
+    for name in names:
+        obj = getattr(namespace, name, None)
+        if isinstance(obj, _FUNCTION_TYPES) and f"{prefix}.{name}" not in _EXCLUDED:
+            table[f"{prefix}.{name}"] = obj
+    return table
+
+
+def _public(namespace: Any) -> list[str]:
+    return [name for name in dir(namespace) if not name.startswith("_")]
+
+
+def _builtin_functions() -> dict[str, Any]:
+    table: dict[str, Any] = {}
+    table.update(_namespace_functions("operator", operator, _public(operator)))
+    table.update(_namespace_functions("math", math, _public(math)))
+    table.update(_namespace_functions("builtins", builtins, _BUILTINS))
+    table.update(_namespace_functions("torch", torch, _public(torch._C._VariableFunctions)))
+    table.update(_namespace_functions("torch", torch, [*torch.functional.__all__, "_assert"]))
+    for prefix, namespace in (
+        ("torch.nn.functional", torch.nn.functional),
+        ("torch._C._nn", torch._C._nn),
+        ("torch.fft", torch.fft),
+        ("torch.linalg", torch.linalg),
+        ("torch.special", torch.special),
+    ):
+        table.update(_namespace_functions(prefix, namespace, _public(namespace)))
+    table["torch.fx._symbolic_trace._assert_is_none"] = fx._symbolic_trace._assert_is_none
+    return table
+
+
+def _torch_nn_classes() -> dict[str, type[nn.Module]]:
+    found: dict[str, type[nn.Module]] = {}
+    pending = [nn.Module]
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if cls.__module__.startswith("torch.nn.modules."):
+            found[qualified_name(cls)] = cls
+    return found
+
+
+@dataclass(frozen=True)
+class AllowList:
+    """Module classes and functions a saved graph may refer to, by qualified name."""
+
+    classes: dict[str, type[nn.Module]]
+    functions: dict[str, Any]
+    function_names: dict[Any, str]
+
+    def class_name(self, cls: type) -> str | None:
+        """The saved name of ``cls``, or None if it is not allowed."""
+        name = qualified_name(cls)
+        return name if self.classes.get(name) is cls else None
+
+    def function_name(self, function: Any) -> str | None:
+        """The saved name of ``function``, or None if it is not allowed."""
+        try:
+            return self.function_names.get(function)
+        except TypeError:  # unhashable callables are never on the list
+            return None
+
+
+def build_allowlist(extra: Iterable[Any] = ()) -> AllowList:
+    """The built-in allow-list plus ``extra`` module classes and functions (from plugins)."""
+    classes = _torch_nn_classes()
+    functions = _builtin_functions()
+    for obj in extra:
+        if isinstance(obj, type) and issubclass(obj, nn.Module):
+            classes[qualified_name(obj)] = obj
+        else:
+            functions[qualified_name(obj)] = obj
+    names: dict[Any, str] = {}
+    for name, function in functions.items():
+        names.setdefault(function, name)
+    return AllowList(classes=classes, functions=functions, function_names=names)
+
+
+def is_safe_method(name: Any) -> bool:
+    """Whether ``name`` may be the target of a ``call_method`` node: a public tensor method."""
+    return isinstance(name, str) and name.isidentifier() and not name.startswith("_") and hasattr(torch.Tensor, name)

@@ -1,0 +1,412 @@
+"""``save`` and ``load``: a rewritten GraphModule in a file that never runs code when loaded.
+
+The file is a ``torch.save`` archive holding only a dict of plain tensors and
+one JSON string describing the graph and the modules it calls. Loading reads it
+with ``torch.load(weights_only=True)``, which unpickles nothing but tensors and
+plain containers, and rebuilds modules and calls only from the allow-list
+(:mod:`fxcomp.export.allowlist`). Module objects are rebuilt without running
+their constructors: an allow-listed class is instantiated empty and given its
+saved attributes, parameters and buffers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+from torch.utils import _pytree as pytree
+
+from fxcomp.errors import LoadError, SaveError
+from fxcomp.export.allowlist import AllowList, build_allowlist, is_safe_method
+from fxcomp.export.values import decode, encode
+from fxcomp.plugin.host import Plugins, load_plugins
+from fxcomp.tracing import TensorSpec, propagate, qualname
+from fxcomp.tracing.names import QUALNAME
+from fxcomp.tracing.shapes import INFO
+
+FORMAT = "fxcomp-graph"
+VERSION = 1
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
+_MODULE_INTERNALS = frozenset(vars(nn.Module()))
+_OPS = ("placeholder", "get_attr", "call_module", "call_function", "call_method", "output")
+
+
+def _allowlist(plugins: Plugins | None) -> AllowList:
+    plugins = plugins if plugins is not None else load_plugins()
+    return build_allowlist(plugins.registry.serializables)
+
+
+class _TensorTable:
+    """Tensors to store, each once, so tied weights stay tied."""
+
+    def __init__(self) -> None:
+        self.tensors: dict[str, torch.Tensor] = {}
+        self._keys: dict[int, str] = {}
+
+    def add(self, tensor: torch.Tensor) -> str:
+        key = self._keys.get(id(tensor))
+        if key is None:
+            key = self._keys[id(tensor)] = f"t{len(self._keys)}"
+            self.tensors[key] = tensor.detach().cpu()
+        return key
+
+
+def _encode_module(module: nn.Module, path: str, allow: AllowList, table: _TensorTable) -> dict[str, Any]:
+    class_name = allow.class_name(type(module))
+    if class_name is None:
+        raise SaveError(
+            f"module '{path}' is a {type(module).__qualname__}, which fxcomp.load would refuse; register "
+            "its class through the fxcomp_register_serializables hook, or trace through it (not as a leaf)"
+        )
+    for key in _MODULE_INTERNALS:
+        if "hook" in key and isinstance(vars(module)[key], dict) and vars(module)[key]:
+            raise SaveError(f"module '{path}' has {key} registered; hooks are code and cannot be saved, remove them")
+    attrs = {
+        key: encode(value, f"module '{path}' attribute '{key}'")
+        for key, value in vars(module).items()
+        if key not in _MODULE_INTERNALS
+    }
+    parameters = {
+        name: None if p is None else {"tensor": table.add(p), "requires_grad": p.requires_grad}
+        for name, p in module._parameters.items()
+    }
+    return {
+        "class": class_name,
+        "training": module.training,
+        "attrs": attrs,
+        "parameters": parameters,
+        "buffers": {name: None if b is None else table.add(b) for name, b in module._buffers.items()},
+        "non_persistent": sorted(module._non_persistent_buffers_set),
+        "children": {
+            name: _encode_module(child, f"{path}.{name}", allow, table)
+            for name, child in module._modules.items()
+            if child is not None
+        },
+    }
+
+
+def _encode_node(node: fx.Node, allow: AllowList) -> dict[str, Any]:
+    target: Any = node.target
+    if node.op == "call_function":
+        target = allow.function_name(node.target)
+        if target is None:
+            name = getattr(node.target, "__qualname__", repr(node.target))
+            raise SaveError(
+                f"node '{qualname(node)}' calls {getattr(node.target, '__module__', '?')}.{name}, which fxcomp.load "
+                "would refuse; register it through the fxcomp_register_serializables hook"
+            )
+    where = f"node '{qualname(node)}'"
+    return {
+        "name": node.name,
+        "op": node.op,
+        "target": target,
+        "args": encode(node.args, where),
+        "kwargs": encode(node.kwargs, where),
+        "qualname": qualname(node),
+    }
+
+
+def _covered(path: str, saved: Iterable[str]) -> bool:
+    return any(path == p or path.startswith(p + ".") for p in saved)
+
+
+def _encode_graph(gm: fx.GraphModule, allow: AllowList, table: _TensorTable) -> dict[str, Any]:
+    modules: dict[str, Any] = {}
+    called = sorted({n.target for n in gm.graph.nodes if n.op == "call_module"}, key=lambda t: t.count("."))
+    for target in called:
+        if not _covered(target, modules):
+            modules[target] = _encode_module(gm.get_submodule(target), target, allow, table)
+    attributes: dict[str, Any] = {}
+    for node in gm.graph.nodes:
+        if node.op != "get_attr" or _covered(node.target, modules) or node.target in attributes:
+            continue
+        owner_path, _, name = node.target.rpartition(".")
+        value = getattr(gm.get_submodule(owner_path), name)
+        if isinstance(value, nn.Module):
+            modules[node.target] = _encode_module(value, node.target, allow, table)
+        elif isinstance(value, torch.Tensor):
+            attributes[node.target] = {
+                "tensor": table.add(value),
+                "parameter": isinstance(value, nn.Parameter),
+                "requires_grad": value.requires_grad,
+            }
+        else:
+            attributes[node.target] = {"value": encode(value, f"attribute '{node.target}'")}
+    codegen = gm.graph._codegen
+    pytree_info = None
+    if isinstance(codegen, fx.graph._PyTreeCodeGen):
+        info = codegen.pytree_info
+        pytree_info = {
+            "orig_args": list(info.orig_args),
+            "in_spec": pytree.treespec_dumps(info.in_spec) if info.in_spec is not None else None,
+            "out_spec": pytree.treespec_dumps(info.out_spec) if info.out_spec is not None else None,
+        }
+    elif type(codegen) is not fx.graph.CodeGen:
+        raise SaveError(f"the graph uses a custom {type(codegen).__name__}, which cannot be saved")
+    inputs = []
+    for node in gm.graph.nodes:
+        spec = node.meta.get(INFO)
+        if node.op == "placeholder":
+            output = spec.output if spec is not None else None
+            inputs.append(
+                {"shape": list(output.shape), "dtype": str(output.dtype).removeprefix("torch.")}
+                if isinstance(output, TensorSpec)
+                else None
+            )
+    return {
+        "class_name": type(gm).__name__,
+        "training": gm.training,
+        "modules": modules,
+        "attributes": attributes,
+        "nodes": [_encode_node(node, allow) for node in gm.graph.nodes],
+        "pytree_info": pytree_info,
+        "inputs": inputs,
+    }
+
+
+def save(module: fx.GraphModule, path: str | os.PathLike, *, plugins: Plugins | None = None) -> None:
+    """Write ``module`` (a GraphModule, e.g. ``compress(...).model``) to ``path``.
+
+    The file stores the graph, the modules it calls with their attributes, and the
+    tensors; never pickled code. Raises :class:`fxcomp.SaveError` when the graph
+    calls something :func:`load` would refuse (extend the allow-list through the
+    ``fxcomp_register_serializables`` hook).
+    """
+    if not isinstance(module, fx.GraphModule):
+        raise SaveError(
+            f"fxcomp.save takes a torch.fx.GraphModule, got {type(module).__name__}; "
+            "trace the model first with fxcomp.trace(model, example_inputs)"
+        )
+    allow = _allowlist(plugins)
+    table = _TensorTable()
+    graph = _encode_graph(module, allow, table)
+    torch.save({"format": FORMAT, "version": VERSION, "graph": json.dumps(graph), "tensors": table.tensors}, path)
+
+
+# --- loading ---------------------------------------------------------------------------------------
+
+
+def _malformed(what: str) -> LoadError:
+    return LoadError(f"the file is malformed ({what}); only files written by fxcomp.save can be loaded")
+
+
+def _expect(value: Any, kind: type | tuple[type, ...], what: str) -> Any:
+    if not isinstance(value, kind):
+        raise _malformed(what)
+    return value
+
+
+class _Loader:
+    def __init__(self, graph: dict[str, Any], tensors: dict[str, torch.Tensor], allow: AllowList) -> None:
+        self.graph = graph
+        self.tensors = tensors
+        self.allow = allow
+        self.parameters: dict[str, nn.Parameter] = {}
+
+    def tensor(self, key: Any) -> torch.Tensor:
+        if not isinstance(key, str) or key not in self.tensors:
+            raise _malformed(f"reference to missing tensor {key!r:.40}")
+        return self.tensors[key]
+
+    def parameter(self, spec: Any) -> nn.Parameter:
+        spec = _expect(spec, dict, "parameter entry")
+        key = spec.get("tensor")
+        if key not in self.parameters:
+            self.parameters[key] = nn.Parameter(self.tensor(key), requires_grad=bool(spec.get("requires_grad")))
+        return self.parameters[key]
+
+    def module(self, spec: Any, path: str) -> nn.Module:
+        spec = _expect(spec, dict, f"module '{path}'")
+        cls = self.allow.classes.get(spec.get("class"))
+        if cls is None:
+            raise LoadError(
+                f"the file asks for module class {spec.get('class')!r:.80} at '{path}', which is not on fxcomp's "
+                "allow-list; if a plugin provides that class, install and enable the plugin"
+            )
+        module = cls.__new__(cls)
+        nn.Module.__init__(module)
+        for key, value in _expect(spec.get("attrs", {}), dict, f"attributes of '{path}'").items():
+            if not _IDENTIFIER.match(key) or key in _MODULE_INTERNALS:
+                raise _malformed(f"attribute name {key!r:.40} of '{path}'")
+            module.__dict__[key] = decode(value)
+        module.training = bool(spec.get("training"))
+        for name, param in _expect(spec.get("parameters", {}), dict, f"parameters of '{path}'").items():
+            module._parameters[self._name(name, path)] = None if param is None else self.parameter(param)
+        for name, key in _expect(spec.get("buffers", {}), dict, f"buffers of '{path}'").items():
+            module._buffers[self._name(name, path)] = None if key is None else self.tensor(key)
+        non_persistent = _expect(spec.get("non_persistent", []), list, f"buffers of '{path}'")
+        module._non_persistent_buffers_set = {self._name(n, path) for n in non_persistent}
+        for name, child in _expect(spec.get("children", {}), dict, f"children of '{path}'").items():
+            module._modules[self._name(name, path)] = self.module(child, f"{path}.{name}")
+        return module
+
+    @staticmethod
+    def _name(name: Any, path: str) -> str:
+        if not isinstance(name, str) or not _IDENTIFIER.match(name):
+            raise _malformed(f"member name {name!r:.40} of '{path}'")
+        return name
+
+    def root(self) -> nn.Module:
+        root = nn.Module()
+        modules = _expect(self.graph.get("modules", {}), dict, "modules")
+        for path, spec in sorted(modules.items(), key=lambda item: item[0].count(".")):
+            owner, name = self._owner(root, path)
+            owner._modules[name] = self.module(spec, path)
+        for path, spec in _expect(self.graph.get("attributes", {}), dict, "attributes").items():
+            owner, name = self._owner(root, path)
+            spec = _expect(spec, dict, f"attribute '{path}'")
+            if "value" in spec:
+                owner.__dict__[name] = decode(spec["value"])
+            elif spec.get("parameter"):
+                owner._parameters[name] = self.parameter(spec)
+            else:
+                owner._buffers[name] = self.tensor(spec.get("tensor"))
+        return root
+
+    def _owner(self, root: nn.Module, path: Any) -> tuple[nn.Module, str]:
+        if not isinstance(path, str) or not _DOTTED.match(path):
+            raise _malformed(f"path {path!r:.60}")
+        *parents, name = path.split(".")
+        owner = root
+        for part in parents:
+            child = owner._modules.get(part)
+            if child is None:
+                child = owner._modules[part] = nn.Module()
+            owner = child
+        return owner, name
+
+    def target(self, node: dict[str, Any], root: nn.Module) -> Any:
+        op, target = node.get("op"), node.get("target")
+        if op == "call_function":
+            if target not in self.allow.functions:
+                raise LoadError(
+                    f"the file calls {target!r:.80}, which is not on fxcomp's allow-list; if a plugin provides "
+                    "that function, install and enable the plugin"
+                )
+            return self.allow.functions[target]
+        if op == "call_method":
+            if not is_safe_method(target):
+                raise LoadError(f"the file calls tensor method {target!r:.80}, which is not a public tensor method")
+            return target
+        if op in ("call_module", "get_attr"):
+            if not isinstance(target, str) or not _DOTTED.match(target):
+                raise _malformed(f"{op} target {target!r:.60}")
+            try:
+                owner = root.get_submodule(target.rpartition(".")[0])
+                getattr(owner, target.rpartition(".")[2])
+            except AttributeError as error:
+                raise _malformed(f"{op} target '{target}' does not exist") from error
+            return target
+        if op in ("placeholder", "output"):
+            if not isinstance(target, str) or not _IDENTIFIER.match(target):
+                raise _malformed(f"{op} target {target!r:.40}")
+            return target
+        raise _malformed(f"unknown node kind {op!r:.40}")
+
+    def fx_graph(self, root: nn.Module) -> fx.Graph:
+        graph = fx.Graph()
+        created: dict[str, fx.Node] = {}
+
+        def node_ref(name: str) -> fx.Node:
+            if name not in created:
+                raise _malformed(f"reference to node {name!r:.40} before its definition")
+            return created[name]
+
+        for spec in _expect(self.graph.get("nodes"), list, "node list"):
+            spec = _expect(spec, dict, "node entry")
+            name = spec.get("name")
+            if not isinstance(name, str) or not _IDENTIFIER.match(name) or name in created:
+                raise _malformed(f"node name {name!r:.40}")
+            target = self.target(spec, root)
+            args, kwargs = decode(spec.get("args"), node_ref), decode(spec.get("kwargs"), node_ref)
+            if not isinstance(args, tuple) or not isinstance(kwargs, dict):
+                raise _malformed(f"arguments of node '{name}'")
+            if not all(isinstance(k, str) and _IDENTIFIER.match(k) for k in kwargs):
+                raise _malformed(f"keyword names of node '{name}'")
+            if target is getattr and not (len(args) == 2 and isinstance(args[1], str) and is_safe_attribute(args[1])):
+                raise LoadError(f"node '{name}' reads a private attribute; fxcomp files only read public ones")
+            node = graph.create_node(spec["op"], target, args, kwargs, name=name)
+            if node.name != name:
+                raise _malformed(f"node name {name!r:.40} clashes with a reserved name")
+            if isinstance(spec.get("qualname"), str):
+                node.meta[QUALNAME] = spec["qualname"]
+            created[name] = node
+        info = self.graph.get("pytree_info")
+        if info is not None:
+            info = _expect(info, dict, "pytree info")
+            in_spec = pytree.treespec_loads(info["in_spec"]) if info.get("in_spec") else None
+            out_spec = pytree.treespec_loads(info["out_spec"]) if info.get("out_spec") else None
+            orig_args = [self._name(a, "inputs") for a in _expect(info.get("orig_args"), list, "pytree info")]
+            graph._codegen = fx.graph._PyTreeCodeGen(fx.graph._PyTreeInfo(orig_args, in_spec, out_spec))
+        return graph
+
+    def example_inputs(self) -> list[torch.Tensor] | None:
+        specs = self.graph.get("inputs")
+        if not isinstance(specs, list) or not specs or any(s is None for s in specs):
+            return None
+        inputs = []
+        for spec in specs:
+            dtype = decode({"dtype": _expect(spec, dict, "input spec").get("dtype")})
+            shape = _expect(spec.get("shape"), list, "input spec")
+            if not all(isinstance(size, int) and size >= 0 for size in shape):
+                raise _malformed("input shape")
+            inputs.append(torch.zeros(shape, dtype=dtype))
+        return inputs
+
+
+def is_safe_attribute(name: str) -> bool:
+    """Whether a ``getattr`` call in a loaded graph may read attribute ``name`` (public ones only)."""
+    return name.isidentifier() and not name.startswith("_")
+
+
+def load(path: str | os.PathLike, *, plugins: Plugins | None = None) -> fx.GraphModule:
+    """Load a GraphModule written by :func:`save`.
+
+    Nothing in the file is executed: tensors are read with ``torch.load(weights_only=True)``,
+    and every module class and function the graph names must be on the allow-list.
+    Shapes, MACs and qualified names are restored. Raises :class:`fxcomp.LoadError` for
+    a missing, corrupted, foreign or malicious file.
+    """
+    if not os.path.isfile(path):
+        raise LoadError(f"no such file '{path}'; give the path of a file written by fxcomp.save")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unpickling failure means an unsafe or broken file
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise LoadError(
+            f"'{path}' is not a safe fxcomp model file ({reason:.200}); only files written by fxcomp.save can be loaded"
+        ) from error
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise LoadError(f"'{path}' is not an fxcomp model file; only files written by fxcomp.save can be loaded")
+    if data.get("version") != VERSION:
+        raise LoadError(f"'{path}' has format version {data.get('version')!r}; this fxcomp reads version {VERSION}")
+    tensors = _expect(data.get("tensors"), dict, "tensor table")
+    if not all(isinstance(t, torch.Tensor) for t in tensors.values()):
+        raise _malformed("tensor table")
+    try:
+        graph = json.loads(_expect(data.get("graph"), str, "graph description"))
+    except json.JSONDecodeError as error:
+        raise _malformed(f"graph description is not JSON: {error}") from error
+    loader = _Loader(_expect(graph, dict, "graph description"), tensors, _allowlist(plugins))
+    root = loader.root()
+    fx_graph = loader.fx_graph(root)
+    class_name = graph.get("class_name")
+    if not isinstance(class_name, str) or not _IDENTIFIER.match(class_name):
+        raise _malformed(f"class name {class_name!r:.40}")
+    try:
+        fx_graph.lint()
+        gm = fx.GraphModule(root, fx_graph, class_name)
+    except Exception as error:  # noqa: BLE001 - an inconsistent graph is a malformed file
+        raise _malformed(f"the graph is inconsistent: {error}") from error
+    gm.training = bool(graph.get("training"))
+    inputs = loader.example_inputs()
+    if inputs is not None:
+        propagate(gm, inputs)
+    return gm

@@ -1,0 +1,37 @@
+"""Stages plan → rewrite → verify.
+
+This package's namespace is the pass-author API: the :class:`Pass` contract and
+the option checks. The recipe loader (:mod:`fxcomp.passes.recipe`), the checks
+run after each pass (:mod:`fxcomp.passes.verify`) and ``compress``
+(:mod:`fxcomp.passes.pipeline`) build on it and on the plugins.
+"""
+
+from fxcomp.passes.base import CheckContext, Pass, PassContext, PassResult, matches
+from fxcomp.passes.options import (
+    REQUIRED,
+    Option,
+    boolean,
+    choice,
+    globs,
+    integer,
+    number,
+    optional,
+    validate_options,
+)
+
+__all__ = [
+    "REQUIRED",
+    "CheckContext",
+    "Option",
+    "Pass",
+    "PassContext",
+    "PassResult",
+    "boolean",
+    "choice",
+    "globs",
+    "integer",
+    "matches",
+    "number",
+    "optional",
+    "validate_options",
+]

@@ -1,0 +1,88 @@
+"""The contract every compression pass follows: validated options, plan, then apply."""
+
+from __future__ import annotations
+
+import abc
+import fnmatch
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+import torch.fx as fx
+
+from fxcomp.passes.options import Option, validate_options
+
+if TYPE_CHECKING:
+    from fxcomp.plugin.host import Plugins
+
+
+@dataclass
+class PassContext:
+    """What a pass may use besides the graph: the example inputs, calibration data and the plugins."""
+
+    example_inputs: tuple[torch.Tensor, ...]
+    calib_data: Any
+    plugins: Plugins
+
+
+@dataclass
+class PassResult:
+    """What :meth:`Pass.apply` returns: the rewritten graph, whether anything changed, and statistics."""
+
+    graph_module: fx.GraphModule
+    modified: bool
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CheckContext:
+    """What a plugin verification check receives besides the rewritten graph."""
+
+    pass_name: str
+    example_inputs: tuple[torch.Tensor, ...]
+    outputs: Any
+    reference_outputs: Any
+
+
+class Pass(abc.ABC):
+    """A compression pass.
+
+    Subclasses set:
+
+    * ``name``: how recipes refer to the pass;
+    * ``schema``: its options, each an :class:`fxcomp.Option` (validated when the pass is built);
+    * ``tolerance``: the largest relative output change the pass promises, or ``None`` when
+      it promises no exactness. The pipeline checks the promise after every run.
+
+    and implement :meth:`plan`, which decides without changing anything and returns a
+    JSON-serializable description, and :meth:`apply`, which carries a plan out.
+    """
+
+    name: ClassVar[str]
+    schema: ClassVar[Mapping[str, Option]] = {}
+    tolerance: ClassVar[float | None] = None
+
+    def __init__(self, **options: Any) -> None:
+        self.options: dict[str, Any] = validate_options(self.schema, options, self.name)
+
+    @abc.abstractmethod
+    def plan(self, gm: fx.GraphModule, context: PassContext) -> dict[str, Any]:
+        """Decide what to rewrite in ``gm``, without changing it. The result must be JSON-serializable."""
+
+    @abc.abstractmethod
+    def apply(self, gm: fx.GraphModule, plan: dict[str, Any], context: PassContext) -> PassResult:
+        """Carry out ``plan`` on ``gm``, which the pass may change in place, and return the result."""
+
+    def config(self) -> dict[str, Any]:
+        """The recipe entry that builds this pass."""
+        return {"pass": self.name, **{k: list(v) if isinstance(v, tuple) else v for k, v in self.options.items()}}
+
+    def __repr__(self) -> str:
+        options = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        return f"{type(self).__name__}({options})"
+
+
+def matches(qualified_name: str, patterns: Sequence[str]) -> bool:
+    """Whether ``qualified_name`` matches any of the glob ``patterns``."""
+    return any(fnmatch.fnmatchcase(qualified_name, pattern) for pattern in patterns)

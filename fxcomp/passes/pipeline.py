@@ -1,0 +1,131 @@
+"""``compress``: trace a copy of the model, then plan, apply and verify each pass of a recipe."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from fxcomp.errors import FxcompError, PassError
+from fxcomp.passes.base import Pass, PassContext, PassResult
+from fxcomp.passes.recipe import RecipeLike, load_recipe
+from fxcomp.passes.verify import run_graph, verify
+from fxcomp.plugin.host import Plugins, load_plugins
+from fxcomp.report import CompressionReport, layer_rows, totals
+from fxcomp.tracing import as_input_tuple, propagate, trace
+from fxcomp.tracing.tracer import LeafSpec
+
+
+@dataclass
+class CompressionResult:
+    """The outcome of :func:`compress`.
+
+    Attributes:
+        model: the rewritten ``GraphModule`` (with ``dry_run``, the traced, unrewritten one).
+        report: per-layer and total figures before and after; ``str(report)`` renders tables.
+        plan: one JSON-serializable record per pass: its name, options, what it decided
+            and, unless ``dry_run``, whether it modified the graph and its statistics.
+    """
+
+    model: fx.GraphModule
+    report: CompressionReport
+    plan: list[dict[str, Any]]
+
+
+def _run_pass_step(label: str, step: Callable[..., Any], *args: Any) -> Any:
+    try:
+        return step(*args)
+    except FxcompError:
+        raise
+    except Exception as error:  # noqa: BLE001 - a crashing pass is reported with its name
+        raise PassError(f"{label} raised {type(error).__name__}: {error}") from error
+
+
+def _working_copy(
+    model: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    leaf_modules: Sequence[LeafSpec],
+    concrete_args: dict[str, Any] | None,
+) -> fx.GraphModule:
+    working = copy.deepcopy(model)
+    if isinstance(working, fx.GraphModule):
+        propagate(working, inputs)
+        return working
+    return trace(working, inputs, leaf_modules=leaf_modules, concrete_args=concrete_args)
+
+
+def compress(
+    model: nn.Module,
+    example_inputs: torch.Tensor | Sequence[torch.Tensor],
+    recipe: RecipeLike,
+    *,
+    calib_data: Any = None,
+    dry_run: bool = False,
+    plugins: Plugins | None = None,
+    leaf_modules: Sequence[LeafSpec] = (),
+    concrete_args: dict[str, Any] | None = None,
+) -> CompressionResult:
+    """Compress a copy of ``model`` with the passes of ``recipe``.
+
+    Args:
+        model: an ``nn.Module`` (traced with :func:`fxcomp.trace`) or an annotated ``GraphModule``.
+            It is never modified, also when a pass fails.
+        example_inputs: a tensor or a tuple of tensors used for tracing and verification.
+        recipe: a YAML file path, a YAML string, a dict ``{"passes": [...]}`` or a list of passes.
+        calib_data: data for data-driven passes (an iterable of input batches).
+        dry_run: plan every pass (applying each to a scratch copy so later plans see
+            earlier rewrites) but return the unrewritten model.
+        plugins: the plugins to take passes from; loaded from entry points when omitted.
+        leaf_modules, concrete_args: as in :func:`fxcomp.trace`.
+
+    After each pass the graph is linted, recompiled, re-annotated and run; its output
+    structure and shapes must be unchanged, and outputs must stay within the pass's
+    promised tolerance. Any failure raises :class:`fxcomp.PassError` naming the pass.
+    """
+    plugins = plugins if plugins is not None else load_plugins()
+    passes: list[Pass] = load_recipe(recipe, plugins)
+    inputs = as_input_tuple(example_inputs)
+    gm = _working_copy(model, inputs, leaf_modules, concrete_args)
+    unrewritten = copy.deepcopy(gm) if dry_run else None
+    before_rows, before_totals = layer_rows(gm), totals(gm)
+    try:
+        baseline = run_graph(gm, inputs)
+    except RuntimeError as error:
+        raise PassError(f"the traced model fails to run on example_inputs before any pass: {error}") from error
+
+    outputs = baseline
+    records: list[dict[str, Any]] = []
+    for index, compression_pass in enumerate(passes):
+        label = f"pass '{compression_pass.name}' (passes[{index}])"
+        context = PassContext(example_inputs=inputs, calib_data=calib_data, plugins=plugins)
+        plan = _run_pass_step(label, compression_pass.plan, gm, context)
+        try:
+            json.dumps(plan)
+        except (TypeError, ValueError) as error:
+            raise PassError(f"{label} returned a plan that is not JSON-serializable: {error}") from error
+        options = {k: v for k, v in compression_pass.config().items() if k != "pass"}
+        record: dict[str, Any] = {"pass": compression_pass.name, "options": options, "plan": plan}
+        records.append(record)
+        if dry_run and index == len(passes) - 1:
+            break
+        result: PassResult = _run_pass_step(label, compression_pass.apply, gm, plan, context)
+        gm = result.graph_module
+        outputs = verify(gm, compression_pass, label, inputs, outputs, baseline, plugins.registry.checks)
+        record.update(modified=bool(result.modified), stats=result.stats)
+
+    if unrewritten is not None:
+        gm = unrewritten
+    report = CompressionReport(
+        before=before_rows,
+        after=layer_rows(gm),
+        before_totals=before_totals,
+        after_totals=totals(gm),
+        passes=records,
+    )
+    return CompressionResult(model=gm, report=report, plan=records)

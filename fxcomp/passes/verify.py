@@ -1,0 +1,134 @@
+"""Checks run after every pass: lint, shapes, a forward run, output structure, exactness, plugin checks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch.utils import _pytree as pytree
+
+from fxcomp.errors import PassError, TraceError
+from fxcomp.passes.base import CheckContext, Pass
+from fxcomp.plugin.registry import Entry
+from fxcomp.tracing import eval_mode, propagate, qualname
+
+
+class _Locator(fx.Interpreter):
+    """Runs a graph node by node and remembers the node that raised."""
+
+    failed: fx.Node | None = None
+
+    def run_node(self, node: fx.Node) -> Any:
+        try:
+            return super().run_node(node)
+        except Exception:
+            self.failed = self.failed or node
+            raise
+
+
+def run_graph(gm: fx.GraphModule, inputs: Sequence[torch.Tensor]) -> Any:
+    """Run ``gm`` in eval mode without gradients.
+
+    On failure, raises ``RuntimeError`` whose message names the node that failed.
+    """
+    with eval_mode(gm), torch.no_grad():
+        try:
+            return gm(*inputs)
+        except Exception as error:  # noqa: BLE001 - re-run node by node to find the culprit
+            locator = _Locator(gm)
+            try:
+                locator.run(*inputs)
+            except Exception:  # noqa: BLE001 - the first failure is what we report
+                pass
+            where = f"node '{qualname(locator.failed)}'" if locator.failed is not None else "the graph"
+            raise RuntimeError(f"{where} raised {type(error).__name__}: {_first_line(error)}") from error
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def output_nodes(gm: fx.GraphModule) -> list[str]:
+    """Qualified names of the nodes producing each flattened output, in pytree order."""
+    output = next(node for node in gm.graph.nodes if node.op == "output")
+    leaves, _spec = pytree.tree_flatten(output.args[0])
+    return [qualname(leaf) if isinstance(leaf, fx.Node) else repr(leaf) for leaf in leaves]
+
+
+def relative_error(outputs: Any, reference: Any) -> tuple[float, int]:
+    """Largest ``max|a - b| / max|b|`` over the floating-point tensor outputs, and the output it occurs in."""
+    worst, where = 0.0, 0
+    for index, (value, ref) in enumerate(zip(pytree.tree_leaves(outputs), pytree.tree_leaves(reference))):
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and value.numel():
+            scale = ref.detach().abs().max().item() or 1.0
+            error = (value.detach() - ref.detach()).abs().max().item() / scale
+            if error > worst:
+                worst, where = error, index
+    return worst, where
+
+
+def _check_structure(label: str, gm: fx.GraphModule, outputs: Any, baseline: Any) -> None:
+    leaves, spec = pytree.tree_flatten(outputs)
+    base_leaves, base_spec = pytree.tree_flatten(baseline)
+    if spec != base_spec:
+        raise PassError(f"{label} changed the structure of the model's outputs from {base_spec} to {spec}")
+    names = output_nodes(gm)
+    for index, (value, base) in enumerate(zip(leaves, base_leaves)):
+        if isinstance(base, torch.Tensor):
+            same = isinstance(value, torch.Tensor) and value.shape == base.shape and value.dtype == base.dtype
+            if not same:
+                got = f"{tuple(value.shape)} {value.dtype}" if isinstance(value, torch.Tensor) else repr(value)
+                raise PassError(
+                    f"{label} changed output {index} (node '{names[index]}') from "
+                    f"{tuple(base.shape)} {base.dtype} to {got}"
+                )
+
+
+def verify(
+    gm: fx.GraphModule,
+    applied: Pass,
+    label: str,
+    inputs: Sequence[torch.Tensor],
+    reference: Any,
+    baseline: Any,
+    checks: dict[str, Entry],
+) -> Any:
+    """Check ``gm`` after ``applied`` ran; return its outputs for ``inputs``.
+
+    ``reference`` holds the outputs before the pass (for the exactness promise),
+    ``baseline`` the original model's outputs (for structure and shapes).
+    Raises :class:`fxcomp.PassError` naming the pass and, where one is at fault, the node.
+    """
+    try:
+        gm.graph.lint()
+    except Exception as error:  # noqa: BLE001 - lint raises plain RuntimeErrors
+        raise PassError(f"{label} left a malformed graph: {_first_line(error)}") from error
+    gm.recompile()
+    try:
+        propagate(gm, inputs)
+    except TraceError as error:
+        raise PassError(f"{label} broke shape propagation: {error}") from error
+    try:
+        outputs = run_graph(gm, inputs)
+    except RuntimeError as error:
+        raise PassError(f"{label} produced a graph that fails to run: {error}") from error
+    _check_structure(label, gm, outputs, baseline)
+    if applied.tolerance is not None:
+        error, index = relative_error(outputs, reference)
+        if error > applied.tolerance:
+            raise PassError(
+                f"{label} promises outputs within relative error {applied.tolerance:g} but output {index} "
+                f"(node '{output_nodes(gm)[index]}') changed by {error:.3g}"
+            )
+    context = CheckContext(applied.name, tuple(inputs), outputs, reference)
+    for name, entry in checks.items():
+        try:
+            problems = entry.value(gm, context)
+        except Exception as error:  # noqa: BLE001 - a crashing check is reported like a failing one
+            raise PassError(f"{label}: check '{name}' (plugin '{entry.plugin}') raised: {_first_line(error)}") from error
+        if problems:
+            raise PassError(f"{label} failed check '{name}' (plugin '{entry.plugin}'): {problems[0]}")
+    return outputs

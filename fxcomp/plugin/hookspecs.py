@@ -1,0 +1,108 @@
+"""The hooks a plugin can implement.
+
+Every hook is a registration hook: it receives one ``register`` callable and
+calls it once per thing it contributes. The host owns the tables, so it can
+check types, attribute each entry to its plugin and refuse conflicts. Hooks are
+called with keyword arguments only, so a hook can grow arguments without
+breaking existing plugins.
+
+A plugin is a module (or any object) with functions marked by
+:data:`fxcomp.hookimpl`, exposed through the ``fxcomp`` entry-point group::
+
+    [project.entry-points.fxcomp]
+    my_plugin = "my_package.fxcomp_plugin"
+
+The entry-point name is the plugin's name: ``FXCOMP_DISABLE_PLUGINS=my_plugin``
+blocks it, and error messages name it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+import pluggy
+
+PROJECT = "fxcomp"
+"""Names the hook markers and the entry-point group plugins are found through."""
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+Register = Callable[..., None]
+
+
+@hookspec
+def fxcomp_register_passes(register: Register) -> None:
+    """Contribute compression passes.
+
+    Call ``register(pass_class)`` once per pass, where ``pass_class`` is a
+    subclass of :class:`fxcomp.Pass` with a unique ``name``. Recipes refer to
+    the pass by that name. Two plugins registering the same name is an error
+    (:class:`fxcomp.PluginError` naming both).
+    """
+
+
+@hookspec
+def fxcomp_register_importance(register: Register) -> None:
+    """Contribute channel-importance criteria for structured pruning.
+
+    Call ``register(name, criterion)``. ``criterion`` is a callable that scores
+    the channels of one coupled channel group; pruning passes look criteria up
+    by the name given in their ``importance`` option.
+    """
+
+
+@hookspec
+def fxcomp_register_channel_rules(register: Register) -> None:
+    """Teach the dependency analyzer how channels flow through a module type or function.
+
+    Call ``register(target, rule)`` where ``target`` is an ``nn.Module``
+    subclass, a function, or a tensor method name, and ``rule`` describes how
+    the channels of its inputs map to the channels of its outputs. An op with
+    no rule is treated conservatively: the channel groups it touches are pinned
+    and reported, never guessed.
+    """
+
+
+@hookspec
+def fxcomp_register_lowerings(register: Register) -> None:
+    """Contribute lowerings of graph patterns to kernels.
+
+    Call ``register(backend, name, lowering)``; ``backend`` is the lowering
+    backend's name (e.g. ``"triton"``) and ``name`` identifies the pattern.
+    A pattern with no lowering stays as it is and is listed in the report.
+    """
+
+
+@hookspec
+def fxcomp_register_checks(register: Register) -> None:
+    """Contribute verification checks run after every pass.
+
+    Call ``register(name, check)``. After each pass has rewritten the graph
+    and the built-in checks (lint, shapes, a forward run, output structure,
+    exactness) have passed, ``check(gm, context)`` is called with the rewritten
+    ``GraphModule`` and a :class:`fxcomp.CheckContext`. It returns ``None`` or
+    an empty list when the graph is fine, otherwise a list of problem
+    descriptions; compression then stops with :class:`fxcomp.PassError` naming
+    the pass, the check and the first problem.
+    """
+
+
+@hookspec
+def fxcomp_register_serializables(register: Register) -> None:
+    """Allow module classes and functions in files written by :func:`fxcomp.save`.
+
+    Call ``register(obj)`` with an ``nn.Module`` subclass or a function that
+    the graphs your passes produce contain. :func:`fxcomp.load` instantiates
+    or calls only allow-listed objects, so a file can never run anything else.
+    """
+
+
+HOOK_KINDS: dict[str, str] = {
+    "fxcomp_register_passes": "passes",
+    "fxcomp_register_importance": "importance",
+    "fxcomp_register_channel_rules": "channel_rules",
+    "fxcomp_register_lowerings": "lowerings",
+    "fxcomp_register_checks": "checks",
+    "fxcomp_register_serializables": "serializables",
+}
+"""Each registration hook and the name of the registry table it fills."""

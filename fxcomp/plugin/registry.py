@@ -1,0 +1,111 @@
+"""The tables the registration hooks fill, with type checks and conflict rules."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch.nn as nn
+
+from fxcomp.errors import PluginError
+from fxcomp.passes.base import Pass
+from fxcomp.plugin.hookspecs import HOOK_KINDS
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered thing and the plugin that registered it."""
+
+    key: Any
+    value: Any
+    plugin: str
+
+
+def describe_key(key: Any) -> str:
+    """A readable name for a registry key (a string, a class, a function or a tuple of those)."""
+    if isinstance(key, tuple):
+        return "/".join(describe_key(part) for part in key)
+    if isinstance(key, str):
+        return key
+    module = getattr(key, "__module__", None)
+    name = getattr(key, "__qualname__", None) or getattr(key, "__name__", repr(key))
+    return f"{module}.{name}" if module else name
+
+
+@dataclass
+class Registry:
+    """Everything the loaded plugins registered, one table per hook."""
+
+    passes: dict[str, Entry] = field(default_factory=dict)
+    importance: dict[str, Entry] = field(default_factory=dict)
+    channel_rules: dict[Any, Entry] = field(default_factory=dict)
+    lowerings: dict[tuple[str, str], Entry] = field(default_factory=dict)
+    checks: dict[str, Entry] = field(default_factory=dict)
+    serializables: dict[Any, Entry] = field(default_factory=dict)
+
+    def _add(self, kind: str, key: Any, value: Any, plugin: str) -> None:
+        table: dict[Any, Entry] = getattr(self, kind)
+        if key in table:
+            first = table[key].plugin
+            raise PluginError(
+                f"plugins '{first}' and '{plugin}' both register {kind} '{describe_key(key)}'; "
+                f"disable one of them with FXCOMP_DISABLE_PLUGINS={plugin}"
+            )
+        table[key] = Entry(key, value, plugin)
+
+    def registrar(self, kind: str, plugin: str) -> Callable[..., None]:
+        """The ``register`` callable handed to ``plugin``'s implementation of the hook filling ``kind``."""
+
+        def bad(what: str) -> PluginError:
+            return PluginError(f"plugin '{plugin}' registered {kind} with {what}")
+
+        def register_pass(pass_class: Any) -> None:
+            if not (isinstance(pass_class, type) and issubclass(pass_class, Pass)):
+                raise bad(f"{pass_class!r}, which is not a subclass of fxcomp.Pass")
+            name = getattr(pass_class, "name", None)
+            if not isinstance(name, str) or not name.isidentifier():
+                raise bad(f"class {pass_class.__name__} whose `name` is not an identifier: {name!r}")
+            self._add(kind, name, pass_class, plugin)
+
+        def register_named(name: Any, value: Any) -> None:
+            if not isinstance(name, str) or not name:
+                raise bad(f"a name that is not a non-empty string: {name!r}")
+            if not callable(value):
+                raise bad(f"'{name}' bound to {value!r}, which is not callable")
+            self._add(kind, name, value, plugin)
+
+        def register_channel_rule(target: Any, rule: Any) -> None:
+            if not (isinstance(target, str) or callable(target)):
+                raise bad(f"target {target!r}: give a module class, a function or a method name")
+            self._add(kind, target, rule, plugin)
+
+        def register_lowering(backend: Any, name: Any, lowering: Any) -> None:
+            if not isinstance(backend, str) or not isinstance(name, str):
+                raise bad(f"backend {backend!r} and pattern {name!r}: both must be strings")
+            self._add(kind, (backend, name), lowering, plugin)
+
+        def register_serializable(obj: Any) -> None:
+            is_module_class = isinstance(obj, type) and issubclass(obj, nn.Module)
+            if not is_module_class and not callable(obj):
+                raise bad(f"{obj!r}: give an nn.Module subclass or a function")
+            self._add(kind, obj, obj, plugin)
+
+        registrars: dict[str, Callable[..., None]] = {
+            "passes": register_pass,
+            "importance": register_named,
+            "channel_rules": register_channel_rule,
+            "lowerings": register_lowering,
+            "checks": register_named,
+            "serializables": register_serializable,
+        }
+        return registrars[kind]
+
+    def registered_by(self, plugin: str) -> dict[str, list[str]]:
+        """What ``plugin`` registered: kind → readable keys."""
+        found: dict[str, list[str]] = {}
+        for kind in HOOK_KINDS.values():
+            keys = [describe_key(e.key) for e in getattr(self, kind).values() if e.plugin == plugin]
+            if keys:
+                found[kind] = keys
+        return found

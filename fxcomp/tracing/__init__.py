@@ -1,0 +1,16 @@
+"""Stage 1 of the flow: trace a model into an fx graph annotated with shapes, names and costs."""
+
+from fxcomp.tracing.names import qualname
+from fxcomp.tracing.shapes import NodeInfo, TensorSpec, eval_mode, node_info, propagate
+from fxcomp.tracing.tracer import as_input_tuple, trace
+
+__all__ = [
+    "NodeInfo",
+    "TensorSpec",
+    "as_input_tuple",
+    "eval_mode",
+    "node_info",
+    "propagate",
+    "qualname",
+    "trace",
+]

@@ -1,0 +1,160 @@
+"""Shape, dtype and cost propagation over a traced graph.
+
+Propagation runs the graph on fake tensors (``FakeTensorMode``): shapes and
+dtypes are computed without touching real data, so annotating a ResNet-50
+does no real FLOPs, and models whose weights live on the meta device work
+too. Only when an operation needs real values (``.item()``, data-dependent
+shapes) and the model holds real data does it fall back to a real run, under
+``torch.no_grad()`` and in eval mode so that no state (BatchNorm statistics)
+changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils import _pytree as pytree
+
+from fxcomp.errors import TraceError
+from fxcomp.tracing.costs import node_macs, node_params
+from fxcomp.tracing.names import assign_qualnames, qualname
+
+INFO = "fxcomp_info"
+"""``node.meta`` key holding the node's :class:`NodeInfo`."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Shape and dtype of a tensor value."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    def __str__(self) -> str:
+        return "×".join(str(size) for size in self.shape) if self.shape else "scalar"
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """What propagation learned about one node.
+
+    ``output`` and ``inputs`` hold a :class:`TensorSpec` where the value is a
+    tensor, the plain value for ints, floats, bools, strings and ``None``, and
+    containers of those for tuples, lists and dicts.
+    """
+
+    qualname: str
+    output: Any
+    inputs: tuple[Any, ...]
+    macs: int
+    params: int
+
+
+def describe_value(value: Any) -> Any:
+    """Replace every tensor in ``value`` by its :class:`TensorSpec`."""
+
+    def spec(leaf: Any) -> Any:
+        if isinstance(leaf, torch.Tensor):
+            return TensorSpec(tuple(int(size) for size in leaf.shape), leaf.dtype)
+        if leaf is None or isinstance(leaf, (bool, int, float, str)):
+            return leaf
+        return type(leaf).__name__
+
+    return pytree.tree_map(spec, value)
+
+
+def node_info(node: fx.Node) -> NodeInfo:
+    """The :class:`NodeInfo` of a node of a graph produced by :func:`fxcomp.trace`."""
+    try:
+        return node.meta[INFO]
+    except KeyError:
+        raise TraceError(
+            f"node '{node.name}' has no shape information; trace the model with fxcomp.trace "
+            "or call fxcomp.propagate(gm, example_inputs) after editing the graph"
+        ) from None
+
+
+class _NodeFailure(Exception):
+    def __init__(self, node: fx.Node, error: Exception) -> None:
+        super().__init__(str(error))
+        self.node = node
+        self.error = error
+
+
+class _Propagator(fx.Interpreter):
+    """Runs the graph once and writes a :class:`NodeInfo` into every node."""
+
+    def run_node(self, node: fx.Node) -> Any:
+        try:
+            with self._set_current_node(node):
+                args, kwargs = self.fetch_args_kwargs_from_env(node)
+                result = getattr(self, node.op)(node.target, args, kwargs)
+            module = self.module.get_submodule(node.target) if node.op == "call_module" else None
+            macs = node_macs(node, module, args, result)
+        except Exception as error:  # noqa: BLE001 - every failure is reported with its node
+            raise _NodeFailure(node, error) from error
+        node.meta[INFO] = NodeInfo(
+            qualname=qualname(node),
+            output=describe_value(result),
+            inputs=tuple(describe_value(arg) for arg in args),
+            macs=macs,
+            params=node_params(node, module, result),
+        )
+        return result
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """Put every submodule in eval mode for the duration, then restore each one's flag."""
+    flags = [(child, child.training) for child in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for child, training in flags:
+            child.training = training
+
+
+def _holds_real_data(gm: fx.GraphModule, inputs: Sequence[torch.Tensor]) -> bool:
+    tensors = [*gm.parameters(), *gm.buffers(), *inputs]
+    return not any(tensor.is_meta for tensor in tensors)
+
+
+def _failure_message(failure: _NodeFailure) -> str:
+    node = failure.node
+    error = str(failure.error).strip().splitlines()
+    reason = error[0] if error else type(failure.error).__name__
+    return (
+        f"cannot compute the shapes of node '{qualname(node)}' ({node.op} {node.target}): {reason}; "
+        "check that example_inputs have the shapes and dtypes the model expects"
+    )
+
+
+def propagate(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]) -> None:
+    """Annotate every node of ``gm`` with its :class:`NodeInfo` for ``example_inputs``.
+
+    Raises :class:`fxcomp.TraceError` naming the first node whose shapes cannot
+    be computed.
+    """
+    assign_qualnames(gm.graph)
+    with eval_mode(gm), torch.no_grad():
+        fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+        try:
+            fake_inputs = [fake_mode.from_tensor(tensor) for tensor in example_inputs]
+            with fake_mode:
+                _Propagator(gm).run(*fake_inputs)
+            return
+        except _NodeFailure as failure:
+            if not _holds_real_data(gm, example_inputs):
+                raise TraceError(_failure_message(failure)) from failure.error
+        try:
+            _Propagator(gm).run(*example_inputs)
+        except _NodeFailure as failure:
+            raise TraceError(_failure_message(failure)) from failure.error

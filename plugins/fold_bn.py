@@ -1,0 +1,122 @@
+"""Built-in plugin ``fold_bn``: fold BatchNorm into the convolution or linear layer before it.
+
+In eval mode a BatchNorm is an affine map per channel,
+``y = (x - mean) / sqrt(var + eps) * gamma + beta``; when its input comes
+straight from a conv or linear layer that nobody else reads, the map is folded
+into that layer's weight and bias and the BatchNorm disappears. The result
+computes the same function (the pass promises a relative output change below
+1e-5) with one layer fewer. Folding assumes inference: a folded model no longer
+normalizes with batch statistics when trained.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from fxcomp import hookimpl, qualname
+from fxcomp.passes import Option, Pass, PassContext, PassResult, globs, matches
+from fxcomp.tracing import TensorSpec, node_info
+
+_FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
+
+
+def _calls_per_target(graph: fx.Graph) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            counts[node.target] = counts.get(node.target, 0) + 1
+    return counts
+
+
+def _why_not_foldable(gm: fx.GraphModule, bn_node: fx.Node, calls: dict[str, int]) -> str | None:
+    """Why ``bn_node`` cannot be folded into its producer, or None when it can."""
+    bn = gm.get_submodule(bn_node.target)
+    if bn.running_mean is None or bn.running_var is None:
+        return "the BatchNorm keeps no running statistics (track_running_stats=False)"
+    producer = bn_node.args[0]
+    if not isinstance(producer, fx.Node) or producer.op != "call_module":
+        return "its input does not come from a module call"
+    layer = gm.get_submodule(producer.target)
+    if not isinstance(layer, _FOLDABLE):
+        return f"its input comes from a {type(layer).__name__}, not a conv or linear layer"
+    if len(producer.users) != 1:
+        return f"the output of '{qualname(producer)}' is also read elsewhere"
+    if calls[producer.target] != 1 or calls[bn_node.target] != 1:
+        return "the layer or the BatchNorm module is called more than once"
+    output = node_info(producer).output
+    if isinstance(layer, nn.Linear) and not (isinstance(output, TensorSpec) and len(output.shape) == 2):
+        return "a BatchNorm after a linear layer with more than 2-D output normalizes a different axis"
+    if isinstance(layer, nn.modules.conv._ConvTransposeNd) and layer.groups != 1:
+        return "grouped transposed convolutions are not folded"
+    if bn.num_features != (layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels):
+        return "the BatchNorm's num_features differs from the layer's output channels"
+    return None
+
+
+@torch.no_grad()
+def _fold(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> None:
+    scale = torch.rsqrt(bn.running_var.double() + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight.double()
+    shift = -bn.running_mean.double() * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias.double()
+    weight = layer.weight.double()
+    out_axis = 1 if isinstance(layer, nn.modules.conv._ConvTransposeNd) else 0
+    shape = [1] * weight.dim()
+    shape[out_axis] = -1
+    bias = layer.bias.double() if layer.bias is not None else torch.zeros_like(shift)
+    dtype = layer.weight.dtype
+    layer.weight = nn.Parameter((weight * scale.reshape(shape)).to(dtype), layer.weight.requires_grad)
+    layer.bias = nn.Parameter((bias * scale + shift).to(dtype), layer.weight.requires_grad)
+
+
+class FoldBatchNorm(Pass):
+    """Fold every eligible BatchNorm into the conv/linear layer that feeds it."""
+
+    name = "fold_bn"
+    tolerance = 1e-5
+    schema = {
+        "include": Option(globs(), default=("*",), doc="qualified-name globs of BatchNorms to fold"),
+        "exclude": Option(globs(), default=(), doc="qualified-name globs of BatchNorms to keep"),
+    }
+
+    def plan(self, gm: fx.GraphModule, context: PassContext) -> dict[str, Any]:
+        calls = _calls_per_target(gm.graph)
+        folds, skipped = [], []
+        for node in gm.graph.nodes:
+            if node.op != "call_module" or not isinstance(
+                gm.get_submodule(node.target), nn.modules.batchnorm._BatchNorm
+            ):
+                continue
+            name = qualname(node)
+            if not matches(name, self.options["include"]) or matches(name, self.options["exclude"]):
+                continue
+            reason = _why_not_foldable(gm, node, calls)
+            if reason is None:
+                folds.append({"layer": qualname(node.args[0]), "batchnorm": name})
+            else:
+                skipped.append({"batchnorm": name, "reason": reason})
+        return {"folds": folds, "skipped": skipped}
+
+    def apply(self, gm: fx.GraphModule, plan: dict[str, Any], context: PassContext) -> PassResult:
+        by_name = {qualname(node): node for node in gm.graph.nodes}
+        for fold in plan["folds"]:
+            layer_node, bn_node = by_name[fold["layer"]], by_name[fold["batchnorm"]]
+            _fold(gm.get_submodule(layer_node.target), gm.get_submodule(bn_node.target))
+            bn_node.replace_all_uses_with(layer_node)
+            gm.graph.erase_node(bn_node)
+            gm.delete_submodule(bn_node.target)
+        return PassResult(
+            gm, modified=bool(plan["folds"]), stats={"folded": len(plan["folds"]), "skipped": len(plan["skipped"])}
+        )
+
+
+@hookimpl
+def fxcomp_register_passes(register: Any) -> None:
+    """Register the ``fold_bn`` pass."""
+    register(FoldBatchNorm)
