@@ -33,3 +33,7 @@ class SaveError(FxcompError):
 
 class LoadError(FxcompError):
     """A file is not a valid fxcomp model file, or asks for something not on the allow-list."""
+
+
+class UsageError(FxcompError):
+    """A command-line argument or a model reference (``MODULE:CALLABLE``) is invalid."""

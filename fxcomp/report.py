@@ -94,7 +94,7 @@ def layer_table(gm: fx.GraphModule) -> str:
 
 
 def _ratio(before: int, after: int) -> str:
-    return f"{before / after:.3g}×" if after else "all removed"
+    return f"{before / after:.3f}×" if after else "all removed"
 
 
 @dataclass

@@ -38,11 +38,11 @@ def _why_not_foldable(gm: fx.GraphModule, bn_node: fx.Node, calls: dict[str, int
     if bn.running_mean is None or bn.running_var is None:
         return "the BatchNorm keeps no running statistics (track_running_stats=False)"
     producer = bn_node.args[0]
-    if not isinstance(producer, fx.Node) or producer.op != "call_module":
-        return "its input does not come from a module call"
-    layer = gm.get_submodule(producer.target)
+    if not isinstance(producer, fx.Node):
+        return "its input is a constant"
+    layer = gm.get_submodule(producer.target) if producer.op == "call_module" else None
     if not isinstance(layer, _FOLDABLE):
-        return f"its input comes from a {type(layer).__name__}, not a conv or linear layer"
+        return f"its input comes from '{qualname(producer)}', not from a conv or linear layer"
     if len(producer.users) != 1:
         return f"the output of '{qualname(producer)}' is also read elsewhere"
     if calls[producer.target] != 1 or calls[bn_node.target] != 1:

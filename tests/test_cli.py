@@ -1,0 +1,132 @@
+"""The fxcomp command and the inspection outputs (tables, DOT)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+import torchvision
+
+import fxcomp
+from fxcomp.cli import main
+
+
+def test_inspect_prints_the_per_layer_table(capsys) -> None:
+    assert main(["inspect", "torchvision.models:resnet18", "--input-shape", "1,3,224,224"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["layer", "op", "input", "output", "params", "MACs"]
+    rows = {line.split()[0]: line.split() for line in lines[2:]}
+    assert rows["conv1"] == ["conv1", "Conv2d", "1×3×224×224", "1×64×112×112", "9.41k", "118.01M"]
+    assert rows["layer1.0.add"][1:3] == ["add", "1×64×56×56,"]
+    assert rows["fc"][-2:] == ["513.00k", "512.00k"]
+    assert rows["total"] == ["total", "11.69M", "1.82G"]
+
+
+def test_layer_table_matches_node_info(small_cnn, image) -> None:
+    gm = fxcomp.trace(small_cnn, image)
+    table = fxcomp.layer_table(gm).splitlines()
+    conv2 = next(line for line in table if line.startswith("conv2 "))
+    # 2×32×16×16 outputs × 16 inputs × 3×3 kernel
+    assert conv2.split()[-1] == f"{2 * 32 * 16 * 16 * 16 * 9 / 1e6:.2f}M"
+    assert fxcomp.node_info(next(n for n in gm.graph.nodes if n.target == "conv2")).macs == 2 * 32 * 16 * 16 * 16 * 9
+
+
+def test_inspect_writes_dot(tmp_path, capsys) -> None:
+    dot = tmp_path / "graph.dot"
+    assert main(["inspect", "tests.conftest:SmallCNN", "--input-shape", "1,3,8,8", "--dot", str(dot)]) == 0
+    text = dot.read_text()
+    assert text.startswith("digraph fxcomp {") and text.rstrip().endswith("}")
+    assert '"conv1" [label="conv1\\nConv2d\\n1×16×8×8\\n27,648 MACs", fillcolor=lightyellow];' in text
+    assert '"conv1" -> "bn1";' in text
+    # Every data-flow edge of the graph, and nothing else, is in the file.
+    from tests.conftest import SmallCNN
+
+    gm = fxcomp.trace(SmallCNN(), torch.zeros(1, 3, 8, 8))
+    expected = {f'"{node.name}" -> "{user.name}";' for node in gm.graph.nodes for user in node.users}
+    assert set(re.findall(r'"\w+" -> "\w+";', text)) == expected
+    assert len(expected) == len(gm.graph.nodes) - 1  # a chain: every node but the output feeds one user
+
+
+def test_compress_command_writes_model_and_plan(tmp_path, capsys) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("passes:\n  - pass: fold_bn\n")
+    out, plan = tmp_path / "model.fxc", tmp_path / "plan.json"
+    argv = ["compress", "torchvision.models:resnet18", "--recipe", str(recipe), "--input-shape", "1,3,64,64"]
+    assert main([*argv, "--out", str(out), "--plan", str(plan)]) == 0
+    printed = capsys.readouterr().out
+    assert "folded=20" in printed and "layer1.0.bn1" in printed
+    assert json.loads(plan.read_text())[0]["stats"] == {"folded": 20, "skipped": 0}
+    loaded = fxcomp.load(out)
+    reference = torchvision.models.resnet18().eval()
+    assert loaded(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
+    assert sum(p.numel() for p in loaded.parameters()) < sum(p.numel() for p in reference.parameters())
+
+
+def test_compress_dry_run_writes_no_model(tmp_path, capsys) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("passes:\n  - pass: fold_bn\n")
+    out = tmp_path / "model.fxc"
+    argv = ["compress", "tests.conftest:SmallCNN", "--recipe", str(recipe), "--input-shape", "1,3,8,8"]
+    assert main([*argv, "--dry-run", "--out", str(out)]) == 0
+    assert not out.exists()
+    assert "no layer changed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["inspect", "nowhere_module:x", "--input-shape", "1,3"], "error: cannot import module 'nowhere_module'"),
+        (["inspect", "torchvision.models", "--input-shape", "1,3"], "must look like MODULE:CALLABLE"),
+        (["inspect", "torchvision.models:nope", "--input-shape", "1,3"], "has no attribute 'nope'"),
+        (["inspect", "torchvision.models:resnet18", "--input-shape", "1,5,32,32"], "error: cannot compute the shapes of node 'conv1'"),
+        (
+            ["compress", "tests.conftest:SmallCNN", "--recipe", "passes: [{pass: nope}]", "--input-shape", "1,3,8,8"],
+            "error: passes[0].pass: unknown pass 'nope'",
+        ),
+    ],
+)
+def test_user_errors_print_one_line_and_exit_2(argv, message, capsys) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) or message in err
+    assert len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err
+
+
+def test_debug_shows_the_traceback() -> None:
+    with pytest.raises(fxcomp.FxcompError):
+        main(["--debug", "inspect", "nowhere_module:x", "--input-shape", "1,3"])
+
+
+def test_console_script_exit_status() -> None:
+    process = subprocess.run(
+        [sys.executable, "-m", "fxcomp.cli", "inspect", "nowhere:x", "--input-shape", "1"],
+        capture_output=True,
+        text=True,
+    )
+    assert process.returncode == 2
+    assert process.stderr.strip() == "error: cannot import module 'nowhere': No module named 'nowhere'; is it installed?"
+
+
+def test_bad_input_shape_is_an_argparse_error(capsys) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["inspect", "tests.conftest:SmallCNN", "--input-shape", "1,x"])
+    assert caught.value.code == 2
+    assert "expected comma-separated sizes" in capsys.readouterr().err
+
+
+def test_demo_trains_compresses_and_reports(tmp_path, capsys) -> None:
+    out = tmp_path / "demo.fxc"
+    assert main(["demo", "--seconds", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in printed.splitlines() if line.startswith(("original ", "compressed "))}
+    original_accuracy = float(rows["original"][1].rstrip("%"))
+    assert original_accuracy > 80.0  # ten classes: chance is 10%
+    assert rows["compressed"][1] == rows["original"][1]  # folding BatchNorm is exact
+    assert int(rows["compressed"][2].replace(",", "")) < int(rows["original"][2].replace(",", ""))
+    assert "folded=3" in printed
+    assert fxcomp.load(out)(torch.zeros(1, 1, 8, 8)).shape == (1, 10)

@@ -1,0 +1,136 @@
+"""The fold_bn built-in plugin: exact folding where it is valid, a stated reason where it is not."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torchvision
+
+import fxcomp
+from tests.conftest import randomize_batchnorm
+
+
+def _fold(model: nn.Module, x: torch.Tensor, recipe: str = "passes: [{pass: fold_bn}]"):
+    model = randomize_batchnorm(model).eval()
+    result = fxcomp.compress(model, x, recipe)
+    with torch.no_grad():
+        expected, actual = model(x), result.model(x)
+    return result, expected, actual
+
+
+def _relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((actual - expected).abs().max() / expected.abs().max()).item()
+
+
+LAYER_CASES = [
+    ("conv1d", nn.Sequential(nn.Conv1d(4, 6, 3), nn.BatchNorm1d(6)), torch.randn(3, 4, 10)),
+    ("conv2d_no_bias", nn.Sequential(nn.Conv2d(4, 6, 3, bias=False), nn.BatchNorm2d(6)), torch.randn(3, 4, 9, 9)),
+    ("conv2d_grouped", nn.Sequential(nn.Conv2d(4, 8, 3, groups=2, stride=2), nn.BatchNorm2d(8)), torch.randn(3, 4, 9, 9)),
+    ("conv2d_depthwise", nn.Sequential(nn.Conv2d(4, 4, 3, groups=4), nn.BatchNorm2d(4)), torch.randn(3, 4, 9, 9)),
+    ("conv3d", nn.Sequential(nn.Conv3d(2, 3, 3), nn.BatchNorm3d(3)), torch.randn(2, 2, 5, 5, 5)),
+    ("conv_transpose2d", nn.Sequential(nn.ConvTranspose2d(4, 6, 3, stride=2), nn.BatchNorm2d(6)), torch.randn(3, 4, 5, 5)),
+    ("linear", nn.Sequential(nn.Linear(7, 5), nn.BatchNorm1d(5)), torch.randn(4, 7)),
+    ("non_affine_bn", nn.Sequential(nn.Conv2d(4, 6, 1), nn.BatchNorm2d(6, affine=False)), torch.randn(3, 4, 5, 5)),
+]
+
+
+@pytest.mark.parametrize(("case", "model", "x"), LAYER_CASES, ids=[c[0] for c in LAYER_CASES])
+def test_folding_is_exact_and_removes_the_batchnorm(case, model, x) -> None:
+    torch.manual_seed(0)
+    result, expected, actual = _fold(model, x)
+    assert _relative_error(actual, expected) < 1e-5
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in result.model.modules())
+    assert result.plan[0]["plan"] == {"folds": [{"layer": "0", "batchnorm": "1"}], "skipped": []}
+    assert result.model.get_submodule("0").bias is not None
+    assert result.plan[0]["stats"] == {"folded": 1, "skipped": 0}
+
+
+def test_resnet18_folds_every_batchnorm_exactly() -> None:
+    torch.manual_seed(0)
+    result, expected, actual = _fold(torchvision.models.resnet18(num_classes=10), torch.randn(2, 3, 64, 64))
+    assert result.plan[0]["stats"] == {"folded": 20, "skipped": 0}
+    assert _relative_error(actual, expected) < 1e-5
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in result.model.modules()) == 0
+
+
+class _SharedOutput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.bn(y) + y
+
+
+class _AfterReLU(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return self.bn(torch.relu(self.conv(x)))
+
+
+class _CalledTwice(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 1)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return self.conv(self.bn(self.conv(x)))
+
+
+class _SequenceLinear(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+        self.bn = nn.BatchNorm1d(5)
+
+    def forward(self, x):
+        return self.bn(self.fc(x))
+
+
+SKIP_CASES = [
+    (_SharedOutput(), torch.randn(2, 3, 4, 4), "the output of 'conv' is also read elsewhere"),
+    (_AfterReLU(), torch.randn(2, 3, 4, 4), "its input comes from 'relu', not from a conv or linear layer"),
+    (_CalledTwice(), torch.randn(2, 4, 4, 4), "called more than once"),
+    (_SequenceLinear(), torch.randn(2, 5, 6), "more than 2-D output"),
+    (
+        nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4, track_running_stats=False)),
+        torch.randn(2, 3, 4, 4),
+        "track_running_stats=False",
+    ),
+]
+
+
+@pytest.mark.parametrize(("model", "x", "reason"), SKIP_CASES, ids=["shared", "relu", "twice", "seq_linear", "no_stats"])
+def test_unfoldable_batchnorms_are_kept_with_a_reason(model, x, reason) -> None:
+    torch.manual_seed(0)
+    result, expected, actual = _fold(model, x)
+    (skipped,) = result.plan[0]["plan"]["skipped"]
+    assert reason in skipped["reason"]
+    assert result.plan[0]["plan"]["folds"] == []
+    assert result.plan[0]["modified"] is False
+    assert torch.equal(actual, expected)
+
+
+def test_include_and_exclude_globs(small_cnn, image) -> None:
+    only_first = fxcomp.compress(small_cnn, image, "passes: [{pass: fold_bn, include: ['bn1']}]")
+    assert [f["batchnorm"] for f in only_first.plan[0]["plan"]["folds"]] == ["bn1"]
+    assert isinstance(only_first.model.bn2, nn.BatchNorm2d)
+    none = fxcomp.compress(small_cnn, image, "passes: [{pass: fold_bn, exclude: 'bn*'}]")
+    assert none.plan[0]["plan"]["folds"] == []
+
+
+def test_folded_model_survives_save_and_load(tmp_path, small_cnn, image) -> None:
+    result = fxcomp.compress(small_cnn, image, "passes: [{pass: fold_bn}]")
+    fxcomp.save(result.model, tmp_path / "folded.fxc")
+    loaded = fxcomp.load(tmp_path / "folded.fxc")
+    x = torch.randn(5, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), result.model(x))

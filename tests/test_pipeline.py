@@ -1,0 +1,261 @@
+"""compress(): the user's model is never touched, every pass is verified, failures name the pass and node."""
+
+from __future__ import annotations
+
+import json
+import types
+
+import pytest
+import torch
+import torch.nn as nn
+
+import fxcomp
+from fxcomp.passes import Option, Pass, PassResult, number
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _assert_bitwise_equal(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    current = model.state_dict()
+    assert current.keys() == state.keys()
+    for key, value in state.items():
+        assert torch.equal(current[key], value), key
+
+
+class _Vandal(Pass):
+    """Scales every parameter in place, then fails: the user's model must not see either."""
+
+    name = "vandal"
+
+    def plan(self, gm, context):
+        return {}
+
+    def apply(self, gm, plan, context):
+        with torch.no_grad():
+            for parameter in gm.parameters():
+                parameter.mul_(0)
+        raise RuntimeError("vandal gives up")
+
+
+class _ShrinkHead(Pass):
+    """Replaces the classifier with a smaller one: the output shape changes, verification must object."""
+
+    name = "shrink_head"
+
+    def plan(self, gm, context):
+        return {"layer": "fc"}
+
+    def apply(self, gm, plan, context):
+        gm.fc = nn.Linear(32, 5)
+        return PassResult(gm, modified=True)
+
+
+class _Breaker(Pass):
+    """Inserts a matmul with the wrong inner size after conv2: the graph no longer runs."""
+
+    name = "breaker"
+
+    def plan(self, gm, context):
+        return {}
+
+    def apply(self, gm, plan, context):
+        conv2 = next(n for n in gm.graph.nodes if n.target == "conv2")
+        with gm.graph.inserting_after(conv2):
+            bad = gm.graph.call_function(torch.matmul, (conv2, torch.ones(3, 3)))
+        conv2.replace_all_uses_with(bad, delete_user_cb=lambda user: user is not bad)
+        return PassResult(gm, modified=True)
+
+
+class _Liar(Pass):
+    """Claims exactness but perturbs a weight."""
+
+    name = "liar"
+    tolerance = 1e-5
+
+    def plan(self, gm, context):
+        return {}
+
+    def apply(self, gm, plan, context):
+        with torch.no_grad():
+            gm.fc.bias.add_(1.0)
+        return PassResult(gm, modified=True)
+
+
+class _Unserializable(Pass):
+    name = "unserializable"
+
+    def plan(self, gm, context):
+        return {"module": gm.fc}
+
+    def apply(self, gm, plan, context):
+        return PassResult(gm, modified=False)
+
+
+class _Ratio(Pass):
+    """Only plans: used to test option validation paths."""
+
+    name = "ratio_pass"
+    schema = {"ratio": Option(number(0, 1, high_open=True), default=0.5)}
+
+    def plan(self, gm, context):
+        return {"ratio": self.options["ratio"]}
+
+    def apply(self, gm, plan, context):
+        return PassResult(gm, modified=False)
+
+
+@pytest.fixture
+def plugins() -> fxcomp.Plugins:
+    test_passes = [_Vandal, _ShrinkHead, _Breaker, _Liar, _Unserializable, _Ratio]
+    plugin = types.SimpleNamespace(
+        fxcomp_register_passes=fxcomp.hookimpl(specname="fxcomp_register_passes")(
+            lambda register: [register(p) for p in test_passes]
+        )
+    )
+    return fxcomp.load_plugins(extra={"test_passes": plugin}, disable=())
+
+
+def test_fold_bn_result_is_independent_of_the_users_model(small_cnn, image, plugins) -> None:
+    state = _state(small_cnn)
+    result = fxcomp.compress(small_cnn, image, "passes: [{pass: fold_bn}]", plugins=plugins)
+    _assert_bitwise_equal(small_cnn, state)
+    assert isinstance(small_cnn.bn1, nn.BatchNorm2d)
+    user_storage = {p.data_ptr() for p in small_cnn.parameters()}
+    assert not user_storage & {p.data_ptr() for p in result.model.parameters()}
+    with torch.no_grad():
+        result.model.conv1.weight.zero_()
+    _assert_bitwise_equal(small_cnn, state)
+
+
+def test_users_model_is_untouched_when_a_pass_raises(small_cnn, image, plugins) -> None:
+    state = _state(small_cnn)
+    with pytest.raises(fxcomp.PassError, match=r"pass 'vandal' \(passes\[1\]\) raised RuntimeError: vandal gives up"):
+        fxcomp.compress(small_cnn, image, "passes: [{pass: fold_bn}, {pass: vandal}]", plugins=plugins)
+    _assert_bitwise_equal(small_cnn, state)
+
+
+def test_training_flag_is_kept(image, plugins) -> None:
+    from tests.conftest import SmallCNN
+
+    model = SmallCNN().train()
+    state = _state(model)
+    result = fxcomp.compress(model, image, "passes: [{pass: fold_bn}]", plugins=plugins)
+    assert result.model.training and model.training
+    _assert_bitwise_equal(model, state)  # BatchNorm statistics were not updated by verification runs
+
+
+def test_changed_output_shape_is_caught(small_cnn, image, plugins) -> None:
+    with pytest.raises(fxcomp.PassError, match=r"pass 'shrink_head' \(passes\[0\]\) changed output 0 \(node 'fc'\) from \(2, 10\)"):
+        fxcomp.compress(small_cnn, image, "passes: [{pass: shrink_head}]", plugins=plugins)
+
+
+def test_graph_that_fails_to_run_names_the_node(small_cnn, image, plugins) -> None:
+    with pytest.raises(fxcomp.PassError, match=r"pass 'breaker' \(passes\[0\]\) .*node 'matmul'"):
+        fxcomp.compress(small_cnn, image, "passes: [{pass: breaker}]", plugins=plugins)
+
+
+def test_broken_exactness_promise_is_caught(small_cnn, image, plugins) -> None:
+    with pytest.raises(
+        fxcomp.PassError, match=r"pass 'liar' \(passes\[0\]\) promises outputs within relative error 1e-05 but output 0 \(node 'fc'\)"
+    ):
+        fxcomp.compress(small_cnn, image, "passes: [{pass: liar}]", plugins=plugins)
+
+
+def test_plan_must_be_json_serializable(small_cnn, image, plugins) -> None:
+    with pytest.raises(fxcomp.PassError, match=r"pass 'unserializable' \(passes\[0\]\) returned a plan that is not JSON-serializable"):
+        fxcomp.compress(small_cnn, image, "passes: [{pass: unserializable}]", plugins=plugins)
+
+
+def test_dry_run_returns_the_plan_and_the_unrewritten_model(small_cnn, image, plugins) -> None:
+    result = fxcomp.compress(small_cnn, image, "passes: [{pass: fold_bn}]", dry_run=True, plugins=plugins)
+    assert result.plan == [
+        {
+            "pass": "fold_bn",
+            "options": {"include": ["*"], "exclude": []},
+            "plan": {
+                "folds": [{"layer": "conv1", "batchnorm": "bn1"}, {"layer": "conv2", "batchnorm": "bn2"}],
+                "skipped": [],
+            },
+        }
+    ]
+    assert isinstance(result.model.bn1, nn.BatchNorm2d)
+    assert result.report.before_totals == result.report.after_totals
+    json.dumps(result.plan)
+
+
+def test_plan_report_and_totals(small_cnn, image, plugins) -> None:
+    result = fxcomp.compress(small_cnn, image, "passes: [{pass: fold_bn}]", plugins=plugins)
+    json.dumps(result.plan)
+    json.dumps(result.report.to_dict())
+    before, after = result.report.before_totals, result.report.after_totals
+    # Folding removes BN's 2×C parameters; the conv biases already existed.
+    assert before.params - after.params == 2 * (16 + 32)
+    # BN counts one MAC per output element: 2×16×16×16 + 2×32×16×16.
+    assert before.macs - after.macs == 2 * 16 * 16 * 16 + 2 * 32 * 16 * 16
+    text = str(result.report)
+    assert "bn1" in text and "(removed)" in text and "folded=2" in text
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        "passes:\n  - pass: ratio_pass\n    ratio: 0.25\n",
+        {"passes": [{"pass": "ratio_pass", "ratio": 0.25}]},
+        [_Ratio(ratio=0.25)],
+    ],
+)
+def test_recipe_forms_agree(recipe, small_cnn, image, plugins) -> None:
+    result = fxcomp.compress(small_cnn, image, recipe, plugins=plugins)
+    assert result.plan[0]["plan"] == {"ratio": 0.25}
+
+
+def test_recipe_from_a_yaml_file(tmp_path, small_cnn, image, plugins) -> None:
+    path = tmp_path / "recipe.yaml"
+    path.write_text("passes:\n  - pass: fold_bn\n    exclude: bn2\n")
+    for recipe in (path, str(path)):
+        result = fxcomp.compress(small_cnn, image, recipe, plugins=plugins)
+        assert [f["batchnorm"] for f in result.plan[0]["plan"]["folds"]] == ["bn1"]
+
+
+@pytest.mark.parametrize(
+    ("recipe", "message"),
+    [
+        (
+            "passes: [{pass: fold_bn}, {pass: ratio_pass, ratio: 1.5}]",
+            r"^passes\[1\]\.ratio: expected a number in \[0, 1\), got 1\.5$",
+        ),
+        ("passes: [{pass: ratio_pass, ratio: yes}]", r"^passes\[0\]\.ratio: expected a number in \[0, 1\), got True$"),
+        ("passes: [{pass: ratio_pass, ratoi: 0.1}]", r"^passes\[0\]\.ratoi: unknown option; this pass takes: ratio$"),
+        ("passes: [{pass: fold_bn, include: 3}]", r"^passes\[0\]\.include: expected a glob string or a list"),
+        ("passes: [{pass: prune_everything}]", r"^passes\[0\]\.pass: unknown pass 'prune_everything'; registered passes: .*fold_bn"),
+        ("passes: [{ratio: 0.5}]", r"^passes\[0\]\.pass: missing"),
+        ("passes: [fold_bn]", r"^passes\[0\]: expected a mapping"),
+        ("passes: {pass: fold_bn}", r"^passes: expected a list"),
+        ({"passes": [], "pases": []}, r"^pases: unknown top-level field"),
+        ("passes: [{pass: fold_bn}", r"^recipe is not valid YAML at line 1"),
+        ("missing.yaml", r"^recipe file 'missing.yaml' does not exist"),
+        ("just words", r"^recipe: expected a mapping"),
+    ],
+)
+def test_recipe_errors_name_the_field(recipe, message, small_cnn, image, plugins) -> None:
+    with pytest.raises(fxcomp.RecipeError, match=message) as caught:
+        fxcomp.compress(small_cnn, image, recipe, plugins=plugins)
+    assert isinstance(caught.value, ValueError)
+    assert "\n" not in str(caught.value)
+
+
+def test_pass_options_are_validated_at_construction() -> None:
+    with pytest.raises(fxcomp.RecipeError, match=r"^ratio_pass\.ratio: expected a number in \[0, 1\), got -0\.1$"):
+        _Ratio(ratio=-0.1)
+    assert _Ratio().options == {"ratio": 0.5}
+    assert _Ratio(ratio=0.2).config() == {"pass": "ratio_pass", "ratio": 0.2}
+
+
+def test_a_graph_module_can_be_compressed_again(small_cnn, image, plugins) -> None:
+    first = fxcomp.compress(small_cnn, image, "passes: [{pass: fold_bn, include: bn1}]", plugins=plugins)
+    second = fxcomp.compress(first.model, image, "passes: [{pass: fold_bn}]", plugins=plugins)
+    assert [f["batchnorm"] for f in second.plan[0]["plan"]["folds"]] == ["bn2"]
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in second.model.modules())
+    assert isinstance(first.model.bn2, nn.BatchNorm2d)  # the first result is not mutated

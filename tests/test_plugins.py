@@ -1,0 +1,205 @@
+"""Plugins: discovery through entry points, blocking, conflicts, validation and the `plugins` command."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+
+import fxcomp
+from fxcomp.cli import main
+from fxcomp.passes import Pass, PassResult
+
+SCALE_PLUGIN = """
+    import torch
+    import fxcomp
+    from fxcomp.passes import Option, Pass, PassResult, number
+
+    class Scale(Pass):
+        '''Multiply the model's output by a constant (a toy rewrite that adds one node).'''
+        name = "scale_output"
+        schema = {"factor": Option(number(0, 10), default=2.0)}
+
+        def plan(self, gm, context):
+            return {"factor": self.options["factor"]}
+
+        def apply(self, gm, plan, context):
+            output = next(n for n in gm.graph.nodes if n.op == "output")
+            with gm.graph.inserting_before(output):
+                scaled = gm.graph.call_function(torch.mul, (output.args[0], plan["factor"]))
+            output.args = (scaled,)
+            return PassResult(gm, modified=True, stats={"factor": plan["factor"]})
+
+    @fxcomp.hookimpl
+    def fxcomp_register_passes(register):
+        register(Scale)
+
+    @fxcomp.hookimpl
+    def fxcomp_register_importance(register):
+        register("toy_norm", lambda group, context: None)
+"""
+
+
+def test_builtin_plugin_is_found_through_its_entry_point() -> None:
+    plugins = fxcomp.load_plugins(disable=())
+    info = {i.name: i for i in plugins.infos}["fold_bn"]
+    assert info.distribution == "fxcomp"
+    assert info.version == fxcomp.__version__
+    assert info.registered == {"passes": ["fold_bn"]}
+    assert plugins.registry.passes["fold_bn"].plugin == "fold_bn"
+
+
+def test_third_party_plugin_pass_runs_from_a_yaml_recipe(install_plugin, small_cnn, image) -> None:
+    install_plugin("scaler", "fxcomp_scaler_plugin", SCALE_PLUGIN, dist="fxcomp-scaler", version="0.4.2")
+    plugins = fxcomp.load_plugins(disable=())
+    info = {i.name: i for i in plugins.infos}["scaler"]
+    assert (info.distribution, info.version) == ("fxcomp-scaler", "0.4.2")
+    assert info.registered == {"passes": ["scale_output"], "importance": ["toy_norm"]}
+
+    recipe = "passes:\n  - pass: fold_bn\n  - pass: scale_output\n    factor: 3\n"
+    result = fxcomp.compress(small_cnn, image, recipe, plugins=plugins)
+    with torch.no_grad():
+        expected = 3 * small_cnn(image)
+    torch.testing.assert_close(result.model(image), expected, rtol=1e-5, atol=1e-5)
+    assert result.plan[1] == {
+        "pass": "scale_output",
+        "options": {"factor": 3.0},
+        "plan": {"factor": 3.0},
+        "modified": True,
+        "stats": {"factor": 3.0},
+    }
+
+
+def test_compress_loads_entry_point_plugins_when_none_are_given(install_plugin, small_cnn, image) -> None:
+    install_plugin("scaler2", "fxcomp_scaler_plugin2", SCALE_PLUGIN)
+    result = fxcomp.compress(small_cnn, image, {"passes": [{"pass": "scale_output", "factor": 0.5}]})
+    with torch.no_grad():
+        torch.testing.assert_close(result.model(image), 0.5 * small_cnn(image))
+
+
+def test_disable_environment_variable_blocks_a_plugin(install_plugin, small_cnn, image, monkeypatch) -> None:
+    install_plugin("scaler3", "fxcomp_scaler_plugin3", SCALE_PLUGIN)
+    monkeypatch.setenv("FXCOMP_DISABLE_PLUGINS", "scaler3, other")
+    plugins = fxcomp.load_plugins()
+    assert "scaler3" not in {i.name for i in plugins.infos}
+    assert plugins.blocked == ("scaler3", "other")
+    with pytest.raises(fxcomp.RecipeError, match=r"passes\[0\]\.pass: unknown pass 'scale_output'; registered passes: fold_bn"):
+        fxcomp.compress(small_cnn, image, "passes: [{pass: scale_output}]", plugins=plugins)
+
+
+def test_two_plugins_registering_one_pass_name_is_an_error_naming_both(install_plugin) -> None:
+    install_plugin("scaler_a", "fxcomp_scaler_a", SCALE_PLUGIN, dist="dist-a")
+    install_plugin("scaler_b", "fxcomp_scaler_b", SCALE_PLUGIN, dist="dist-b")
+    with pytest.raises(fxcomp.PluginError) as caught:
+        fxcomp.load_plugins(disable=())
+    message = str(caught.value)
+    assert "'scaler_a'" in message and "'scaler_b'" in message and "scale_output" in message
+    # Blocking either one resolves the conflict.
+    plugins = fxcomp.load_plugins(disable=["scaler_b"])
+    assert plugins.registry.passes["scale_output"].plugin == "scaler_a"
+
+
+def test_misspelled_hook_is_reported() -> None:
+    plugin = types.SimpleNamespace()
+
+    @fxcomp.hookimpl
+    def fxcomp_register_pases(register):  # noqa: ANN001 - deliberately misspelled
+        pass
+
+    plugin.fxcomp_register_pases = fxcomp_register_pases
+    with pytest.raises(fxcomp.PluginError, match=r"plugin 'typo' implements a hook fxcomp does not define.*pases"):
+        fxcomp.load_plugins(entry_points=False, extra={"typo": plugin})
+
+
+def test_plugin_that_fails_to_import_is_named(install_plugin) -> None:
+    install_plugin("broken", "fxcomp_broken_plugin", "raise RuntimeError('boom')\n", dist="broken-dist")
+    with pytest.raises(fxcomp.PluginError, match=r"plugin 'broken' \(distribution broken-dist 1\.2\.3\) failed to import: boom"):
+        fxcomp.load_plugins(disable=())
+    assert "broken" not in {i.name for i in fxcomp.load_plugins(disable=["broken"]).infos}
+
+
+@pytest.mark.parametrize(
+    ("hook", "call", "fragment"),
+    [
+        ("fxcomp_register_passes", lambda register: register(int), "not a subclass of fxcomp.Pass"),
+        ("fxcomp_register_importance", lambda register: register("x", 3), "not callable"),
+        ("fxcomp_register_lowerings", lambda register: register("triton", 3, print), "must be strings"),
+        ("fxcomp_register_serializables", lambda register: register(3), "nn.Module subclass or a function"),
+    ],
+)
+def test_bad_registrations_are_refused(hook, call, fragment) -> None:
+    plugin = types.SimpleNamespace()
+    setattr(plugin, hook, fxcomp.hookimpl(specname=hook)(lambda register: call(register)))
+    with pytest.raises(fxcomp.PluginError, match=fragment):
+        fxcomp.load_plugins(entry_points=False, extra={"bad": plugin})
+
+
+def test_crashing_hook_is_a_plugin_error() -> None:
+    plugin = types.SimpleNamespace(
+        fxcomp_register_checks=fxcomp.hookimpl(specname="fxcomp_register_checks")(lambda register: 1 / 0)
+    )
+    with pytest.raises(fxcomp.PluginError, match=r"plugin 'crash' failed in fxcomp_register_checks: division by zero"):
+        fxcomp.load_plugins(entry_points=False, extra={"crash": plugin})
+
+
+class _Shift(Pass):
+    """Adds a constant to the output: runs fine, so only a plugin check can object."""
+
+    name = "shift"
+
+    def plan(self, gm, context):
+        return {}
+
+    def apply(self, gm, plan, context):
+        output = next(n for n in gm.graph.nodes if n.op == "output")
+        with gm.graph.inserting_before(output):
+            shifted = gm.graph.call_function(torch.add, (output.args[0], 100.0))
+        output.args = (shifted,)
+        return PassResult(gm, modified=True)
+
+
+def test_plugin_verification_check_stops_a_pass(small_cnn, image) -> None:
+    seen = []
+
+    def bounded(gm, context):
+        seen.append(context.pass_name)
+        if context.outputs.abs().max() > 50:
+            return [f"outputs grew to {context.outputs.abs().max().item():.0f}"]
+        return []
+
+    plugin = types.SimpleNamespace(
+        fxcomp_register_passes=fxcomp.hookimpl(specname="fxcomp_register_passes")(lambda register: register(_Shift)),
+        fxcomp_register_checks=fxcomp.hookimpl(specname="fxcomp_register_checks")(
+            lambda register: register("bounded_outputs", bounded)
+        ),
+    )
+    plugins = fxcomp.load_plugins(extra={"guard": plugin}, disable=())
+    fxcomp.compress(small_cnn, image, "passes: [{pass: fold_bn}]", plugins=plugins)
+    assert seen == ["fold_bn"]
+    with pytest.raises(
+        fxcomp.PassError,
+        match=r"pass 'shift' \(passes\[0\]\) failed check 'bounded_outputs' \(plugin 'guard'\): outputs grew to",
+    ):
+        fxcomp.compress(small_cnn, image, "passes: [{pass: shift}]", plugins=plugins)
+
+
+def test_plugins_are_independent_between_loads() -> None:
+    plugin = types.SimpleNamespace(
+        fxcomp_register_passes=fxcomp.hookimpl(specname="fxcomp_register_passes")(lambda register: register(_Shift))
+    )
+    with_extra = fxcomp.load_plugins(extra={"extra": plugin}, disable=())
+    plain = fxcomp.load_plugins(disable=())
+    assert "shift" in with_extra.registry.passes
+    assert "shift" not in plain.registry.passes
+
+
+def test_plugins_command_lists_plugins(install_plugin, capsys) -> None:
+    install_plugin("scaler4", "fxcomp_scaler_plugin4", SCALE_PLUGIN, dist="fxcomp-scaler", version="0.4.2")
+    assert main(["plugins"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["plugin", "distribution", "version", "registers"]
+    rows = {line.split()[0]: line for line in lines[2:]}
+    assert rows["fold_bn"].split()[1:4] == ["fxcomp", fxcomp.__version__, "passes:"]
+    assert "fxcomp-scaler" in rows["scaler4"] and "0.4.2" in rows["scaler4"]
+    assert "passes: scale_output; importance: toy_norm" in rows["scaler4"]
