@@ -1,0 +1,27 @@
+"""interleaved_latency: interleaving, warm-up and thread handling (no timing assertions)."""
+
+from __future__ import annotations
+
+import torch
+
+from fxcomp.timing import interleaved_latency
+
+
+def test_runs_interleaved_with_warmup_and_restores_threads() -> None:
+    calls: list[str] = []
+    threads_seen: list[int] = []
+
+    def run(name: str):
+        def call() -> None:
+            calls.append(name)
+            threads_seen.append(torch.get_num_threads())
+            assert torch.is_inference_mode_enabled()
+
+        return call
+
+    before = torch.get_num_threads()
+    medians = interleaved_latency({"a": run("a"), "b": run("b")}, repeats=5, warmup=2, threads=1)
+    assert calls == ["a", "b"] * 7
+    assert set(threads_seen) == {1}
+    assert torch.get_num_threads() == before
+    assert set(medians) == {"a", "b"} and all(m >= 0 for m in medians.values())
