@@ -140,10 +140,12 @@ def node_macs(node: fx.Node, module: nn.Module | None, args: Sequence[Any], outp
     return 0
 
 
-def node_params(node: fx.Node, module: nn.Module | None, value: Any) -> int:
+def node_params(node: fx.Node, gm: fx.GraphModule) -> int:
     """Parameters a node owns: those of a called module, or the parameter a ``get_attr`` reads."""
-    if node.op == "call_module" and module is not None:
-        return sum(p.numel() for p in module.parameters())
-    if node.op == "get_attr" and isinstance(value, nn.Parameter):
-        return value.numel()
+    if node.op == "call_module":
+        return sum(p.numel() for p in gm.get_submodule(node.target).parameters())
+    if node.op == "get_attr":
+        owner, _, name = node.target.rpartition(".")
+        value = getattr(gm.get_submodule(owner), name)
+        return value.numel() if isinstance(value, nn.Parameter) else 0
     return 0

@@ -1,18 +1,26 @@
 """Shape, dtype and cost propagation over a traced graph.
 
-Propagation runs the graph on fake tensors (``FakeTensorMode``): shapes and
-dtypes are computed without touching real data, so annotating a ResNet-50
-does no real FLOPs, and models whose weights live on the meta device work
-too. Only when an operation needs real values (``.item()``, data-dependent
-shapes) and the model holds real data does it fall back to a real run, under
-``torch.no_grad()`` and in eval mode so that no state (BatchNorm statistics)
-changes.
+Propagation never computes on real data where it can avoid it. It tries, in
+order, and keeps the first that runs the whole graph:
+
+1. meta tensors: every value is a tensor on the ``meta`` device (shape and
+   dtype, no data); the commonest operations get their output from a closed-form
+   rule (:mod:`fxcomp.tracing.shape_rules`), the others run their meta kernels,
+   modules with their parameters swapped for meta copies;
+2. fake tensors (``FakeTensorMode``), which also handle code that creates CPU
+   tensors inside ``forward`` and mixes them with its inputs;
+3. a real run, only when an operation needs real values (``.item()``,
+   data-dependent shapes) and the model holds real data.
+
+So annotating a ResNet-50 does no real FLOPs, and models whose weights live on
+the meta device work. Every run happens under ``torch.no_grad()`` and in eval
+mode, so no state (BatchNorm statistics) changes.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,11 +28,13 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.func import functional_call
 from torch.utils import _pytree as pytree
 
 from fxcomp.errors import TraceError
 from fxcomp.tracing.costs import node_macs, node_params
 from fxcomp.tracing.names import assign_qualnames, qualname
+from fxcomp.tracing.shape_rules import FUNCTION_RULES, METHOD_RULES, module_rule
 
 INFO = "fxcomp_info"
 """``node.meta`` key holding the node's :class:`NodeInfo`."""
@@ -105,9 +115,49 @@ class _Propagator(fx.Interpreter):
             output=describe_value(result),
             inputs=tuple(describe_value(arg) for arg in args),
             macs=macs,
-            params=node_params(node, module, result),
+            params=node_params(node, self.module),
         )
         return result
+
+
+class _MetaPropagator(_Propagator):
+    """A :class:`_Propagator` whose values are meta tensors, with shape rules for common operations."""
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm)
+        self._meta: dict[int, torch.Tensor] = {}
+
+    def _as_meta(self, value: Any) -> Any:
+        if not isinstance(value, torch.Tensor):
+            return value
+        copy = self._meta.get(id(value))
+        if copy is None:
+            copy = self._meta[id(value)] = torch.empty_like(value, device="meta")
+        return copy
+
+    def placeholder(self, target: Any, args: tuple, kwargs: dict) -> Any:
+        return self._as_meta(super().placeholder(target, args, kwargs))
+
+    def get_attr(self, target: Any, args: tuple, kwargs: dict) -> Any:
+        return self._as_meta(super().get_attr(target, args, kwargs))
+
+    def call_module(self, target: Any, args: tuple, kwargs: dict) -> Any:
+        module = self.fetch_attr(target)
+        result = module_rule(module, args, kwargs)
+        if result is not None:
+            return result
+        state = {name: self._as_meta(t) for name, t in module.state_dict(keep_vars=True).items()}
+        return functional_call(module, state, args, kwargs)
+
+    def call_function(self, target: Any, args: tuple, kwargs: dict) -> Any:
+        rule = FUNCTION_RULES.get(target) if isinstance(target, Hashable) else None
+        result = rule(args, kwargs) if rule is not None else None
+        return result if result is not None else super().call_function(target, args, kwargs)
+
+    def call_method(self, target: Any, args: tuple, kwargs: dict) -> Any:
+        rule = METHOD_RULES.get(target)
+        result = rule(args, kwargs) if rule is not None else None
+        return result if result is not None else super().call_method(target, args, kwargs)
 
 
 @contextlib.contextmanager
@@ -145,6 +195,11 @@ def propagate(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]) -> Non
     """
     assign_qualnames(gm.graph)
     with eval_mode(gm), torch.no_grad():
+        try:
+            _MetaPropagator(gm).run(*example_inputs)
+            return
+        except _NodeFailure:
+            pass  # some operation needs more than meta tensors; try fake tensors
         fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
         try:
             fake_inputs = [fake_mode.from_tensor(tensor) for tensor in example_inputs]

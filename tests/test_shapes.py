@@ -1,0 +1,147 @@
+"""Shape propagation: the meta fast path, its closed-form rules, and the fallbacks to fake and real runs."""
+
+from __future__ import annotations
+
+import operator
+import warnings
+
+import pytest
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+import fxcomp
+from fxcomp.tracing.shape_rules import FUNCTION_RULES, METHOD_RULES, module_rule
+from fxcomp.tracing.shapes import INFO, _MetaPropagator, _Propagator
+
+ZOO = torchvision.models.list_models(module=torchvision.models)
+
+
+def _zoo_model(name: str) -> tuple[nn.Module, torch.Tensor]:
+    size = 299 if name == "inception_v3" else 224
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            with torch.device("meta"):
+                return torchvision.models.get_model(name).eval(), torch.empty(1, 3, size, size, device="meta")
+        except NotImplementedError:  # regnet's constructor needs real tensors
+            return torchvision.models.get_model(name).eval(), torch.zeros(1, 3, size, size)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ZOO)
+def test_meta_fast_path_agrees_with_fake_tensors_on_every_node(name: str) -> None:
+    model, x = _zoo_model(name)
+    gm = fx.symbolic_trace(model)
+    with torch.no_grad():
+        _MetaPropagator(gm).run(x)  # must not need the fallback
+        meta = {node.name: node.meta[INFO] for node in gm.graph.nodes}
+        mode = FakeTensorMode(allow_non_fake_inputs=True)
+        with mode:
+            _Propagator(gm).run(mode.from_tensor(x))
+    fake = {node.name: node.meta[INFO] for node in gm.graph.nodes}
+    assert meta == fake
+
+
+def _real_and_rule(rule_output: torch.Tensor | None, real: torch.Tensor) -> None:
+    assert rule_output is not None
+    assert rule_output.device.type == "meta"
+    assert (tuple(rule_output.shape), rule_output.dtype) == (tuple(real.shape), real.dtype)
+
+
+shapes = st.lists(st.integers(1, 4), min_size=0, max_size=4)
+dtypes = st.sampled_from([torch.float32, torch.float64, torch.int64, torch.bool])
+
+
+@settings(max_examples=200, deadline=None)
+@given(left=shapes, drop=st.integers(0, 4), ones=st.lists(st.booleans(), max_size=4), left_dtype=dtypes, right_dtype=dtypes)
+def test_broadcast_rule_matches_real_arithmetic(left, drop, ones, left_dtype, right_dtype) -> None:
+    # The right operand: a suffix of the left shape with some sizes set to 1, so it broadcasts.
+    right = [1 if one else size for size, one in zip(left[drop:], ones + [False] * 4)]
+    a, b = torch.zeros(left, dtype=left_dtype), torch.zeros(right, dtype=right_dtype)
+    for target in (operator.add, operator.mul, torch.sub if torch.bool not in (left_dtype, right_dtype) else torch.mul):
+        real = target(a, b)
+        rule = FUNCTION_RULES[target]((a.to("meta"), b.to("meta")), {})
+        _real_and_rule(rule, real)
+    _real_and_rule(FUNCTION_RULES[operator.add]((a.to("meta"), 2.5), {}), a + 2.5)
+
+
+@pytest.mark.parametrize(
+    ("function", "args", "kwargs"),
+    [
+        (F.relu, (torch.randn(2, 3, 4),), {}),
+        (F.gelu, (torch.randn(2, 5),), {"approximate": "tanh"}),
+        (F.dropout, (torch.randn(2, 5), 0.5, False), {}),
+        (F.layer_norm, (torch.randn(2, 5), (5,)), {}),
+        (F.batch_norm, (torch.randn(2, 3, 4), torch.zeros(3), torch.ones(3)), {}),
+        (F.adaptive_avg_pool2d, (torch.randn(2, 3, 9, 7), (None, 2)), {}),
+        (F.adaptive_avg_pool2d, (torch.randn(3, 9, 7), 1), {}),
+    ],
+)
+def test_function_rules_match_real_calls(function, args, kwargs) -> None:
+    meta_args = tuple(a.to("meta") if isinstance(a, torch.Tensor) else a for a in args)
+    _real_and_rule(FUNCTION_RULES[function](meta_args, kwargs), function(*args, **kwargs))
+
+
+@pytest.mark.parametrize(
+    "module",
+    [nn.BatchNorm2d(3), nn.GroupNorm(1, 3), nn.ReLU(inplace=True), nn.Hardswish(), nn.Identity(), nn.AdaptiveAvgPool2d((1, 3))],
+)
+def test_module_rules_match_real_calls(module) -> None:
+    x = torch.randn(2, 3, 5, 6)
+    with torch.no_grad():
+        _real_and_rule(module_rule(module, (x.to("meta"),), {}), module.eval()(x.clone()))
+
+
+def test_rules_only_answer_for_exact_types_and_plain_arguments() -> None:
+    class Doubling(nn.ReLU):
+        def forward(self, x):
+            return torch.cat([x, x], 1)
+
+    x = torch.empty(2, 3, device="meta")
+    assert module_rule(Doubling(), (x,), {}) is None
+    assert FUNCTION_RULES[operator.add]((1, 2), {}) is None
+    assert METHOD_RULES["add"]((x, x), {"out": x}) is None
+
+
+class _NeedsValues(nn.Module):
+    def forward(self, x):
+        return x * x.abs().max().item()
+
+
+def test_fallback_to_fake_tensors_when_meta_cannot_run(monkeypatch, small_cnn) -> None:
+    from fxcomp.tracing import shapes
+
+    class MetaFails(_MetaPropagator):
+        def call_module(self, target, args, kwargs):
+            raise NotImplementedError("no meta kernel")
+
+    monkeypatch.setattr(shapes, "_MetaPropagator", MetaFails)
+    fake_runs = []
+    original = FakeTensorMode.__enter__
+    monkeypatch.setattr(FakeTensorMode, "__enter__", lambda mode: fake_runs.append(mode) or original(mode))
+    gm = fxcomp.trace(small_cnn, torch.randn(2, 3, 8, 8))
+    assert len({id(mode) for mode in fake_runs}) == 1  # one fake-tensor propagation ran
+    assert fxcomp.node_info(next(n for n in gm.graph.nodes if n.target == "fc")).output == fxcomp.TensorSpec(
+        (2, 10), torch.float32
+    )
+
+
+def test_fallback_to_a_real_run_only_for_real_data() -> None:
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = _NeedsValues()
+
+        def forward(self, x):
+            return self.scale(x)
+
+    gm = fxcomp.trace(Model(), torch.randn(2, 5), leaf_modules=[_NeedsValues])
+    assert fxcomp.node_info(next(n for n in gm.graph.nodes if n.op == "call_module")).output.shape == (2, 5)
+    with pytest.raises(fxcomp.TraceError, match=r"cannot compute the shapes of node 'scale'"):
+        fxcomp.trace(Model(), torch.empty(2, 5, device="meta"), leaf_modules=[_NeedsValues])
