@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import types
 from collections.abc import Sequence
 from typing import Any
@@ -75,6 +76,22 @@ def _trace_failure_message(error: Exception, model: nn.Module) -> str:
     )
 
 
+def _default_concrete_args(model: nn.Module, graph: fx.Graph, concrete_args: dict[str, Any]) -> None:
+    """Make each specialized argument's value its placeholder's default, so callers need not pass it again.
+
+    (fx keeps such an argument as a required input and asserts its value.)
+    """
+    parameters = list(inspect.signature(model.forward).parameters.values())
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    plain = all(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in parameters)
+    if not plain or len(parameters) != len(placeholders):
+        return
+    for parameter, node in zip(parameters, placeholders):
+        value = concrete_args.get(parameter.name, fx.PH)
+        if value is None or isinstance(value, (bool, int, float, str)):
+            node.args = (value,)
+
+
 def trace(
     model: nn.Module,
     example_inputs: torch.Tensor | Sequence[torch.Tensor],
@@ -104,6 +121,7 @@ def trace(
         graph = tracer.trace(model, concrete_args=concrete_args)
     except Exception as error:  # noqa: BLE001 - any tracing failure becomes a TraceError
         raise TraceError(_trace_failure_message(error, model)) from error
+    _default_concrete_args(model, graph, concrete_args or {})
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     gm.training = model.training
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]

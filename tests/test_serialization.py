@@ -1,0 +1,305 @@
+"""fxcomp.save / fxcomp.load: exact round trips, and refusal of anything that could run code."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import types
+import zipfile
+
+import pytest
+import torch
+import torch.nn as nn
+import torchvision
+
+import fxcomp
+from tests.conftest import SmallCNN, randomize_batchnorm
+
+
+def _reload(gm, tmp_path, **kwargs):
+    path = tmp_path / "model.fxc"
+    fxcomp.save(gm, path, **kwargs)
+    return fxcomp.load(path, **kwargs)
+
+
+def _narrow_conv1(gm: torch.fx.GraphModule, keep: list[int]) -> None:
+    """Shrink conv1 of a traced SmallCNN to the ``keep`` channels, with its BN and conv2's inputs."""
+    index = torch.tensor(keep)
+    with torch.no_grad():
+        gm.conv1 = nn.Conv2d(3, len(keep), 3, padding=1)
+        gm.conv1.weight.copy_(torch.randn(len(keep), 3, 3, 3))
+        bn = nn.BatchNorm2d(len(keep))
+        old_bn = gm.bn1
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            getattr(bn, name).copy_(getattr(old_bn, name)[index])
+        gm.bn1 = bn.eval()
+        conv2 = nn.Conv2d(len(keep), 32, 3, padding=1)
+        conv2.weight.copy_(gm.conv2.weight[:, index])
+        conv2.bias.copy_(gm.conv2.bias)
+        gm.conv2 = conv2
+    gm.recompile()
+
+
+def test_round_trip_of_a_graph_whose_shapes_changed(tmp_path) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 16, 16)
+    gm = fxcomp.trace(randomize_batchnorm(SmallCNN()).eval(), x)
+    _narrow_conv1(gm, keep=[0, 2, 5, 7, 8, 11, 12, 15])
+    fxcomp.propagate(gm, (x,))
+    loaded = _reload(gm, tmp_path)
+    assert loaded.conv1.weight.shape == (8, 3, 3, 3) and loaded.bn1.num_features == 8
+    other = torch.randn(5, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(loaded(other), gm(other))
+    original = {fxcomp.qualname(n): fxcomp.node_info(n) for n in gm.graph.nodes}
+    restored = {fxcomp.qualname(n): fxcomp.node_info(n) for n in loaded.graph.nodes}
+    assert restored == original
+    assert fxcomp.node_info(next(n for n in loaded.graph.nodes if n.target == "conv1")).output.shape == (2, 8, 16, 16)
+    assert {k: v.shape for k, v in loaded.state_dict().items()} == {k: v.shape for k, v in gm.state_dict().items()}
+
+
+@pytest.mark.parametrize(
+    "factory",
+    [
+        lambda: torchvision.models.mobilenet_v3_small(num_classes=10),
+        lambda: torchvision.models.VisionTransformer(
+            image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=10
+        ),
+        lambda: torchvision.models.squeezenet1_1(num_classes=10),
+    ],
+    ids=["mobilenet_v3_small", "tiny_vit", "squeezenet"],
+)
+def test_torchvision_models_round_trip_exactly(factory, tmp_path) -> None:
+    torch.manual_seed(0)
+    model = factory().eval()
+    x = torch.randn(2, 3, 32, 32)
+    loaded = _reload(fxcomp.trace(model, x), tmp_path)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+def test_compressed_resnet_round_trips(tmp_path) -> None:
+    model = randomize_batchnorm(torchvision.models.resnet18(num_classes=10)).eval()
+    x = torch.randn(1, 3, 32, 32)
+    result = fxcomp.compress(model, x, "passes: [{pass: fold_bn}]")
+    loaded = _reload(result.model, tmp_path)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), result.model(x))
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in loaded.modules())
+
+
+class _Tied(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 4)
+        self.b.weight = self.a.weight
+        self.norm = nn.BatchNorm1d(4)
+        self.a.bias.requires_grad_(False)
+
+    def forward(self, x):
+        return self.norm(self.b(self.a(x)))
+
+
+def test_tied_weights_flags_and_buffers_survive(tmp_path) -> None:
+    model = _Tied()
+    with torch.no_grad():
+        model.norm(torch.randn(8, 4))  # move the running statistics, count a batch
+    gm = fxcomp.trace(model.eval(), torch.randn(2, 4))
+    gm.norm.train()
+    loaded = _reload(gm, tmp_path)
+    assert loaded.a.weight is loaded.b.weight
+    assert loaded.a.bias.requires_grad is False and loaded.a.weight.requires_grad is True
+    assert loaded.norm.training is True and loaded.a.training is False
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        assert torch.equal(getattr(loaded.norm, name), getattr(model.norm, name))
+    assert int(loaded.norm.num_batches_tracked) == 1
+
+
+def test_concrete_args_graph_round_trips(tmp_path) -> None:
+    class Flagged(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(3, 3)
+
+        def forward(self, x, double=False):
+            return self.fc(x) * 2 if double else self.fc(x)
+
+    model = Flagged().eval()
+    x = torch.randn(2, 3)
+    loaded = _reload(fxcomp.trace(model, x, concrete_args={"double": True}), tmp_path)
+    assert torch.equal(loaded(x), model(x, True))
+
+
+def test_file_is_a_plain_weights_only_archive(tmp_path, small_cnn, image) -> None:
+    path = tmp_path / "m.fxc"
+    fxcomp.save(fxcomp.trace(small_cnn, image), path)
+    assert zipfile.is_zipfile(path)
+    data = torch.load(path, weights_only=True)
+    assert data["format"] == "fxcomp-graph" and data["version"] == 1
+    graph = json.loads(data["graph"])
+    assert graph["modules"]["conv1"]["class"] == "torch.nn.modules.conv.Conv2d"
+    assert all(isinstance(t, torch.Tensor) for t in data["tensors"].values())
+
+
+# --- refusals --------------------------------------------------------------------------------------
+
+
+class _Payload:
+    """Unpickling this would run ``_explode``."""
+
+    def __reduce__(self):
+        return (_explode, ("pwned",))
+
+
+EXPLOSIONS: list[str] = []
+
+
+def _explode(marker: str) -> str:
+    EXPLOSIONS.append(marker)
+    return marker
+
+
+def _saved(tmp_path, small_cnn, image) -> tuple[dict, dict]:
+    path = tmp_path / "good.fxc"
+    fxcomp.save(fxcomp.trace(small_cnn, image), path)
+    data = torch.load(path, weights_only=True)
+    return data, json.loads(data["graph"])
+
+
+def _write(tmp_path, data: dict, graph: dict) -> str:
+    path = tmp_path / "crafted.fxc"
+    torch.save({**data, "graph": json.dumps(graph)}, path)
+    return str(path)
+
+
+def test_malicious_pickle_is_refused_without_running(tmp_path) -> None:
+    path = tmp_path / "evil.fxc"
+    torch.save({"format": "fxcomp-graph", "version": 1, "graph": "{}", "tensors": {}, "x": _Payload()}, path)
+    with open(tmp_path / "evil.pkl", "wb") as handle:
+        pickle.dump(_Payload(), handle)
+    for candidate in (path, tmp_path / "evil.pkl"):
+        with pytest.raises(fxcomp.LoadError, match="is not a safe fxcomp model file"):
+            fxcomp.load(candidate)
+    assert EXPLOSIONS == []
+
+
+def _mutations():
+    def function(graph, target):
+        node = next(n for n in graph["nodes"] if n["op"] == "call_function")
+        node["target"] = target
+
+    def add_node(graph, node):
+        graph["nodes"].insert(-1, node)
+
+    return [
+        ("os.system", lambda g: function(g, "os.system"), "calls 'os.system', which is not on fxcomp's allow-list"),
+        ("eval", lambda g: function(g, "builtins.eval"), "calls 'builtins.eval'"),
+        ("operator.call", lambda g: function(g, "operator.call"), "calls 'operator.call'"),
+        (
+            "popen",
+            lambda g: g["modules"]["conv1"].__setitem__("class", "subprocess.Popen"),
+            "asks for module class 'subprocess.Popen' at 'conv1'",
+        ),
+        (
+            "private_getattr",
+            lambda g: add_node(
+                g,
+                {"name": "cls", "op": "call_function", "target": "builtins.getattr", "args": {"tuple": [{"node": "x"}, "__class__"]}, "kwargs": {"dict": {}}},
+            ),
+            "reads a private attribute",
+        ),
+        (
+            "dunder_method",
+            lambda g: add_node(
+                g,
+                {"name": "r", "op": "call_method", "target": "__reduce_ex__", "args": {"tuple": [{"node": "x"}, 2]}, "kwargs": {"dict": {}}},
+            ),
+            "is not a public tensor method",
+        ),
+        (
+            "injected_name",
+            lambda g: g["nodes"][1].__setitem__("name", "x; import os"),
+            "malformed",
+        ),
+        (
+            "forward_reference",
+            lambda g: g["nodes"][1].__setitem__("args", {"tuple": [{"node": "relu_1"}]}),
+            "before its definition",
+        ),
+        ("unknown_kind", lambda g: g["nodes"][1].__setitem__("args", {"tuple": [{"lambda": "x"}]}), "unknown kind 'lambda'"),
+        ("missing_tensor", lambda g: g["modules"]["conv1"]["parameters"]["weight"].__setitem__("tensor", "t999"), "missing tensor"),
+    ]
+
+
+@pytest.mark.parametrize(("mutate", "message"), [m[1:] for m in _mutations()], ids=[m[0] for m in _mutations()])
+def test_crafted_graphs_are_refused(mutate, message, tmp_path, small_cnn, image) -> None:
+    data, graph = _saved(tmp_path, small_cnn, image)
+    mutate(graph)
+    with pytest.raises(fxcomp.LoadError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        fxcomp.load(_write(tmp_path, data, graph))
+
+
+def test_foreign_truncated_and_missing_files_are_refused(tmp_path, small_cnn, image) -> None:
+    good = tmp_path / "good.fxc"
+    fxcomp.save(fxcomp.trace(small_cnn, image), good)
+    truncated = tmp_path / "truncated.fxc"
+    truncated.write_bytes(good.read_bytes()[:2000])
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    old = tmp_path / "old.fxc"
+    data = torch.load(good, weights_only=True)
+    torch.save({**data, "version": 99}, old)
+    cases = [
+        (truncated, "is not a safe fxcomp model file"),
+        (foreign, "is not an fxcomp model file"),
+        (old, "has format version 99; this fxcomp reads version 1"),
+        (tmp_path / "absent.fxc", "no such file"),
+    ]
+    for path, message in cases:
+        with pytest.raises(fxcomp.LoadError, match=message):
+            fxcomp.load(path)
+
+
+class _Custom(nn.Module):
+    """A leaf module that is not a torch.nn layer: saving it needs a plugin's permission."""
+
+    def __init__(self, size: int = 4) -> None:
+        super().__init__()
+        self.size = size
+        self.scale = nn.Parameter(torch.full((size,), 2.0))
+
+    def forward(self, x):
+        return x * self.scale
+
+
+class _UsesCustom(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.custom = _Custom()
+
+    def forward(self, x):
+        return self.custom(x) + 1
+
+
+def test_plugins_extend_the_allow_list(tmp_path) -> None:
+    gm = fxcomp.trace(_UsesCustom(), torch.randn(2, 4), leaf_modules=[_Custom])
+    with pytest.raises(fxcomp.SaveError, match=r"module 'custom' is a _Custom.*fxcomp_register_serializables"):
+        fxcomp.save(gm, tmp_path / "refused.fxc")
+    plugin = types.SimpleNamespace(
+        fxcomp_register_serializables=fxcomp.hookimpl(specname="fxcomp_register_serializables")(
+            lambda register: register(_Custom)
+        )
+    )
+    plugins = fxcomp.load_plugins(entry_points=False, extra={"custom_layers": plugin})
+    loaded = _reload(gm, tmp_path, plugins=plugins)
+    assert isinstance(loaded.custom, _Custom) and loaded.custom.size == 4
+    x = torch.randn(3, 4)
+    assert torch.equal(loaded(x), gm(x))
+    with pytest.raises(fxcomp.LoadError, match="tests.test_serialization._Custom"):
+        fxcomp.load(tmp_path / "model.fxc", plugins=fxcomp.load_plugins(entry_points=False))
+
+
+def test_save_takes_only_graph_modules(tmp_path, small_cnn) -> None:
+    with pytest.raises(fxcomp.SaveError, match=r"takes a torch.fx.GraphModule, got SmallCNN; trace the model first"):
+        fxcomp.save(small_cnn, tmp_path / "x.fxc")
