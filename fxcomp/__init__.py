@@ -3,11 +3,13 @@
 The data flows one way: trace → analyze → plan → rewrite → verify → lower → export.
 
 * :func:`trace` turns a model into a ``GraphModule`` annotated with shapes, MACs and names;
+* :func:`analyze` partitions its prunable channels into coupled groups;
 * :func:`compress` runs a recipe of passes (from plugins) on a copy and verifies each;
 * :func:`save` / :func:`load` store a rewritten graph in a format that never runs code on load;
 * :func:`layer_table` and :func:`to_dot` show a graph.
 """
 
+from fxcomp.analysis import ChannelGroup, Member, analyze
 from fxcomp.errors import FxcompError, LoadError, PassError, PluginError, RecipeError, SaveError, TraceError
 from fxcomp.export import load, save, to_dot
 from fxcomp.passes import CheckContext, Option, Pass, PassContext, PassResult
@@ -19,11 +21,13 @@ from fxcomp.tracing import NodeInfo, TensorSpec, node_info, propagate, qualname,
 __version__ = "0.1.0"
 
 __all__ = [
+    "ChannelGroup",
     "CheckContext",
     "CompressionReport",
     "CompressionResult",
     "FxcompError",
     "LoadError",
+    "Member",
     "NodeInfo",
     "Option",
     "Pass",
@@ -37,6 +41,7 @@ __all__ = [
     "SaveError",
     "TensorSpec",
     "TraceError",
+    "analyze",
     "compress",
     "hookimpl",
     "layer_table",

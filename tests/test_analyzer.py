@@ -89,6 +89,8 @@ def test_split_sends_channels_to_their_consumers() -> None:
     a = groups["a"]
     assert _member(a, "left.weight", 1).channels == (0, 1, 2)
     assert _member(a, "right.weight", 1).channels == (3, 4, 5, 6, 7)
+    split = _member(a, "split", 1)
+    assert (split.kind, split.channels) == ("split", tuple(range(8)))
     # left and right are added: their output channels are one (pinned, returned) group.
     assert groups["left"] is groups["right"] and groups["left"].pinned
 

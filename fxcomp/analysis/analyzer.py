@@ -242,7 +242,13 @@ class _Walk:
         if any(isinstance(i, fx.Node) and isinstance(self.env[i], (torch.Tensor, _Param)) for i in indices):
             return self.unknown(node, args, kwargs, "indexing with a tensor")
         result = function(*pytree.tree_map(real, tuple(args)), **pytree.tree_map(real, dict(kwargs)))
-        return pytree.tree_map(lambda t: compact(t) if isinstance(t, torch.Tensor) else t, result)
+        result = pytree.tree_map(lambda t: compact(t) if isinstance(t, torch.Tensor) else t, result)
+        for labels in pytree.tree_leaves(result):
+            if isinstance(labels, torch.Tensor) and len(labelled_axes(labels)) > 1:
+                # Channels split over several axes (channel shuffle, heads, pixel shuffle): pruning them
+                # consistently needs the same indices removed in every part; not done yet, so pin.
+                self.pin(labels, f"'{qualname(node)}' spreads channels over several axes")
+        return result
 
     def unknown(self, node: fx.Node, args: Sequence[Any], kwargs: dict, what: str) -> Any:
         """Pin every channel reaching an operation the analyzer does not know."""
@@ -286,6 +292,27 @@ def _channels_only(walk: _Walk, node: fx.Node, args: Sequence[Any]) -> Any:
     return labels
 
 
+def _split_sizes(walk: _Walk, node: fx.Node) -> None:
+    """Record split sizes written into the graph (they must follow pruning) and chunk counts (equal parts)."""
+    is_split = node.target in (torch.split, "split")
+    if not (is_split or node.target in (torch.chunk, "chunk")) or len(node.args) < 2:
+        return
+    source, parts = node.args[0], node.args[1]
+    dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+    labels, spec = walk.env.get(source), walk.spec(source)
+    if not isinstance(labels, torch.Tensor) or not isinstance(spec, TensorSpec) or not isinstance(dim, int):
+        return
+    line = along(labels, dim, spec.shape[dim])
+    if line is None:
+        return
+    if is_split and isinstance(parts, (list, tuple)):
+        walk.member(qualname(node), dim % len(spec.shape), line, kind="split")
+    elif is_split:
+        walk.pin(line, f"'{qualname(node)}' splits into pieces of a fixed size")
+    else:
+        walk.pin(line, f"'{qualname(node)}' cuts channels into equal chunks, which pruning does not balance yet")
+
+
 def _step(walk: _Walk, node: fx.Node) -> Any:
     gm = walk.gm
     if node.op == "placeholder":
@@ -319,6 +346,7 @@ def _step(walk: _Walk, node: fx.Node) -> Any:
         if target in _SPATIAL_FUNCTIONS:
             return _channels_only(walk, node, args)
         if target in _MOVEMENT_FUNCTIONS:
+            _split_sizes(walk, node)
             return walk.movement(node, target, args, kwargs)
         if target is getattr or not any(isinstance(a, fx.Node) for a in pytree.tree_leaves((args, kwargs))):
             return walk.spec(node)
@@ -327,6 +355,7 @@ def _step(walk: _Walk, node: fx.Node) -> Any:
         if target in _ELEMENTWISE_METHODS:
             return walk.elementwise(node, args[:1] if target in ("to", "float", "half", "type_as") else args)
         if target in _MOVEMENT_METHODS:
+            _split_sizes(walk, node)
             return walk.movement(node, lambda self, *a, **k: getattr(self, target)(*a, **k), args, kwargs)
         if target in _SHAPE_METHODS:
             return walk.spec(node)
@@ -370,8 +399,16 @@ def _build_groups(walk: _Walk, ignore: Sequence[str]) -> list[ChannelGroup]:
             if reason not in groups[index].pinned:
                 groups[index].pinned.append(reason)
     for labels, count in walk.segments:
-        for index in {channel_index[find(l)][0] for l in labels.tolist() if l >= 0}:
-            groups[index].segments = max(groups[index].segments, count)
+        entries = [channel_index.get(find(l)) if l >= 0 else None for l in labels.tolist()]
+        owners = {entry[0] for entry in entries if entry is not None}
+        # Equal segments are enforced in group-channel order: only when these channels are one whole group, in order.
+        if len(owners) == 1 and [entry[1] if entry else -1 for entry in entries] == list(range(len(entries))):
+            (index,) = owners
+            if groups[index].channels == len(entries):
+                groups[index].segments = max(groups[index].segments, count)
+                continue
+        for index in owners:
+            groups[index].pinned.append(f"{count} equal segments span channels of several groups")
     for group in groups:
         if ignore and any(matches(p, ignore) for p in group.producers):
             group.pinned.append("ignored by the user")
