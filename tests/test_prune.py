@@ -67,35 +67,32 @@ def test_split_sizes_follow_pruning() -> None:
     assert error < 1e-4
 
 
-TORCHVISION = [
-    "resnet18",
-    "resnext50_32x4d",
-    "mobilenet_v2",
-    "mobilenet_v3_small",
-    "densenet121",
-    "shufflenet_v2_x0_5",
-    "efficientnet_b0",
-    "googlenet",
-    "squeezenet1_0",
-    "regnet_x_400mf",
-    "mnasnet0_5",
-    "vgg11_bn",
-    "alexnet",
-]
+ZOO = torchvision.models.list_models(module=torchvision.models)
+_CROSS_CHANNEL_NORMS = (nn.LayerNorm, nn.GroupNorm)
+
+
+def _input_size(name: str) -> int:
+    if name.startswith("inception"):
+        return 299
+    if name.startswith(("vit", "swin", "maxvit")):
+        return 224  # these models check or need their training resolution
+    return 64
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", TORCHVISION)
-def test_torchvision_models_prune_exactly(name: str) -> None:
+@pytest.mark.parametrize("name", ZOO)
+def test_every_zoo_model_prunes_at_half_ratio(name: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = torchvision.models.get_model(name, num_classes=10)
-    size = 96 if name in ("googlenet", "alexnet") else 64
-    result, error = _prune_and_compare(model, torch.randn(2, 3, size, size))
-    assert error < 1e-4, error
+    size = _input_size(name)
+    result, error = _prune_and_compare(model, torch.randn(1, 3, size, size))
     before, after = result.report.before_totals, result.report.after_totals
-    assert after.macs < 0.75 * before.macs and after.params < before.params
-    assert result.model(torch.randn(1, 3, size, size)).shape == (1, 10)
+    assert after.macs < 0.7 * before.macs and after.params < before.params
+    assert result.model(torch.randn(2, 3, size, size)).shape == (2, 10)
+    if not any(isinstance(m, _CROSS_CHANNEL_NORMS) for m in model.modules()):
+        # Norms that mix statistics across channels make the zeroed reference differ by design.
+        assert error < 1e-4, error
 
 
 def test_plan_replays_on_a_fresh_model() -> None:
