@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -16,18 +17,20 @@ def interleaved_latency(
     repeats: int = 20,
     warmup: int = 3,
     threads: int | None = None,
+    inference: bool = True,
 ) -> dict[str, float]:
     """Median wall time in seconds of each zero-argument callable.
 
     The callables run in turn (A, B, A, B, …) so that drifts in machine load hit
     them alike; each first runs ``warmup`` times unmeasured. ``threads`` fixes
-    ``torch.set_num_threads`` for the measurement (restored afterwards).
+    ``torch.set_num_threads`` for the measurement (restored afterwards). With
+    ``inference`` (the default) they run under ``torch.inference_mode()``.
     """
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        with torch.inference_mode():
+        with torch.inference_mode() if inference else contextlib.nullcontext():
             for _ in range(warmup):
                 for run in candidates.values():
                     run()

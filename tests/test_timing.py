@@ -25,3 +25,9 @@ def test_runs_interleaved_with_warmup_and_restores_threads() -> None:
     assert set(threads_seen) == {1}
     assert torch.get_num_threads() == before
     assert set(medians) == {"a", "b"} and all(m >= 0 for m in medians.values())
+
+
+def test_inference_mode_can_be_turned_off() -> None:
+    seen: list[bool] = []
+    interleaved_latency({"a": lambda: seen.append(torch.is_grad_enabled())}, repeats=2, warmup=0, inference=False)
+    assert seen == [True, True]

@@ -364,49 +364,57 @@ def _step(walk: _Walk, node: fx.Node) -> Any:
 
 
 def _build_groups(walk: _Walk, ignore: Sequence[str]) -> list[ChannelGroup]:
-    find = walk.labels.find
-    # A group is every channel (label set) of the producers connected through merged labels.
-    group_of_root: dict[int, int] = {}
-    groups: list[ChannelGroup] = []
-    channel_index: dict[int, tuple[int, int]] = {}
-    for producer, labels in walk.producers:
-        roots = [find(label) for label in labels.tolist()]
-        known = {group_of_root[r] for r in roots if r in group_of_root}
-        if known:
-            index = min(known)
-            groups[index].producers.append(producer)
-        else:
-            index = len(groups)
-            groups.append(ChannelGroup(channels=0, producers=[producer]))
-        for root in roots:
-            group_of_root.setdefault(root, index)
-            if root not in channel_index:
-                channel_index[root] = (index, groups[index].channels)
-                groups[index].channels += 1
+    """Turn label sets into groups: merged labels are one channel, connected producers one group."""
+    total = len(walk.labels)
+    if not walk.producers:
+        return []
+    roots = walk.labels.roots()
+    producer_of = torch.empty(total, dtype=torch.int64)
+    for index, (_, labels) in enumerate(walk.producers):
+        producer_of[labels] = index
+    # Producers whose channels were merged belong to one group (a second, tiny union-find).
+    merged = LabelSets()
+    merged.new(len(walk.producers))
+    merged.union(producer_of, producer_of[roots])
+    producer_root = merged.roots()
+    group_of_producer = torch.searchsorted(producer_root.unique(), producer_root)  # groups in producer order
+    group_of_root = group_of_producer[producer_of]
+    # A group's channels are its distinct roots, in label order (the first producer's channel order first).
+    distinct = roots.unique()
+    distinct_group = group_of_root[distinct]
+    order = torch.argsort(distinct_group, stable=True)
+    counts = torch.bincount(distinct_group, minlength=int(group_of_producer.max()) + 1)
+    starts = torch.cumsum(counts, 0) - counts
+    channel_of_root = torch.full((total,), -1, dtype=torch.int64)
+    channel_of_root[distinct[order]] = torch.arange(len(distinct)) - starts[distinct_group[order]]
+    group_of_label, channel_of_label = group_of_root[roots], channel_of_root[roots]
+
+    groups = [ChannelGroup(channels=int(count), producers=[]) for count in counts]
+    for index, (producer, _) in enumerate(walk.producers):
+        groups[int(group_of_producer[index])].producers.append(producer)
+
+    def located(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        valid = labels >= 0
+        safe = labels.clamp(min=0)
+        return torch.where(valid, group_of_label[safe], -1), torch.where(valid, channel_of_label[safe], -1)
+
     for name, axis, labels, kind in walk.members:
-        per_group: dict[int, list[int]] = {}
-        entries = [channel_index.get(find(label)) if label >= 0 else None for label in labels.tolist()]
-        for entry in entries:
-            if entry is not None:
-                per_group.setdefault(entry[0], [-1] * len(entries))
-        for position, entry in enumerate(entries):
-            if entry is not None:
-                per_group[entry[0]][position] = entry[1]
-        for index, channels in per_group.items():
-            groups[index].members.append(Member(name, axis, tuple(channels), kind))
+        owner, channel = located(labels)
+        for index in owner[owner >= 0].unique().tolist():
+            channels = torch.where(owner == index, channel, -1)
+            groups[index].members.append(Member(name, axis, tuple(channels.tolist()), kind))
     for labels, reason in walk.pins:
-        for index in {channel_index[find(l)][0] for l in labels.tolist() if l >= 0 and find(l) in channel_index}:
+        owner, _ = located(labels)
+        for index in owner[owner >= 0].unique().tolist():
             if reason not in groups[index].pinned:
                 groups[index].pinned.append(reason)
     for labels, count in walk.segments:
-        entries = [channel_index.get(find(l)) if l >= 0 else None for l in labels.tolist()]
-        owners = {entry[0] for entry in entries if entry is not None}
+        owner, channel = located(labels)
+        owners = owner[owner >= 0].unique().tolist()
         # Equal segments are enforced in group-channel order: only when these channels are one whole group, in order.
-        if len(owners) == 1 and [entry[1] if entry else -1 for entry in entries] == list(range(len(entries))):
-            (index,) = owners
-            if groups[index].channels == len(entries):
-                groups[index].segments = max(groups[index].segments, count)
-                continue
+        if len(owners) == 1 and torch.equal(channel, torch.arange(len(channel))) and groups[owners[0]].channels == len(channel):
+            groups[owners[0]].segments = max(groups[owners[0]].segments, count)
+            continue
         for index in owners:
             groups[index].pinned.append(f"{count} equal segments span channels of several groups")
     for group in groups:

@@ -31,11 +31,24 @@ class LabelSets:
     def union(self, left: torch.Tensor, right: torch.Tensor) -> None:
         """Merge ``left[i]`` with ``right[i]`` wherever both are labels (≥ 0)."""
         both = (left >= 0) & (right >= 0)
-        pairs = torch.stack([left[both], right[both]], dim=1).unique(dim=0) if both.any() else []
-        for a, b in pairs.tolist() if len(pairs) else []:
+        if not bool(both.any()):
+            return
+        # Distinct pairs through one 1-D key: unique over rows is far slower.
+        keys = (left[both] * len(self._parent) + right[both]).unique()
+        for key in keys.tolist():
+            a, b = divmod(key, len(self._parent))
             root_a, root_b = self.find(a), self.find(b)
             if root_a != root_b:
                 self._parent[max(root_a, root_b)] = min(root_a, root_b)
+
+    def roots(self) -> torch.Tensor:
+        """The root of every label at once. A root is the smallest label of its set."""
+        parent = torch.tensor(self._parent, dtype=torch.int64)
+        while True:
+            jumped = parent[parent]
+            if torch.equal(jumped, parent):
+                return parent
+            parent = jumped
 
     def __len__(self) -> int:
         return len(self._parent)
