@@ -305,8 +305,10 @@ def _split_sizes(walk: _Walk, node: fx.Node) -> None:
     line = along(labels, dim, spec.shape[dim])
     if line is None:
         return
-    if is_split and isinstance(parts, (list, tuple)):
+    if is_split and isinstance(parts, (list, tuple)) and all(isinstance(p, int) for p in parts):
         walk.member(qualname(node), dim % len(spec.shape), line, kind="split")
+    elif is_split and isinstance(parts, (list, tuple)):
+        walk.pin(line, f"'{qualname(node)}' splits at sizes computed in the graph, which pruning cannot rewrite yet")
     elif is_split:
         walk.pin(line, f"'{qualname(node)}' splits into pieces of a fixed size")
     else:
