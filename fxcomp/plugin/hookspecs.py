@@ -60,6 +60,10 @@ def fxcomp_register_channel_rules(register: Register) -> None:
     the channels of its inputs map to the channels of its outputs. An op with
     no rule is treated conservatively: the channel groups it touches are pinned
     and reported, never guessed.
+
+    Status: rules are collected and listed by ``fxcomp plugins``, but
+    :func:`fxcomp.analyze` does not consult them yet (issue 3); until it does,
+    every op it does not know pins its channels.
     """
 
 
@@ -70,6 +74,9 @@ def fxcomp_register_lowerings(register: Register) -> None:
     Call ``register(backend, name, lowering)``; ``backend`` is the lowering
     backend's name (e.g. ``"triton"``) and ``name`` identifies the pattern.
     A pattern with no lowering stays as it is and is listed in the report.
+
+    Status: lowerings are collected and listed; ``fxcomp.lower``, which applies
+    them, is not written yet (issue 8).
     """
 
 
