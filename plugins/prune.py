@@ -13,11 +13,15 @@ Criteria registered here (``register(name, criterion)`` with
 
 * ``l1`` / ``l2``: the L1 / L2 norm of the channel's entries summed over every
   parameter of the group (the coupled weights all count, as in DepGraph);
+* ``bn_scale``: the absolute BatchNorm scale ``|gamma|`` (network slimming);
+* ``fpgm``: the filter's summed distance to the layer's other filters
+  (filter pruning via geometric median: filters near the median are redundant);
 * ``random``: uniform scores from a fixed seed (a baseline).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from typing import Any
@@ -26,10 +30,14 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from fxcomp import ChannelGroup, FxcompError, analyze, hookimpl, qualname
-from fxcomp.passes import Option, Pass, PassContext, PassResult, choice, globs, integer, number
+from fxcomp import ChannelGroup, FxcompError, RecipeError, analyze, hookimpl, node_info, propagate, qualname
+from fxcomp.passes import Option, Pass, PassContext, PassResult, choice, globs, integer, number, optional, string
 
 Criterion = Callable[[ChannelGroup, fx.GraphModule, PassContext], torch.Tensor]
+
+
+def _total_macs(gm: fx.GraphModule) -> int:
+    return sum(node_info(node).macs for node in gm.graph.nodes)
 
 
 def _parameter(gm: fx.GraphModule, name: str) -> torch.Tensor:
@@ -51,6 +59,50 @@ def _norm_importance(power: int) -> Criterion:
         return scores.pow(1 / power)
 
     return criterion
+
+
+def _owner_and_attribute(gm: fx.GraphModule, name: str) -> tuple[nn.Module, str]:
+    owner, _, attribute = name.rpartition(".")
+    return gm.get_submodule(owner), attribute
+
+
+def _bn_scale_importance(group: ChannelGroup, gm: fx.GraphModule, context: PassContext) -> torch.Tensor:
+    """|gamma| of the group's BatchNorms (network slimming), summed where several share the channels."""
+    scores = torch.zeros(group.channels, dtype=torch.float64)
+    found = False
+    for member in group.members:
+        owner, attribute = _owner_and_attribute(gm, member.name)
+        if isinstance(owner, nn.modules.batchnorm._BatchNorm) and attribute == "weight" and owner.affine:
+            channels = torch.tensor(member.channels)
+            inside = channels >= 0
+            scores.index_add_(0, channels[inside], owner.weight.detach().double().abs()[inside])
+            found = True
+    if not found:
+        raise FxcompError(
+            f"prune.importance: bn_scale needs a BatchNorm with affine weights, and the channels of "
+            f"{', '.join(group.producers)} have none; use importance: l1, or ignore those layers"
+        )
+    return scores
+
+
+def _fpgm_importance(group: ChannelGroup, gm: fx.GraphModule, context: PassContext) -> torch.Tensor:
+    """Filter pruning via geometric median: filters close to all others (small distance sum) are redundant."""
+    scores = torch.zeros(group.channels, dtype=torch.float64)
+    for member in group.members:
+        owner, attribute = _owner_and_attribute(gm, member.name)
+        is_filter = attribute == "weight" and (
+            (isinstance(owner, nn.Linear) and member.axis == 0)
+            or (isinstance(owner, nn.modules.conv._ConvNd) and member.axis == (1 if owner.transposed else 0))
+        )
+        if not is_filter:
+            continue
+        filters = owner.weight.detach().double().movedim(member.axis, 0)
+        filters = filters.reshape(filters.shape[0], -1)
+        distances = torch.cdist(filters, filters).sum(1)
+        channels = torch.tensor(member.channels)
+        inside = channels >= 0
+        scores.index_add_(0, channels[inside], distances[inside])
+    return scores
 
 
 def _random_importance(group: ChannelGroup, gm: fx.GraphModule, context: PassContext) -> torch.Tensor:
@@ -113,34 +165,94 @@ class Prune(Pass):
 
     name = "prune"
     schema = {
-        "ratio": Option(number(0, 1, high_open=True), default=0.5, doc="fraction of each group's channels to remove"),
-        "importance": Option(choice("l1", "l2", "random"), default="l1", doc="importance criterion"),
+        "ratio": Option(
+            optional(number(0, 1, high_open=True)), default=None, doc="fraction of each group's channels to remove"
+        ),
+        "target_macs": Option(
+            optional(number(0, 1, low_open=True, high_open=True)),
+            default=None,
+            doc="fraction of the original MACs to keep (reached within 2%), instead of ratio",
+        ),
+        "importance": Option(string(), default="l1", doc="importance criterion: l1, l2, bn_scale, fpgm, random, …"),
         "scope": Option(choice("local"), default="local", doc="local: the same ratio in every group"),
         "ignore": Option(globs(), default=(), doc="qualified-name globs of layers whose output channels stay"),
         "round_to": Option(integer(1), default=1, doc="keep a multiple of this many channels per group"),
-        "max_ratio_per_group": Option(number(0, 1), default=1.0, doc="never remove more than this fraction"),
+        "max_ratio_per_group": Option(number(0, 1), default=0.95, doc="never remove more than this fraction"),
     }
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        if (self.options["ratio"] is None) == (self.options["target_macs"] is None):
+            raise RecipeError("prune: give exactly one of ratio and target_macs")
 
     def plan(self, gm: fx.GraphModule, context: PassContext) -> dict[str, Any]:
         criteria = context.plugins.registry.importance
         if self.options["importance"] not in criteria:
-            raise FxcompError(
+            raise RecipeError(
                 f"prune.importance: no criterion '{self.options['importance']}' is registered; "
                 f"registered: {', '.join(sorted(criteria))}"
             )
         criterion: Criterion = criteria[self.options["importance"]].value
-        ratio = min(self.options["ratio"], self.options["max_ratio_per_group"])
-        groups, kept, splits, pinned = [], {}, {}, []
-        for group in analyze(gm, ignore=self.options["ignore"]):
-            if not group.prunable:
+        groups = analyze(gm, ignore=self.options["ignore"])
+        scores = [criterion(group, gm, context) if group.prunable else None for group in groups]
+        cap = self.options["max_ratio_per_group"]
+        if self.options["ratio"] is not None:
+            return self._plan_at(min(self.options["ratio"], cap), groups, scores)
+        return self._plan_for_macs(gm, context, groups, scores, cap)
+
+    def _plan_for_macs(
+        self,
+        gm: fx.GraphModule,
+        context: PassContext,
+        groups: list[ChannelGroup],
+        scores: list[torch.Tensor | None],
+        cap: float,
+    ) -> dict[str, Any]:
+        """Bisect the per-group ratio until the pruned graph keeps ``target_macs`` of the MACs (±2%)."""
+        target = self.options["target_macs"]
+        before = _total_macs(gm)
+
+        def kept_fraction(plan: dict[str, Any]) -> float:
+            scratch = copy.deepcopy(gm)
+            self.apply(scratch, plan, context)
+            propagate(scratch, context.example_inputs)
+            return _total_macs(scratch) / before
+
+        low, high = 0.0, cap
+        plan = self._plan_at(high, groups, scores)
+        fraction = kept_fraction(plan)
+        if fraction > target * 1.02:
+            raise FxcompError(
+                f"prune.target_macs: {target:g} is out of reach; pruning every unpinned group by "
+                f"max_ratio_per_group={cap:g} keeps {fraction:.3f} of the MACs"
+            )
+        for _ in range(30):
+            if abs(fraction / target - 1) <= 0.02:
+                break
+            middle = (low + high) / 2
+            candidate = self._plan_at(middle, groups, scores)
+            candidate_fraction = kept_fraction(candidate)
+            if candidate_fraction < target:
+                high = middle
+            else:
+                low = middle
+            if candidate_fraction <= target * 1.02:
+                plan, fraction = candidate, candidate_fraction
+        plan["target_macs"] = {"target": target, "kept": round(fraction, 4), "ratio": round(plan["ratio"], 4)}
+        return plan
+
+    def _plan_at(
+        self, ratio: float, groups: list[ChannelGroup], scores: list[torch.Tensor | None]
+    ) -> dict[str, Any]:
+        planned, kept, splits, pinned = [], {}, {}, []
+        for group, group_scores in zip(groups, scores):
+            if group_scores is None:
                 pinned.append({"producers": group.producers, "reasons": group.pinned})
                 continue
-            removed = _channels_to_remove(
-                criterion(group, gm, context), ratio, self.options["round_to"], group.segments
-            )
+            removed = _channels_to_remove(group_scores, ratio, self.options["round_to"], group.segments)
             if not removed:
                 continue
-            groups.append({"producers": group.producers, "channels": group.channels, "removed": removed})
+            planned.append({"producers": group.producers, "channels": group.channels, "removed": removed})
             gone = set(removed)
             for member in group.members:
                 table = splits if member.kind == "split" else kept
@@ -149,7 +261,7 @@ class Prune(Pass):
                 axes[str(member.axis)] = sorted(
                     i for i in previous if not (member.channels[i] >= 0 and member.channels[i] in gone)
                 )
-        return {"groups": groups, "kept": kept, "splits": splits, "pinned": pinned}
+        return {"ratio": ratio, "groups": planned, "kept": kept, "splits": splits, "pinned": pinned}
 
     def apply(self, gm: fx.GraphModule, plan: dict[str, Any], context: PassContext) -> PassResult:
         owners = set()
@@ -189,3 +301,5 @@ def fxcomp_register_importance(register: Any) -> None:
     register("l1", _norm_importance(1))
     register("l2", _norm_importance(2))
     register("random", _random_importance)
+    register("bn_scale", _bn_scale_importance)
+    register("fpgm", _fpgm_importance)

@@ -124,3 +124,70 @@ def test_round_to_and_pinned_groups_are_reported() -> None:
     reasons = [reason for pinned in plan["pinned"] for reason in pinned["reasons"]]
     assert "the model returns these channels" in reasons and "ignored by the user" in reasons
     assert not any(p.startswith("layer4.") for g in plan["groups"] for p in g["producers"])
+
+
+@pytest.mark.parametrize("target", [0.3, 0.5, 0.8])
+def test_target_macs_is_reached_within_two_percent(target: float) -> None:
+    model = randomize_batchnorm(torchvision.models.resnet18(num_classes=10)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    result = fxcomp.compress(model, x, {"passes": [{"pass": "prune", "target_macs": target}]})
+    before, after = result.report.before_totals.macs, result.report.after_totals.macs
+    assert abs(after / before / target - 1) <= 0.02
+    assert result.plan[0]["plan"]["target_macs"]["kept"] == pytest.approx(after / before, abs=1e-4)
+    with torch.no_grad():
+        expected = zeroed_reference(model, result.plan[0]["plan"])(x)
+    assert ((result.model(x) - expected).abs().max() / expected.abs().max()).item() < 1e-4
+
+
+def test_unreachable_target_macs_says_how_far_it_gets() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3))  # one prunable group, small
+    with pytest.raises(fxcomp.FxcompError, match=r"prune.target_macs: 0.01 is out of reach; .* keeps 0\.\d+ of the MACs"):
+        fxcomp.compress(model, torch.randn(1, 3, 8, 8), "passes: [{pass: prune, target_macs: 0.01}]")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({}, r"^prune: give exactly one of ratio and target_macs$"),
+        ({"ratio": 0.5, "target_macs": 0.5}, r"^prune: give exactly one of ratio and target_macs$"),
+        ({"ratio": 0.5, "importance": "magic"}, r"^prune.importance: no criterion 'magic' is registered; registered: bn_scale, fpgm, l1, l2, random$"),
+    ],
+)
+def test_option_errors(options, message, small_cnn, image) -> None:
+    with pytest.raises(fxcomp.RecipeError, match=message):
+        fxcomp.compress(small_cnn, image, {"passes": [{"pass": "prune", **options}]})
+
+
+class _FourFilters(nn.Module):
+    """conv → BN → conv with hand-set weights, so every criterion's choice is known.
+
+    Filters (2 inputs each): f0 = (1, 0), f1 = (1, 0.1), f2 = (0.2, 0), f3 = (5, 0); BN scales .9, .9, .1, .7.
+
+    * l1 (filter |w| + BN |gamma|): 1.9, 2.0, 0.3, 5.7 → remove 2 and 0;
+    * bn_scale: .9, .9, .1, .7 → remove 2 and 3;
+    * fpgm (summed distance to the other filters): 4.9, 4.906, 6.406, 12.8 → remove 0 and 1 (f0 and f1 nearly coincide).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 1, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+        self.head = nn.Conv2d(4, 1, 1, bias=False)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.2, 0.0], [5.0, 0.0]]).reshape(4, 2, 1, 1))
+            self.bn.weight.copy_(torch.tensor([0.9, 0.9, 0.1, 0.7]))
+            self.head.weight.fill_(0.0)
+
+    def forward(self, x):
+        return self.head(self.bn(self.conv(x)))
+
+
+@pytest.mark.parametrize(("importance", "removed"), [("l1", [0, 2]), ("bn_scale", [2, 3]), ("fpgm", [0, 1])])
+def test_criteria_remove_the_expected_channels(importance: str, removed: list[int]) -> None:
+    result = fxcomp.compress(
+        _FourFilters().eval(),
+        torch.randn(1, 2, 2, 2),
+        {"passes": [{"pass": "prune", "ratio": 0.5, "importance": importance}]},
+    )
+    (group,) = result.plan[0]["plan"]["groups"]
+    assert group["removed"] == removed

@@ -16,6 +16,7 @@ from fxcomp.passes.options import (
     integer,
     number,
     optional,
+    string,
     validate_options,
 )
 
@@ -33,5 +34,6 @@ __all__ = [
     "matches",
     "number",
     "optional",
+    "string",
     "validate_options",
 ]

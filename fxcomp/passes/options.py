@@ -96,6 +96,17 @@ def choice(*values: str) -> Check:
     return check
 
 
+def string() -> Check:
+    """A non-empty string."""
+
+    def check(value: Any, path: str) -> str:
+        if not isinstance(value, str) or not value:
+            raise _fail(path, "a non-empty string", value)
+        return value
+
+    return check
+
+
 def boolean() -> Check:
     """``true`` or ``false``."""
 
