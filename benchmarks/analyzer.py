@@ -2,7 +2,9 @@
 
 For each model, in one process with a fixed thread count, interleaved runs of
 
-* fxcomp: ``fxcomp.analyze(fxcomp.trace(model, x))`` (tracing with shape annotation included);
+* fxcomp: ``fxcomp.analyze(fxcomp.trace(model, x), plugins=plugins)`` (tracing with shape annotation
+  included; the plugins, whose channel rules the analyzer consults, are loaded once beforehand, as
+  importing torch_pruning is not timed either);
 * torch-pruning: ``torch_pruning.DependencyGraph().build_dependency(model, example_inputs=x)``
 
 and the median of the runs. The ratio is torch-pruning's time ÷ fxcomp's (> 1: fxcomp is faster).
@@ -34,6 +36,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
+    plugins = fxcomp.load_plugins()
     rows = []
     for name in MODELS:
         model = torchvision.models.get_model(name).eval()
@@ -44,13 +47,13 @@ def main() -> None:
                 torch_pruning.DependencyGraph().build_dependency(model, example_inputs=x)
 
         medians = interleaved_latency(
-            {"fxcomp": lambda: fxcomp.analyze(fxcomp.trace(model, x)), "torch_pruning": torch_pruning_build},
+            {"fxcomp": lambda: fxcomp.analyze(fxcomp.trace(model, x), plugins=plugins), "torch_pruning": torch_pruning_build},
             repeats=args.repeats,
             warmup=1,
             threads=args.threads,
             inference=False,  # torch-pruning walks autograd: it needs gradients enabled
         )
-        groups = fxcomp.analyze(fxcomp.trace(model, x))
+        groups = fxcomp.analyze(fxcomp.trace(model, x), plugins=plugins)
         rows.append(
             [
                 name,

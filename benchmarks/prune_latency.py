@@ -7,7 +7,11 @@ measures eager CPU latency of the original and the pruned model at batch 1 and
 median after warm-up. It prints the realized speedup divided by the MACs
 reduction (1.0 = latency falls exactly as MACs do).
 
-    python benchmarks/prune_latency.py [--repeats 10] [--threads 2] [--round-to 1]
+``--fold-bn`` folds BatchNorm into the convolutions of *both* models before
+timing, so the comparison still isolates pruning while neither pays for
+separate BatchNorm calls.
+
+    python benchmarks/prune_latency.py [--repeats 10] [--threads 2] [--round-to 1] [--scope local] [--fold-bn]
 """
 
 from __future__ import annotations
@@ -29,13 +33,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--target-macs", type=float, default=1.07 / 4.12)
     parser.add_argument("--round-to", type=int, default=1, help="keep channel counts a multiple of this")
+    parser.add_argument("--scope", choices=("local", "global"), default="local")
+    parser.add_argument("--fold-bn", action="store_true", help="fold BatchNorm in both models before timing")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
     model = torchvision.models.resnet50().eval()
     example = torch.randn(1, 3, 224, 224)
-    result = fxcomp.compress(model, example, {"passes": [{"pass": "prune", "target_macs": args.target_macs, "round_to": args.round_to}]})
+    prune = {"pass": "prune", "target_macs": args.target_macs, "round_to": args.round_to, "scope": args.scope}
+    result = fxcomp.compress(model, example, {"passes": [prune, *([{"pass": "fold_bn"}] if args.fold_bn else [])]})
     pruned = result.model.eval()
+    if args.fold_bn:
+        model = fxcomp.compress(model, example, {"passes": [{"pass": "fold_bn"}]}).model.eval()
     before, after = result.report.before_totals, result.report.after_totals
     macs_reduction = before.macs / after.macs
     rows = []
@@ -58,7 +67,7 @@ def main() -> None:
             ]
         )
     print(
-        f"resnet50, round_to {args.round_to}: {before.macs / 1e9:.2f} → {after.macs / 1e9:.2f} GMACs ({macs_reduction:.2f}× fewer), "
+        f"resnet50, scope {args.scope}, round_to {args.round_to}, fold_bn {args.fold_bn}: {before.macs / 1e9:.2f} → {after.macs / 1e9:.2f} GMACs ({macs_reduction:.2f}× fewer), "
         f"params {before.params / 1e6:.1f}M → {after.params / 1e6:.1f}M; torch {torch.__version__}, "
         f"{args.threads} threads, median of {args.repeats} interleaved runs after 3 warm-ups"
     )

@@ -5,14 +5,16 @@ The data flows one way: trace → analyze → plan → rewrite → verify → lo
 * :func:`trace` turns a model into a ``GraphModule`` annotated with shapes, MACs and names;
 * :func:`analyze` partitions its prunable channels into coupled groups;
 * :func:`compress` runs a recipe of passes (from plugins) on a copy and verifies each;
+* :func:`sparsity` reads how many weights are zero; :func:`strip_masks` bakes pruning masks in;
 * :func:`save` / :func:`load` store a rewritten graph in a format that never runs code on load;
 * :func:`layer_table` and :func:`to_dot` show a graph.
 """
 
 from fxcomp.analysis import ChannelGroup, Member, analyze
-from fxcomp.errors import FxcompError, LoadError, PassError, PluginError, RecipeError, SaveError, TraceError
+from fxcomp.errors import CalibrationError, FxcompError, LoadError, PassError, PluginError, RecipeError, SaveError, TraceError
 from fxcomp.export import load, save, to_dot
 from fxcomp.passes import CheckContext, Option, Pass, PassContext, PassResult
+from fxcomp.passes.masks import Mask, sparsity, strip_masks
 from fxcomp.passes.pipeline import CompressionResult, compress
 from fxcomp.plugin import PluginInfo, Plugins, hookimpl, load_plugins
 from fxcomp.report import CompressionReport, layer_table
@@ -21,12 +23,14 @@ from fxcomp.tracing import NodeInfo, TensorSpec, node_info, propagate, qualname,
 __version__ = "0.1.0"
 
 __all__ = [
+    "CalibrationError",
     "ChannelGroup",
     "CheckContext",
     "CompressionReport",
     "CompressionResult",
     "FxcompError",
     "LoadError",
+    "Mask",
     "Member",
     "NodeInfo",
     "Option",
@@ -51,6 +55,8 @@ __all__ = [
     "propagate",
     "qualname",
     "save",
+    "sparsity",
+    "strip_masks",
     "to_dot",
     "trace",
 ]

@@ -35,5 +35,9 @@ class LoadError(FxcompError):
     """A file is not a valid fxcomp model file, or asks for something not on the allow-list."""
 
 
+class CalibrationError(FxcompError):
+    """A data-driven pass got no calibration data, or batches that do not fit the model."""
+
+
 class UsageError(FxcompError):
     """A command-line argument or a model reference (``MODULE:CALLABLE``) is invalid."""

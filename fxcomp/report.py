@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import torch
 import torch.fx as fx
+import torch.nn as nn
 from tabulate import tabulate
 
+from fxcomp.passes.masks import parameter_values
 from fxcomp.tracing import TensorSpec, node_info
 
 _SHOWN_OPS = ("call_module", "call_function", "call_method")
@@ -15,7 +19,12 @@ _SHOWN_OPS = ("call_module", "call_function", "call_method")
 
 @dataclass(frozen=True)
 class LayerRow:
-    """One node of an annotated graph, as the tables show it."""
+    """One node of an annotated graph, as the tables show it.
+
+    ``sparsity`` is the fraction of exactly-zero entries of the node's weights
+    (its parameters of two or more dimensions, read as the model computes them,
+    so masked entries count as zero); None for a node without weights.
+    """
 
     name: str
     op: str
@@ -23,14 +32,21 @@ class LayerRow:
     output: str
     params: int
     macs: int
+    sparsity: float | None
 
 
 @dataclass(frozen=True)
 class Totals:
-    """Whole-model figures: unique parameters and MACs for the example inputs."""
+    """Whole-model figures: unique parameters, how many of them are nonzero, MACs, and weight sparsity.
+
+    ``sparsity`` counts the zeros of all weights (parameters of two or more dimensions), None
+    for a model without any; ``nonzero`` counts every parameter entry that is not zero.
+    """
 
     params: int
+    nonzero: int
     macs: int
+    sparsity: float | None
 
 
 def _op_name(gm: fx.GraphModule, node: fx.Node) -> str:
@@ -51,6 +67,24 @@ def _format_spec(spec: Any) -> str:
     return repr(spec)
 
 
+def _weight_sparsity(values: Iterable[torch.Tensor]) -> float | None:
+    """Fraction of zero entries among the weights (tensors of two or more dimensions) in ``values``, if any."""
+    weights = [value for value in values if value.dim() >= 2]
+    size = sum(weight.numel() for weight in weights)
+    return sum(weight.numel() - int(weight.count_nonzero()) for weight in weights) / size if size else None
+
+
+def _node_values(gm: fx.GraphModule, node: fx.Node) -> list[torch.Tensor]:
+    """The parameter values a node owns, as :func:`fxcomp.tracing.costs.node_params` counts them."""
+    if node.op == "call_module":
+        return [value for _, value in parameter_values(gm.get_submodule(node.target))]
+    if node.op == "get_attr":
+        owner, _, name = node.target.rpartition(".")
+        value = getattr(gm.get_submodule(owner), name)
+        return [value.detach()] if isinstance(value, nn.Parameter) else []
+    return []
+
+
 def layer_rows(gm: fx.GraphModule) -> list[LayerRow]:
     """A row per call node (and per parameter read through ``get_attr``) of an annotated graph."""
     rows = []
@@ -67,15 +101,21 @@ def layer_rows(gm: fx.GraphModule) -> list[LayerRow]:
                 output=_format_spec(info.output),
                 params=info.params,
                 macs=info.macs,
+                sparsity=_weight_sparsity(_node_values(gm, node)),
             )
         )
     return rows
 
 
 def totals(gm: fx.GraphModule) -> Totals:
-    """Unique parameter count and total MACs of an annotated graph."""
-    params = sum(p.numel() for p in gm.parameters())
-    return Totals(params=params, macs=sum(node_info(n).macs for n in gm.graph.nodes))
+    """Unique parameter count, nonzero parameters, total MACs and weight sparsity of an annotated graph."""
+    values = [value for _, value in parameter_values(gm)]
+    return Totals(
+        params=sum(p.numel() for p in gm.parameters()),
+        nonzero=sum(int(value.count_nonzero()) for value in values),
+        macs=sum(node_info(n).macs for n in gm.graph.nodes),
+        sparsity=_weight_sparsity(values),
+    )
 
 
 def _count(value: int) -> str:
@@ -85,12 +125,23 @@ def _count(value: int) -> str:
     return str(value)
 
 
+def _percent(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{fraction:.1%}"
+
+
 def layer_table(gm: fx.GraphModule) -> str:
-    """The per-layer table of ``gm``: name, op, input/output shapes, params, MACs, with totals."""
-    rows = [[r.name, r.op, r.inputs, r.output, _count(r.params), _count(r.macs)] for r in layer_rows(gm)]
-    total = totals(gm)
-    rows.append(["total", "", "", "", _count(total.params), _count(total.macs)])
-    return tabulate(rows, headers=["layer", "op", "input", "output", "params", "MACs"], tablefmt="simple")
+    """The per-layer table of ``gm``: name, op, input/output shapes, params, MACs, with totals.
+
+    When some layer's weights hold zeros (after ``sparsify``, say), a last column gives each
+    layer's weight sparsity.
+    """
+    layers, total = layer_rows(gm), totals(gm)
+    rows = [[r.name, r.op, r.inputs, r.output, _count(r.params), _count(r.macs), _percent(r.sparsity)] for r in layers]
+    rows.append(["total", "", "", "", _count(total.params), _count(total.macs), _percent(total.sparsity)])
+    headers = ["layer", "op", "input", "output", "params", "MACs", "sparsity"]
+    if not any(r.sparsity for r in layers):
+        rows, headers = [row[:-1] for row in rows], headers[:-1]
+    return tabulate(rows, headers=headers, tablefmt="simple")
 
 
 def _ratio(before: int, after: int) -> str:
@@ -108,17 +159,18 @@ class CompressionReport:
     passes: list[dict[str, Any]] = field(default_factory=list)
 
     def changed_layers(self) -> list[tuple[LayerRow | None, LayerRow | None]]:
-        """(before, after) pairs of the layers with parameters or MACs whose figures changed."""
+        """(before, after) pairs of the layers with parameters or MACs whose figures or sparsity changed."""
         after = {row.name: row for row in self.after}
         before = {row.name: row for row in self.before}
         pairs = []
         for name in [*before, *(n for n in after if n not in before)]:
             old, new = before.get(name), after.get(name)
             costly = any(r is not None and (r.params or r.macs) for r in (old, new))
-            same = old is not None and new is not None and (old.params, old.macs, old.output) == (
+            same = old is not None and new is not None and (old.params, old.macs, old.output, old.sparsity) == (
                 new.params,
                 new.macs,
                 new.output,
+                new.sparsity,
             )
             if costly and not same:
                 pairs.append((old, new))
@@ -135,6 +187,12 @@ class CompressionReport:
         }
 
     def __str__(self) -> str:
+        """Tables of the changed layers, the totals and the passes.
+
+        When some layer's weights hold zeros, before or after, the layer table also shows
+        each layer's weight sparsity and the totals the nonzero parameters.
+        """
+        sparse = any(row.sparsity for row in [*self.before, *self.after])
         layer_lines = [
             [
                 (old or new).name,
@@ -145,19 +203,22 @@ class CompressionReport:
                 _count(new.params) if new else "-",
                 _count(old.macs) if old else "-",
                 _count(new.macs) if new else "-",
+                *([_percent(old.sparsity if old else None), _percent(new.sparsity if new else None)] if sparse else []),
             ]
             for old, new in self.changed_layers()
         ]
         headers = ["layer", "op", "output before", "output after", "params", "→ params", "MACs", "→ MACs"]
+        if sparse:
+            headers += ["sparsity", "→ sparsity"]
         layers = tabulate(layer_lines, headers=headers) if layer_lines else "no layer changed"
         b, a = self.before_totals, self.after_totals
-        summary = tabulate(
-            [
-                ["params", _count(b.params), _count(a.params), _ratio(b.params, a.params)],
-                ["MACs", _count(b.macs), _count(a.macs), _ratio(b.macs, a.macs)],
-            ],
-            headers=["total", "before", "after", "before ÷ after"],
-        )
+        figures = [
+            ["params", _count(b.params), _count(a.params), _ratio(b.params, a.params)],
+            ["MACs", _count(b.macs), _count(a.macs), _ratio(b.macs, a.macs)],
+        ]
+        if sparse:
+            figures.append(["nonzero params", _count(b.nonzero), _count(a.nonzero), _ratio(b.nonzero, a.nonzero)])
+        summary = tabulate(figures, headers=["total", "before", "after", "before ÷ after"])
         passes = tabulate(
             [[p["pass"], "yes" if p.get("modified") else "no", _stats(p.get("stats", {}))] for p in self.passes],
             headers=["pass", "modified", "stats"],

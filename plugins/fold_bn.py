@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 import torch.nn as nn
+from torch.nn.utils import parametrize
 
 from fxcomp import hookimpl, qualname
 from fxcomp.passes import Option, Pass, PassContext, PassResult, globs, matches
@@ -71,8 +72,14 @@ def _fold(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> None:
     shape[out_axis] = -1
     bias = layer.bias.double() if layer.bias is not None else torch.zeros_like(shift)
     dtype = layer.weight.dtype
-    layer.weight = nn.Parameter((weight * scale.reshape(shape)).to(dtype), layer.weight.requires_grad)
-    layer.bias = nn.Parameter((bias * scale + shift).to(dtype), layer.weight.requires_grad)
+    folded = (weight * scale.reshape(shape)).to(dtype)
+    if parametrize.is_parametrized(layer, "weight"):
+        trainable = layer.parametrizations.weight.original.requires_grad
+        layer.weight = folded  # stored through the parametrization, so a mask keeps its zeros
+    else:
+        trainable = layer.weight.requires_grad
+        layer.weight = nn.Parameter(folded, trainable)
+    layer.bias = nn.Parameter((bias * scale + shift).to(dtype), trainable)
 
 
 class FoldBatchNorm(Pass):

@@ -8,106 +8,50 @@ attributes of the modules that own them (``in_channels``, ``num_features``,
 ``groups`` …) and split sizes written into the graph. The plan records, for
 every pruned parameter and buffer, the indices kept along each pruned axis.
 
-Criteria registered here (``register(name, criterion)`` with
-``criterion(group, gm, context) -> Tensor`` of one score per channel):
+``scope: local`` removes the same fraction of every group; ``scope: global``
+ranks the channels of all groups together (each group's scores divided by their
+mean, so layers of different scale compare) and removes the lowest overall.
+``iterative_steps: n`` prunes in ``n`` equal steps, analyzing and scoring the
+already-pruned model again before each step.
 
-* ``l1`` / ``l2``: the L1 / L2 norm of the channel's entries summed over every
-  parameter of the group (the coupled weights all count, as in DepGraph);
-* ``bn_scale``: the absolute BatchNorm scale ``|gamma|`` (network slimming);
-* ``fpgm``: the filter's summed distance to the layer's other filters
-  (filter pruning via geometric median: filters near the median are redundant);
-* ``random``: uniform scores from a fixed seed (a baseline).
+The criteria registered here are described in :mod:`fxcomp_plugins.importance`.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
+from torch.nn.utils import parametrize
 
-from fxcomp import ChannelGroup, FxcompError, RecipeError, analyze, hookimpl, node_info, propagate, qualname
+from fxcomp import ChannelGroup, FxcompError, Mask, PluginError, RecipeError, analyze, hookimpl, node_info, propagate, qualname
+from fxcomp.analysis import set_size_arguments, size_arguments
+from fxcomp.passes.masks import parameter_values
 from fxcomp.passes import Option, Pass, PassContext, PassResult, choice, globs, integer, number, optional, string
+from fxcomp_plugins.importance import (
+    Criterion,
+    activation_importance,
+    bn_scale_importance,
+    fpgm_importance,
+    norm_importance,
+    random_importance,
+    taylor_importance,
+)
 
-Criterion = Callable[[ChannelGroup, fx.GraphModule, PassContext], torch.Tensor]
+
+_OTHER_GROUP = -1
+"""A member entry that belongs to another group."""
+
+_TABLES = {"parameter": "kept", "split": "splits", "shape": "shapes"}
+"""Member kind → the plan table recording its kept entries."""
 
 
 def _total_macs(gm: fx.GraphModule) -> int:
     return sum(node_info(node).macs for node in gm.graph.nodes)
-
-
-def _parameter(gm: fx.GraphModule, name: str) -> torch.Tensor:
-    owner, _, attribute = name.rpartition(".")
-    return getattr(gm.get_submodule(owner), attribute)
-
-
-def _norm_importance(power: int) -> Criterion:
-    def criterion(group: ChannelGroup, gm: fx.GraphModule, context: PassContext) -> torch.Tensor:
-        scores = torch.zeros(group.channels, dtype=torch.float64)
-        for member in group.members:
-            if member.kind != "parameter" or not isinstance(_parameter(gm, member.name), nn.Parameter):
-                continue
-            values = _parameter(gm, member.name).detach().double().abs().pow(power)
-            per_entry = values.movedim(member.axis, 0).reshape(values.shape[member.axis], -1).sum(1)
-            channels = torch.tensor(member.channels)
-            inside = channels >= 0
-            scores.index_add_(0, channels[inside], per_entry[inside])
-        return scores.pow(1 / power)
-
-    return criterion
-
-
-def _owner_and_attribute(gm: fx.GraphModule, name: str) -> tuple[nn.Module, str]:
-    owner, _, attribute = name.rpartition(".")
-    return gm.get_submodule(owner), attribute
-
-
-def _bn_scale_importance(group: ChannelGroup, gm: fx.GraphModule, context: PassContext) -> torch.Tensor:
-    """|gamma| of the group's BatchNorms (network slimming), summed where several share the channels."""
-    scores = torch.zeros(group.channels, dtype=torch.float64)
-    found = False
-    for member in group.members:
-        owner, attribute = _owner_and_attribute(gm, member.name)
-        if isinstance(owner, nn.modules.batchnorm._BatchNorm) and attribute == "weight" and owner.affine:
-            channels = torch.tensor(member.channels)
-            inside = channels >= 0
-            scores.index_add_(0, channels[inside], owner.weight.detach().double().abs()[inside])
-            found = True
-    if not found:
-        raise FxcompError(
-            f"prune.importance: bn_scale needs a BatchNorm with affine weights, and the channels of "
-            f"{', '.join(group.producers)} have none; use importance: l1, or ignore those layers"
-        )
-    return scores
-
-
-def _fpgm_importance(group: ChannelGroup, gm: fx.GraphModule, context: PassContext) -> torch.Tensor:
-    """Filter pruning via geometric median: filters close to all others (small distance sum) are redundant."""
-    scores = torch.zeros(group.channels, dtype=torch.float64)
-    for member in group.members:
-        owner, attribute = _owner_and_attribute(gm, member.name)
-        is_filter = attribute == "weight" and (
-            (isinstance(owner, nn.Linear) and member.axis == 0)
-            or (isinstance(owner, nn.modules.conv._ConvNd) and member.axis == (1 if owner.transposed else 0))
-        )
-        if not is_filter:
-            continue
-        filters = owner.weight.detach().double().movedim(member.axis, 0)
-        filters = filters.reshape(filters.shape[0], -1)
-        distances = torch.cdist(filters, filters).sum(1)
-        channels = torch.tensor(member.channels)
-        inside = channels >= 0
-        scores.index_add_(0, channels[inside], distances[inside])
-    return scores
-
-
-def _random_importance(group: ChannelGroup, gm: fx.GraphModule, context: PassContext) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(len(group.members) * 7919 + group.channels)
-    return torch.rand(group.channels, generator=generator, dtype=torch.float64)
 
 
 def _channels_to_remove(scores: torch.Tensor, ratio: float, round_to: int, segments: int) -> list[int]:
@@ -115,7 +59,7 @@ def _channels_to_remove(scores: torch.Tensor, ratio: float, round_to: int, segme
     channels = scores.numel()
     per_segment = channels // segments
     step = math.lcm(round_to, 1)
-    keep = per_segment - int(per_segment * ratio)
+    keep = per_segment - int(per_segment * ratio + 1e-6)
     keep = max(step, int(math.ceil(keep / step)) * step) if per_segment >= step else per_segment
     keep = min(keep, per_segment)
     removed: list[int] = []
@@ -126,12 +70,31 @@ def _channels_to_remove(scores: torch.Tensor, ratio: float, round_to: int, segme
     return sorted(removed)
 
 
-def _set_tensor(module: nn.Module, name: str, value: torch.Tensor) -> None:
-    if name in module._parameters:
+def _select(value: torch.Tensor, axes: dict[str, list[int]]) -> torch.Tensor:
+    for axis, indices in axes.items():
+        value = value.index_select(int(axis), torch.tensor(indices, dtype=torch.long))
+    return value.contiguous()
+
+
+def _shrink(module: nn.Module, name: str, axes: dict[str, list[int]]) -> None:
+    """Keep only the given entries of a parameter or buffer (of a masked weight: of its tensor and mask)."""
+    if parametrize.is_parametrized(module, name):
+        chain = module.parametrizations[name]
+        others = sorted({type(step).__name__ for step in chain if not isinstance(step, Mask)})
+        if others:
+            raise FxcompError(
+                f"prune: '{name}' of a {type(module).__name__} is parametrized by {', '.join(others)}; "
+                "run prune before the pass that added it"
+            )
+        stored = chain.original
+        chain._parameters["original"] = nn.Parameter(_select(stored.detach(), axes), requires_grad=stored.requires_grad)
+        for step in chain:
+            step.mask = _select(step.mask, axes)
+    elif name in module._parameters:
         old = module._parameters[name]
-        module._parameters[name] = nn.Parameter(value, requires_grad=old.requires_grad)
+        module._parameters[name] = nn.Parameter(_select(old.detach(), axes), requires_grad=old.requires_grad)
     else:
-        module._buffers[name] = value
+        module._buffers[name] = _select(module._buffers[name], axes)
 
 
 def _update_attributes(module: nn.Module) -> None:
@@ -151,6 +114,17 @@ def _update_attributes(module: nn.Module) -> None:
             module.in_channels = weight.shape[1] * module.groups
     elif isinstance(module, nn.Linear):
         module.out_features, module.in_features = module.weight.shape
+    elif isinstance(module, nn.MultiheadAttention):
+        width = module.in_proj_weight.shape[1]
+        head_dim = width // module.num_heads
+        with torch.no_grad():
+            # Scores are q·k / sqrt(head_dim): scale q so the narrower heads keep the original scale.
+            scale = math.sqrt(head_dim / module.head_dim)
+            module.in_proj_weight[:width] *= scale
+            if module.in_proj_bias is not None:
+                module.in_proj_bias[:width] *= scale
+        module.embed_dim = module.kdim = module.vdim = width
+        module.head_dim = head_dim
     elif isinstance(module, nn.modules.batchnorm._NormBase):
         reference = module.weight if module.weight is not None else module.running_mean
         module.num_features = reference.shape[0]
@@ -160,24 +134,75 @@ def _update_attributes(module: nn.Module) -> None:
         module.normalized_shape = (module.weight.shape[0],)
 
 
+def _compose(
+    composed: dict[str, dict[str, list[int]]], step: dict[str, dict[str, list[int]]], size: Any
+) -> None:
+    """Fold one step's kept indices (positions in the already-pruned tensors) into indices of the original."""
+    for name, axes in step.items():
+        previous = composed.setdefault(name, {})
+        for axis, kept in axes.items():
+            base = previous.get(axis) or list(range(size(name, int(axis))))
+            previous[axis] = [base[i] for i in kept]
+
+
+def _keep_every_member_alive(
+    group: ChannelGroup, scores: torch.Tensor, removed: list[int], round_to: int
+) -> list[int]:
+    """Spare the best channel of any member that would lose every entry (a concatenated branch, say).
+
+    Sparing breaks equal segments or ``round_to``, so a group with such constraints is left whole instead.
+    """
+    gone = set(removed)
+    for member in group.members:
+        if _OTHER_GROUP in member.channels or not set(member.channels) <= gone:
+            continue
+        if group.segments > 1 or round_to > 1:
+            return []
+        best = max(set(member.channels), key=lambda c: (float(scores[c]), -c))
+        gone.discard(best)
+    return sorted(gone)
+
+
+def _step_fraction(
+    group: ChannelGroup, scores: torch.Tensor | None, original_channels: dict[str, int], goal: float
+) -> float:
+    """The fraction of a group's current channels to remove so that ``goal`` of its original ones are gone."""
+    if scores is None:
+        return 0.0
+    original = original_channels.get(group.producers[0], group.channels)
+    keep = original - int(original * goal + 1e-6)
+    return max(0.0, (group.channels - keep) / group.channels)
+
+
 class Prune(Pass):
     """Remove the least important channels of every prunable coupled group."""
 
     name = "prune"
     schema = {
         "ratio": Option(
-            optional(number(0, 1, high_open=True)), default=None, doc="fraction of each group's channels to remove"
+            optional(number(0, 1, high_open=True)),
+            default=None,
+            doc="fraction of the channels to remove (of each group with scope local, of all with scope global)",
         ),
         "target_macs": Option(
             optional(number(0, 1, low_open=True, high_open=True)),
             default=None,
             doc="fraction of the original MACs to keep (reached within 2%), instead of ratio",
         ),
-        "importance": Option(string(), default="l1", doc="importance criterion: l1, l2, bn_scale, fpgm, random, …"),
-        "scope": Option(choice("local"), default="local", doc="local: the same ratio in every group"),
+        "importance": Option(
+            string(), default="l1", doc="criterion: l1, l2, bn_scale, fpgm, taylor, activation, random, or a plugin's"
+        ),
+        "scope": Option(
+            choice("local", "global"),
+            default="local",
+            doc="local: the same fraction of every group; global: rank all channels together",
+        ),
         "ignore": Option(globs(), default=(), doc="qualified-name globs of layers whose output channels stay"),
         "round_to": Option(integer(1), default=1, doc="keep a multiple of this many channels per group"),
         "max_ratio_per_group": Option(number(0, 1), default=0.95, doc="never remove more than this fraction"),
+        "iterative_steps": Option(
+            integer(1), default=1, doc="prune in this many steps, re-analyzing and re-scoring between them"
+        ),
     }
 
     def __init__(self, **options: Any) -> None:
@@ -185,20 +210,77 @@ class Prune(Pass):
         if (self.options["ratio"] is None) == (self.options["target_macs"] is None):
             raise RecipeError("prune: give exactly one of ratio and target_macs")
 
-    def plan(self, gm: fx.GraphModule, context: PassContext) -> dict[str, Any]:
+    def _criterion(self, context: PassContext) -> Criterion:
         criteria = context.plugins.registry.importance
         if self.options["importance"] not in criteria:
             raise RecipeError(
                 f"prune.importance: no criterion '{self.options['importance']}' is registered; "
                 f"registered: {', '.join(sorted(criteria))}"
             )
-        criterion: Criterion = criteria[self.options["importance"]].value
-        groups = analyze(gm, ignore=self.options["ignore"])
-        scores = [criterion(group, gm, context) if group.prunable else None for group in groups]
-        cap = self.options["max_ratio_per_group"]
-        if self.options["ratio"] is not None:
-            return self._plan_at(min(self.options["ratio"], cap), groups, scores)
-        return self._plan_for_macs(gm, context, groups, scores, cap)
+        return criteria[self.options["importance"]].value
+
+    def _scores(
+        self, criterion: Criterion, groups: list[ChannelGroup], gm: fx.GraphModule, context: PassContext
+    ) -> list[torch.Tensor | None]:
+        """The criterion's scores for the prunable groups, None for the pinned ones."""
+        prunable = [group for group in groups if group.prunable]
+        scores = list(criterion(prunable, gm, context)) if prunable else []
+        name = self.options["importance"]
+        if len(scores) != len(prunable) or any(
+            not isinstance(s, torch.Tensor) or s.shape != (g.channels,) for s, g in zip(scores, prunable)
+        ):
+            raise PluginError(
+                f"importance criterion '{name}' must return one 1-D tensor of per-channel scores for each group"
+            )
+        found = iter(scores)
+        return [next(found).double() if group.prunable else None for group in groups]
+
+    def plan(self, gm: fx.GraphModule, context: PassContext) -> dict[str, Any]:
+        criterion = self._criterion(context)
+        steps = self.options["iterative_steps"]
+        original_macs = _total_macs(gm)
+        scratch = copy.deepcopy(gm) if steps > 1 else gm
+        sizes = {name: tuple(value.shape) for name, value in [*parameter_values(gm), *gm.named_buffers()]}
+        nodes = {qualname(node): node for node in gm.graph.nodes}
+
+        def size(name: str, axis: int) -> int:
+            if name in sizes:
+                return sizes[name][axis]
+            node = nodes[name]
+            if node.target in (torch.split, "split"):
+                return sum(node.args[1])
+            return size_arguments(node)[axis]
+
+        tables: dict[str, dict[str, dict[str, list[int]]]] = {table: {} for table in _TABLES.values()}
+        records, pinned, reached = [], [], None
+        for step in range(1, steps + 1):
+            groups = analyze(scratch, ignore=self.options["ignore"], plugins=context.plugins)
+            scores = self._scores(criterion, groups, scratch, context)
+            if step == 1:
+                pinned = [{"producers": g.producers, "reasons": g.pinned} for g in groups if not g.prunable]
+                original_channels = {group.producers[0]: group.channels for group in groups}
+            if self.options["ratio"] is not None:
+                done = self.options["ratio"] * (step - 1) / steps
+                goal = self.options["ratio"] * step / steps
+                if self.options["scope"] == "local":
+                    capped = min(goal, self.options["max_ratio_per_group"])
+                    fractions = [_step_fraction(g, s, original_channels, capped) for g, s in zip(groups, scores)]
+                else:
+                    fractions = self._fractions(1 - (1 - goal) / (1 - done), groups, scores)
+                step_plan = self._plan_at(fractions, groups, scores)
+            else:
+                goal = 1 - (1 - self.options["target_macs"]) * step / steps
+                step_plan, reached = self._plan_for_macs(scratch, context, groups, scores, goal, original_macs)
+            records.extend({"step": step, **group} for group in step_plan["groups"])
+            for table in _TABLES.values():
+                _compose(tables[table], step_plan[table], size)
+            if step < steps:
+                self.apply(scratch, step_plan, context)
+                propagate(scratch, context.example_inputs)
+        plan: dict[str, Any] = {"groups": records, **tables, "pinned": pinned}
+        if reached is not None:
+            plan["target_macs"] = {"target": self.options["target_macs"], "kept": round(reached, 4)}
+        return plan
 
     def _plan_for_macs(
         self,
@@ -206,31 +288,30 @@ class Prune(Pass):
         context: PassContext,
         groups: list[ChannelGroup],
         scores: list[torch.Tensor | None],
-        cap: float,
-    ) -> dict[str, Any]:
-        """Bisect the per-group ratio until the pruned graph keeps ``target_macs`` of the MACs (±2%)."""
-        target = self.options["target_macs"]
-        before = _total_macs(gm)
+        target: float,
+        original_macs: int,
+    ) -> tuple[dict[str, Any], float]:
+        """Bisect the ratio until the pruned graph keeps ``target`` of ``original_macs`` (±2%)."""
 
         def kept_fraction(plan: dict[str, Any]) -> float:
             scratch = copy.deepcopy(gm)
             self.apply(scratch, plan, context)
             propagate(scratch, context.example_inputs)
-            return _total_macs(scratch) / before
+            return _total_macs(scratch) / original_macs
 
-        low, high = 0.0, cap
-        plan = self._plan_at(high, groups, scores)
+        low, high = 0.0, self.options["max_ratio_per_group"]
+        plan = self._plan_at(self._fractions(high, groups, scores), groups, scores)
         fraction = kept_fraction(plan)
         if fraction > target * 1.02:
             raise FxcompError(
-                f"prune.target_macs: {target:g} is out of reach; pruning every unpinned group by "
-                f"max_ratio_per_group={cap:g} keeps {fraction:.3f} of the MACs"
+                f"prune.target_macs: {self.options['target_macs']:g} is out of reach; pruning every unpinned group "
+                f"by max_ratio_per_group={high:g} keeps {fraction:.3f} of the MACs"
             )
         for _ in range(30):
             if abs(fraction / target - 1) <= 0.02:
                 break
             middle = (low + high) / 2
-            candidate = self._plan_at(middle, groups, scores)
+            candidate = self._plan_at(self._fractions(middle, groups, scores), groups, scores)
             candidate_fraction = kept_fraction(candidate)
             if candidate_fraction < target:
                 high = middle
@@ -238,40 +319,56 @@ class Prune(Pass):
                 low = middle
             if candidate_fraction <= target * 1.02:
                 plan, fraction = candidate, candidate_fraction
-        plan["target_macs"] = {"target": target, "kept": round(fraction, 4), "ratio": round(plan["ratio"], 4)}
-        return plan
+        return plan, fraction
+
+    def _fractions(self, ratio: float, groups: list[ChannelGroup], scores: list[torch.Tensor | None]) -> list[float]:
+        """The fraction of each group's channels to remove (0 for pinned groups)."""
+        cap = self.options["max_ratio_per_group"]
+        if self.options["scope"] == "local":
+            return [min(ratio, cap) if s is not None else 0.0 for s in scores]
+        scored = [(index, s) for index, s in enumerate(scores) if s is not None]
+        if not scored:
+            return [0.0] * len(groups)
+        normalized = torch.cat([s / s.mean() if bool(s.mean() > 0) else s for _, s in scored])
+        owner = torch.repeat_interleave(torch.arange(len(scored)), torch.tensor([s.numel() for _, s in scored]))
+        lowest = torch.argsort(normalized, stable=True)[: int(normalized.numel() * ratio + 1e-9)]
+        counts = torch.bincount(owner[lowest], minlength=len(scored))
+        fractions = [0.0] * len(groups)
+        for (index, s), count in zip(scored, counts.tolist()):
+            fractions[index] = min(count / s.numel(), cap)
+        return fractions
 
     def _plan_at(
-        self, ratio: float, groups: list[ChannelGroup], scores: list[torch.Tensor | None]
+        self, fractions: list[float], groups: list[ChannelGroup], scores: list[torch.Tensor | None]
     ) -> dict[str, Any]:
-        planned, kept, splits, pinned = [], {}, {}, []
-        for group, group_scores in zip(groups, scores):
-            if group_scores is None:
-                pinned.append({"producers": group.producers, "reasons": group.pinned})
+        """Remove ``fractions[i]`` of group ``i``'s channels, the lowest scored first."""
+        planned: list[dict[str, Any]] = []
+        tables: dict[str, dict[str, dict[str, list[int]]]] = {table: {} for table in _TABLES.values()}
+        for group, group_scores, fraction in zip(groups, scores, fractions):
+            if group_scores is None or fraction <= 0:
                 continue
-            removed = _channels_to_remove(group_scores, ratio, self.options["round_to"], group.segments)
+            round_to = self.options["round_to"]
+            removed = _keep_every_member_alive(
+                group, group_scores, _channels_to_remove(group_scores, fraction, round_to, group.segments), round_to
+            )
             if not removed:
                 continue
             planned.append({"producers": group.producers, "channels": group.channels, "removed": removed})
             gone = set(removed)
             for member in group.members:
-                table = splits if member.kind == "split" else kept
-                axes = table.setdefault(member.name, {})
+                axes = tables[_TABLES[member.kind]].setdefault(member.name, {})
                 previous = set(axes.get(str(member.axis), range(len(member.channels))))
                 axes[str(member.axis)] = sorted(
                     i for i in previous if not (member.channels[i] >= 0 and member.channels[i] in gone)
                 )
-        return {"ratio": ratio, "groups": planned, "kept": kept, "splits": splits, "pinned": pinned}
+        return {"groups": planned, **tables}
 
     def apply(self, gm: fx.GraphModule, plan: dict[str, Any], context: PassContext) -> PassResult:
         owners = set()
         for name, axes in plan["kept"].items():
             owner_path, _, attribute = name.rpartition(".")
             owner = gm.get_submodule(owner_path)
-            value = getattr(owner, attribute).detach()
-            for axis, indices in axes.items():
-                value = value.index_select(int(axis), torch.tensor(indices, dtype=torch.long))
-            _set_tensor(owner, attribute, value.contiguous())
+            _shrink(owner, attribute, axes)
             owners.add(owner)
         for owner in owners:
             _update_attributes(owner)
@@ -279,12 +376,18 @@ class Prune(Pass):
         for name, axes in plan["splits"].items():
             node = nodes[name]
             ((_, indices),) = axes.items()
-            sizes, start, kept = list(node.args[1]), 0, set(indices)
+            start, kept = 0, set(indices)
             new_sizes = []
-            for size in sizes:
+            for size in node.args[1]:
                 new_sizes.append(sum(1 for i in range(start, start + size) if i in kept))
                 start += size
             node.args = (node.args[0], new_sizes, *node.args[2:])
+        for name, axes in plan["shapes"].items():
+            node = nodes[name]
+            new_sizes = size_arguments(node)
+            for axis, indices in axes.items():
+                new_sizes[int(axis)] = len(indices)
+            set_size_arguments(node, new_sizes)
         removed = sum(len(group["removed"]) for group in plan["groups"])
         return PassResult(gm, modified=removed > 0, stats={"groups": len(plan["groups"]), "channels_removed": removed})
 
@@ -298,8 +401,10 @@ def fxcomp_register_passes(register: Any) -> None:
 @hookimpl
 def fxcomp_register_importance(register: Any) -> None:
     """Register the built-in importance criteria."""
-    register("l1", _norm_importance(1))
-    register("l2", _norm_importance(2))
-    register("random", _random_importance)
-    register("bn_scale", _bn_scale_importance)
-    register("fpgm", _fpgm_importance)
+    register("l1", norm_importance(1))
+    register("l2", norm_importance(2))
+    register("bn_scale", bn_scale_importance)
+    register("fpgm", fpgm_importance)
+    register("taylor", taylor_importance)
+    register("activation", activation_importance)
+    register("random", random_importance)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 import torch.nn as nn
@@ -9,6 +11,14 @@ import torchvision
 
 import fxcomp
 from fxcomp.analysis import ChannelGroup, Member, analyze
+
+
+def _gate(x: torch.Tensor) -> torch.Tensor:
+    """A function fx records as one opaque call (wrapped below), like torchvision's stochastic_depth."""
+    return x * torch.sigmoid(x)
+
+
+torch.fx.wrap("_gate")
 
 
 def _groups(model: nn.Module, x: torch.Tensor) -> list[ChannelGroup]:
@@ -168,6 +178,7 @@ def test_parameters_read_elementwise_are_members() -> None:
     [
         ("return self.head(torch.cumsum(self.conv(x), 1))", "'cumsum' is a call to cumsum, which the analyzer does not know"),
         ("return self.head(self.conv(x) + x.repeat(1, 2, 1, 1)[:, :4])", "'add' combines the channels with a tensor that cannot be pruned"),
+        ("return self.head(self.conv(x).sum(1, keepdim=True) * self.conv(x))", "'sum' reduces over the channel axis"),
     ],
 )
 def test_unknown_ops_and_rigid_operands_pin_with_a_reason(forward_body, reason) -> None:
@@ -185,22 +196,220 @@ def test_unknown_ops_and_rigid_operands_pin_with_a_reason(forward_body, reason) 
     assert group.pinned == [reason]
 
 
+def test_reductions_over_other_axes_keep_the_channels() -> None:
+    class MeanHead(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(2, 4, 1)
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.fc(self.conv(x).mean((2, 3))) + self.fc(self.conv(x).amax(dim=-1, keepdim=True).sum(-2)[..., 0])
+
+    group = _by_producer(_groups(MeanHead(), torch.randn(1, 2, 3, 3)))["conv"]
+    assert group.prunable and _member(group, "fc.weight", 1).channels == (0, 1, 2, 3)
+
+
 def test_ignored_producers_pin_their_group() -> None:
     groups = analyze(fxcomp.trace(_Depthwise().eval(), torch.randn(1, 3, 5, 5)), ignore=["exp*"])
     assert _by_producer(groups)["expand"].pinned == ["ignored by the user"]
 
 
-def test_grouped_convolution_keeps_segments() -> None:
-    class Grouped(nn.Module):
+class _Grouped(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 1)
+        self.g = nn.Conv2d(8, 8, 3, groups=4)
+        self.b = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        return self.b(self.g(self.a(x)))
+
+
+def test_grouped_convolution_ties_input_positions_and_keeps_output_segments() -> None:
+    groups = _by_producer(_groups(_Grouped(), torch.randn(1, 3, 5, 5)))
+    # g's weight column j reads input j of every group: a's filters j, j+2, j+4, j+6 form one channel.
+    assert groups["a"].prunable and groups["a"].channels == 2
+    assert _member(groups["a"], "a.weight", 0).channels == (0, 1) * 4
+    assert _member(groups["a"], "g.weight", 1).channels == (0, 1)
+    assert groups["g"].segments == 4 and groups["g"].prunable
+
+
+class _Gated(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 1)
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        return self.head(_gate(self.conv(x)))
+
+
+def test_channel_rules_from_plugins_teach_unknown_ops() -> None:
+    gm = fxcomp.trace(_Gated().eval(), torch.randn(1, 2, 3, 3))
+    bare = fxcomp.load_plugins(entry_points=False)
+    assert _by_producer(analyze(gm, plugins=bare))["conv"].pinned == [
+        "'_gate' is a call to _gate, which the analyzer does not know"
+    ]
+    plugin = types.SimpleNamespace(
+        fxcomp_register_channel_rules=fxcomp.hookimpl(lambda register: register(_gate, "elementwise"))
+    )
+    taught = fxcomp.load_plugins(entry_points=False, extra={"gates": plugin})
+    group = _by_producer(analyze(gm, plugins=taught))["conv"]
+    assert group.prunable and _member(group, "head.weight", 1).channels == (0, 1, 2, 3)
+
+
+def test_a_channel_rule_of_unknown_kind_is_refused() -> None:
+    plugin = types.SimpleNamespace(
+        fxcomp_register_channel_rules=fxcomp.hookimpl(lambda register: register(_gate, "magic"))
+    )
+    with pytest.raises(fxcomp.PluginError, match=r"registered channel_rules with '.*_gate' bound to rule 'magic', which is not one of: elementwise, spatial, movement$"):
+        fxcomp.load_plugins(entry_points=False, extra={"bad_rules": plugin})
+
+
+def test_torchvision_stochastic_depth_is_taught_by_the_builtin_plugin() -> None:
+    groups = _groups(torchvision.models.convnext_tiny(num_classes=10), torch.randn(1, 3, 64, 64))
+    stem = _by_producer(groups)["features.0.0"]
+    assert stem.prunable  # the residual stream through stochastic_depth, layer scale and layer_norm
+    assert any(m.name == "features.1.0.layer_scale" for m in stem.members)
+    assert sum(not g.prunable for g in groups) == 1  # only the classifier output
+
+
+def test_grouped_resnext_and_regnet_prune_everything_but_the_output() -> None:
+    for name in ("resnext50_32x4d", "regnet_x_400mf"):
+        groups = _groups(torchvision.models.get_model(name, num_classes=10), torch.randn(1, 3, 64, 64))
+        assert [g.pinned for g in groups if not g.prunable] == [["the model returns these channels"]], name
+
+
+def test_meta_device_weights_and_inference_mode() -> None:
+    with torch.device("meta"):
+        model = torchvision.models.resnet18(num_classes=10)
+    on_meta = _groups(model, torch.randn(1, 3, 64, 64, device="meta"))
+    with torch.inference_mode():
+        real = _groups(torchvision.models.resnet18(num_classes=10), torch.randn(1, 3, 64, 64))
+    assert [(g.producers, g.channels, g.members, g.pinned) for g in on_meta] == [
+        (g.producers, g.channels, g.members, g.pinned) for g in real
+    ]
+
+
+class _Attention(nn.Module):
+    """Token embedding → self-attention with a residual → a linear head (heads: 2 of width 4)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(6, 8)
+        self.attention = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.embed(x)
+        mixed, _ = self.attention(h, h, h, need_weights=False)
+        return self.head(h + mixed)
+
+
+def test_multihead_attention_ties_embedding_to_projections_with_heads_as_segments() -> None:
+    group = _by_producer(_groups(_Attention(), torch.randn(2, 5, 6)))["embed"]
+    assert group.prunable and group.segments == 2 and group.channels == 8
+    identity = tuple(range(8))
+    assert _member(group, "attention.in_proj_weight", 1).channels == identity
+    assert _member(group, "attention.in_proj_weight", 0).channels == identity * 3  # q, k and v rows
+    assert _member(group, "attention.out_proj.weight", 0).channels == identity
+    assert _member(group, "head.weight", 1).channels == identity
+
+
+class _ReshapeLiteral(nn.Module):
+    """A patch embedding flattened with its width written as a literal, as torchvision's ViT does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, 8, 2, stride=2)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        n = x.shape[0]
+        tokens = self.patch(x).reshape(n, 8, -1).permute(0, 2, 1)
+        return self.head(tokens)
+
+
+def test_literal_sizes_of_reshapes_are_members() -> None:
+    group = _by_producer(_groups(_ReshapeLiteral(), torch.randn(1, 3, 4, 4)))["patch"]
+    assert group.prunable and _member(group, "reshape", 1).kind == "shape"
+
+
+class _Functional(nn.Module):
+    """Layers written with F.conv2d / F.linear on parameters of the model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w1 = nn.Parameter(torch.randn(4, 3, 3, 3))
+        self.b1 = nn.Parameter(torch.randn(4))
+        self.w2 = nn.Parameter(torch.randn(5, 4))
+
+    def forward(self, x):
+        y = torch.relu(nn.functional.conv2d(x, self.w1, self.b1, padding=1))
+        return nn.functional.linear(torch.flatten(nn.functional.adaptive_avg_pool2d(y, 1), 1), self.w2)
+
+
+def test_functional_layers_on_parameters_are_producers_and_consumers() -> None:
+    group = _by_producer(_groups(_Functional(), torch.randn(1, 3, 4, 4)))["conv2d"]
+    assert group.prunable
+    assert {(m.name, m.axis) for m in group.members} == {("w1", 0), ("b1", 0), ("w2", 1)}
+
+
+def test_functional_layers_with_weights_from_the_inputs_pin() -> None:
+    class WeightInput(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.a = nn.Conv2d(3, 8, 1)
-            self.g = nn.Conv2d(8, 8, 3, groups=4)
-            self.b = nn.Conv2d(8, 2, 1)
+            self.conv = nn.Conv2d(3, 4, 1)
 
-        def forward(self, x):
-            return self.b(self.g(self.a(x)))
+        def forward(self, x, weight):
+            return nn.functional.conv2d(self.conv(x), weight)
 
-    groups = _by_producer(_groups(Grouped(), torch.randn(1, 3, 5, 5)))
-    assert groups["a"].pinned == ["'g' is a grouped convolution (groups=4) whose input channels are not pruned yet"]
-    assert groups["g"].segments == 4 and groups["g"].prunable
+    gm = fxcomp.trace(WeightInput(), (torch.randn(1, 3, 4, 4), torch.randn(2, 4, 1, 1)))
+    group = _by_producer(analyze(gm))["conv"]
+    assert group.pinned == ["'conv2d' uses a weight computed in the graph or passed as an input, which pruning cannot shrink"]
+
+
+class _Chunk(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 1)
+        self.left = nn.Conv2d(4, 2, 1)
+        self.right = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        left, right = self.a(x).chunk(2, dim=1)
+        return self.left(left) + self.right(right)
+
+
+def test_chunk_makes_equal_segments() -> None:
+    group = _by_producer(_groups(_Chunk(), torch.randn(1, 3, 4, 4)))["a"]
+    assert group.prunable and group.segments == 2
+    assert _member(group, "right.weight", 1).channels == (4, 5, 6, 7)
+
+
+class _SizeFromOther(nn.Module):
+    """Sizes read from one tensor shape another: channel counts must then stay equal."""
+
+    def __init__(self, same: bool) -> None:
+        super().__init__()
+        self.same = same
+        self.a = nn.Conv2d(3, 4, 1)
+        self.b = nn.Conv2d(3, 4, 1)
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        a, b = self.a(x), self.b(x)
+        source = a if self.same else b
+        flat = a.flatten(2)
+        return self.head(flat.reshape(flat.shape[0], source.shape[1], x.shape[2], x.shape[3]))
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_sizes_read_from_another_tensor_couple_the_counts(same: bool) -> None:
+    groups = _by_producer(_groups(_SizeFromOther(same), torch.randn(1, 3, 2, 2)))
+    if same:
+        assert groups["a"].prunable
+    else:
+        reason = "'reshape' shapes a tensor with sizes computed from other channels"
+        assert groups["a"].pinned == [reason] and groups["b"].pinned == [reason]

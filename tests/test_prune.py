@@ -12,7 +12,7 @@ import torchvision
 
 import fxcomp
 from tests.conftest import randomize_batchnorm
-from tests.test_analyzer import _Concat, _Depthwise, _FlattenHead, _Split
+from tests.test_analyzer import _Attention, _Chunk, _Concat, _Depthwise, _FlattenHead, _Functional, _Grouped, _ReshapeLiteral, _Split
 
 
 def zeroed_reference(model: nn.Module, plan: dict) -> nn.Module:
@@ -50,6 +50,11 @@ SMALL_ZOO = [
     ("split", _Split, (1, 3, 4, 4)),
     ("flatten", _FlattenHead, (1, 3, 4, 5)),
     ("depthwise", _Depthwise, (1, 3, 5, 5)),
+    ("grouped", _Grouped, (1, 3, 5, 5)),
+    ("attention", _Attention, (2, 5, 6)),
+    ("reshape_literal", _ReshapeLiteral, (1, 3, 4, 4)),
+    ("functional", _Functional, (1, 3, 4, 4)),
+    ("chunk", _Chunk, (1, 3, 4, 4)),
 ]
 
 
@@ -58,6 +63,19 @@ def test_small_couplings_prune_exactly(name, factory, shape) -> None:
     result, error = _prune_and_compare(factory(), torch.randn(*shape))
     assert error < 1e-4
     assert result.report.after_totals.macs < result.report.before_totals.macs
+
+
+def test_attention_heads_shrink_evenly_and_keep_their_scale() -> None:
+    result, error = _prune_and_compare(_Attention(), torch.randn(2, 5, 6))
+    attention = result.model.attention
+    assert (attention.embed_dim, attention.num_heads, attention.head_dim) == (4, 2, 2)
+    assert error < 1e-5
+
+
+def test_literal_reshape_sizes_follow_pruning() -> None:
+    result, error = _prune_and_compare(_ReshapeLiteral(), torch.randn(1, 3, 4, 4))
+    (reshape,) = [n for n in result.model.graph.nodes if n.target == "reshape"]
+    assert reshape.args[2] == 4 and error < 1e-5
 
 
 def test_split_sizes_follow_pruning() -> None:
@@ -150,7 +168,7 @@ def test_unreachable_target_macs_says_how_far_it_gets() -> None:
     [
         ({}, r"^prune: give exactly one of ratio and target_macs$"),
         ({"ratio": 0.5, "target_macs": 0.5}, r"^prune: give exactly one of ratio and target_macs$"),
-        ({"ratio": 0.5, "importance": "magic"}, r"^prune.importance: no criterion 'magic' is registered; registered: bn_scale, fpgm, l1, l2, random$"),
+        ({"ratio": 0.5, "importance": "magic"}, r"^prune.importance: no criterion 'magic' is registered; registered: activation, bn_scale, fpgm, l1, l2, random, taylor$"),
     ],
 )
 def test_option_errors(options, message, small_cnn, image) -> None:

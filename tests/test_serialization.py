@@ -88,6 +88,15 @@ def test_compressed_resnet_round_trips(tmp_path) -> None:
     assert not any(isinstance(m, nn.BatchNorm2d) for m in loaded.modules())
 
 
+def test_traced_sequential_round_trips(tmp_path) -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    loaded = _reload(fxcomp.trace(model, x), tmp_path)
+    assert isinstance(loaded.get_submodule("3"), nn.Linear)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
 class _Tied(nn.Module):
     def __init__(self) -> None:
         super().__init__()

@@ -95,12 +95,19 @@ def test_function_rules_match_real_calls(function, args, kwargs) -> None:
 
 @pytest.mark.parametrize(
     "module",
-    [nn.BatchNorm2d(3), nn.GroupNorm(1, 3), nn.ReLU(inplace=True), nn.Hardswish(), nn.Identity(), nn.AdaptiveAvgPool2d((1, 3))],
-)
+    [
+        nn.BatchNorm2d(3), nn.GroupNorm(1, 3), nn.ReLU(inplace=True), nn.Hardswish(), nn.Identity(),
+        nn.AdaptiveAvgPool2d((1, 3)), nn.Conv2d(3, 4, 3), nn.Conv2d(3, 6, (3, 2), stride=(2, 3), padding=(2, 1), dilation=2, groups=3),
+        nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"), nn.Linear(6, 2), nn.MaxPool2d(3, 2, 1),
+        nn.MaxPool2d(2, ceil_mode=True), nn.MaxPool2d(3, 2, ceil_mode=True, dilation=1), nn.AvgPool2d(3, 2, 1, ceil_mode=True),
+        nn.AvgPool2d(2),
+    ],
+)  # fmt: skip
 def test_module_rules_match_real_calls(module) -> None:
-    x = torch.randn(2, 3, 5, 6)
-    with torch.no_grad():
-        _real_and_rule(module_rule(module, (x.to("meta"),), {}), module.eval()(x.clone()))
+    for shape in [(2, 3, 5, 6), (1, 3, 7, 6), (1, 3, 4, 6), (1, 3, 9, 6)]:
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            _real_and_rule(module_rule(module, (x.to("meta"),), {}), module.eval()(x.clone()))
 
 
 def test_rules_only_answer_for_exact_types_and_plain_arguments() -> None:

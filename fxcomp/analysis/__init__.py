@@ -1,6 +1,6 @@
 """Stage analyze: the coupled-channel dependency analyzer."""
 
-from fxcomp.analysis.analyzer import analyze
+from fxcomp.analysis.analyzer import analyze, set_size_arguments, size_arguments
 from fxcomp.analysis.groups import ChannelGroup, Member
 
-__all__ = ["ChannelGroup", "Member", "analyze"]
+__all__ = ["ChannelGroup", "Member", "analyze", "set_size_arguments", "size_arguments"]

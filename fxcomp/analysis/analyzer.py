@@ -23,11 +23,13 @@ one group.
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.fx as fx
 import torch.nn as nn
@@ -38,6 +40,7 @@ from fxcomp.analysis.groups import ChannelGroup, LabelSets, Member
 from fxcomp.analysis.labels import NO_LABEL, along, compact, expand, fresh, labelled_axes, unlabelled
 from fxcomp.errors import TraceError
 from fxcomp.passes.base import matches
+from fxcomp.plugin.host import Plugins, load_plugins
 from fxcomp.tracing import TensorSpec, node_info, qualname
 
 
@@ -47,6 +50,20 @@ class _Param:
 
     name: str
     tensor: torch.Tensor
+
+
+@dataclass(frozen=True)
+class _Sizes:
+    """Sizes read from a tensor (``x.shape``, ``x.size(d)``, arithmetic on them).
+
+    ``lines[i]`` are the channel labels along the axis that size ``i`` measures
+    (None where no channel lies). ``derived`` sizes came out of arithmetic, so
+    which channels they count is no longer known.
+    """
+
+    value: Any
+    lines: tuple[torch.Tensor | None, ...]
+    derived: bool = False
 
 
 _UNARY_MODULES = (
@@ -79,13 +96,14 @@ _SPATIAL_FUNCTIONS = {
 _MOVEMENT_FUNCTIONS = {
     torch.cat, torch.concat, torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.squeeze,
     torch.unsqueeze, torch.split, torch.chunk, torch.narrow, torch.channel_shuffle, F.pixel_shuffle,
-    F.pixel_unshuffle, operator.getitem,
+    F.pixel_unshuffle, operator.getitem, torch.swapaxes, torch.swapdims, torch.movedim,
 }  # fmt: skip
 _MOVEMENT_METHODS = {
     "view", "reshape", "flatten", "unflatten", "permute", "transpose", "squeeze", "unsqueeze", "split", "chunk",
-    "narrow", "expand", "expand_as", "view_as", "reshape_as", "__getitem__",
+    "narrow", "expand", "expand_as", "view_as", "reshape_as", "__getitem__", "swapaxes", "swapdims", "movedim",
 }  # fmt: skip
 _SHAPE_METHODS = {"size", "dim", "numel"}
+_REDUCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin, "mean", "sum", "amax", "amin"}
 
 
 @dataclass
@@ -93,12 +111,14 @@ class _Walk:
     """State of one analysis: the label sets and what each label is tied to."""
 
     gm: fx.GraphModule
+    rules: dict[Any, str] = field(default_factory=dict)
     labels: LabelSets = field(default_factory=LabelSets)
     env: dict[fx.Node, Any] = field(default_factory=dict)
     producers: list[tuple[str, torch.Tensor]] = field(default_factory=list)
     members: list[tuple[str, int, torch.Tensor, str]] = field(default_factory=list)
     pins: list[tuple[torch.Tensor, str]] = field(default_factory=list)
     segments: list[tuple[torch.Tensor, int]] = field(default_factory=list)
+    size_ties: list[tuple[torch.Tensor, torch.Tensor, str]] = field(default_factory=list)
 
     # --- values ------------------------------------------------------------------------------
 
@@ -119,9 +139,29 @@ class _Walk:
             self.members.append((name, axis, labels.reshape(-1), kind))
 
     def pin(self, labels: Any, reason: str) -> None:
-        for leaf in pytree.tree_leaves(labels):
+        leaves = pytree.tree_leaves(labels)
+        for sizes in [leaf for leaf in leaves if isinstance(leaf, _Sizes)]:
+            leaves.extend(line for line in sizes.lines if line is not None)
+        for leaf in leaves:
             if isinstance(leaf, torch.Tensor) and bool((leaf >= 0).any()):
                 self.pins.append((leaf.reshape(-1), reason))
+
+    def sizes_of(self, node: fx.Node, source: Any, dim: Any = None) -> Any:
+        """``x.shape`` / ``x.size(dim)`` of a labelled tensor: the sizes and the channels they count."""
+        labels, spec = self.env.get(source), self.spec(source)
+        if not isinstance(labels, torch.Tensor) or not isinstance(spec, TensorSpec):
+            return self.spec(node)
+        axes = labelled_axes(labels)
+
+        def line(axis: int) -> torch.Tensor | None:
+            if axis not in axes:
+                return None
+            found = along(labels, axis, spec.shape[axis])
+            return found if found is not None else labels.reshape(-1)
+
+        if dim is None:
+            return _Sizes(self.spec(node), tuple(line(axis) for axis in range(len(spec.shape))))
+        return _Sizes(self.spec(node), (line(dim % len(spec.shape)),))
 
     # --- layers --------------------------------------------------------------------------------
 
@@ -158,13 +198,85 @@ class _Walk:
             shape[channel_axis] = module.out_channels
             out = line.repeat_interleave(multiplier).reshape(shape)
         else:
-            reason = f"'{qualname(node)}' is a grouped convolution (groups={groups}) whose input channels are not pruned yet"
-            self.pin(line, reason)
+            if not transposed and bool((line >= 0).all()):
+                # Grouped: weight column j serves input channel j of every group, so removing it removes
+                # position j from all groups at once; tie those channels together.
+                per_group = line.reshape(groups, -1)
+                for other in per_group[1:]:
+                    self.labels.union(per_group[0], other)
+                self.member(f"{name}.weight", in_axis, per_group[0])
+            else:
+                reason = f"'{qualname(node)}' is a grouped convolution (groups={groups}) reading channels it cannot prune"
+                self.pin(line, reason)
             out = self.new_labels(qualname(node), module.out_channels, channel_axis, ndim)
             self.segments.append((out.reshape(-1), groups))
         self.member(f"{name}.weight", out_axis, out)
         if bias:
             self.member(bias, 0, out)
+        return out
+
+    def attention(self, node: fx.Node, module: nn.MultiheadAttention, name: str) -> Any:
+        """``nn.MultiheadAttention``: the embedding channels flow through; heads constrain them.
+
+        torch's packed projection ties the width of q, k and v to the embedding width, so
+        embedding channel ``i`` is pruned together with row ``i`` of q, k and v and column
+        ``i`` of the output projection. Every head must keep the same width: the channels
+        form ``num_heads`` equal segments.
+        """
+        names = ("query", "key", "value")
+        bound = {**dict(zip(names, node.args)), **{k: v for k, v in node.kwargs.items() if k in names}}
+        values = [self.env.get(bound.get(key)) for key in names]
+        spec = self.spec(node)
+        width = module.embed_dim
+        lines = [along(v, -1, width) if isinstance(v, torch.Tensor) else None for v in values]
+        if not module._qkv_same_embed_dim or any(line is None or not bool((line >= 0).all()) for line in lines):
+            return self.unknown(node, node.args, node.kwargs, "an attention whose inputs are not all prunable embeddings")
+        line = lines[0]
+        for other in lines[1:]:
+            self.labels.union(line, other)
+        packed = torch.cat([line, line, line])
+        self.member(f"{name}.in_proj_weight", 1, line)
+        self.member(f"{name}.in_proj_weight", 0, packed)
+        if module.in_proj_bias is not None:
+            self.member(f"{name}.in_proj_bias", 0, packed)
+        for extra in ("bias_k", "bias_v"):
+            if getattr(module, extra) is not None:
+                self.member(f"{name}.{extra}", 2, line)
+        self.member(f"{name}.out_proj.weight", 0, line)
+        self.member(f"{name}.out_proj.weight", 1, line)
+        if module.out_proj.bias is not None:
+            self.member(f"{name}.out_proj.bias", 0, line)
+        self.segments.append((line, module.num_heads))
+        shape = [1] * len(spec[0].shape)
+        shape[-1] = width
+        return (line.reshape(shape), *_unlabelled_like(tuple(spec[1:])))
+
+    def functional_layer(self, node: fx.Node) -> Any:
+        """``F.conv*d`` / ``F.linear`` whose weight (and bias) are parameters read with ``get_attr``."""
+        linear = node.target is F.linear
+        names = ("input", "weight", "bias") if linear else ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+        bound = {**dict(zip(names, node.args)), **node.kwargs}
+        x, weight = self.env.get(bound.get("input")), self.env.get(bound.get("weight"))
+        bias = self.env.get(bound["bias"]) if isinstance(bound.get("bias"), fx.Node) else None
+        spec = self.spec(node)
+        if not isinstance(x, torch.Tensor) or not isinstance(spec, TensorSpec):
+            return self.unknown(node, node.args, node.kwargs, "a layer call on a non-tensor")
+        if not isinstance(weight, _Param) or (bound.get("bias") is not None and not isinstance(bias, _Param)):
+            self.pin(x, f"'{qualname(node)}' uses a weight computed in the graph or passed as an input, which pruning cannot shrink")
+            return _unlabelled_like(spec)
+        if bound.get("groups", 1) != 1:
+            self.pin(x, f"'{qualname(node)}' is a grouped functional convolution")
+            return _unlabelled_like(spec)
+        ndim = len(spec.shape)
+        channel_axis = ndim - 1 if linear else (1 if ndim == weight.tensor.dim() else 0)
+        line = along(x, channel_axis, weight.tensor.shape[1])
+        if line is None:
+            self.pin(x, f"'{qualname(node)}' reads channels spread over several axes")
+        self.member(weight.name, 1, line)
+        out = self.new_labels(qualname(node), weight.tensor.shape[0], channel_axis, ndim)
+        self.member(weight.name, 0, out)
+        if bias is not None:
+            self.member(bias.name, 0, out)
         return out
 
     def norm(self, node: fx.Node, module: nn.Module, x: torch.Tensor, name: str) -> torch.Tensor:
@@ -192,15 +304,24 @@ class _Walk:
     def elementwise(self, node: fx.Node, args: Sequence[Any]) -> torch.Tensor:
         """Broadcasting ops: labels meeting at one position are merged; parameters become members."""
         out_spec = self.spec(node)
-        if not isinstance(out_spec, TensorSpec):
-            return out_spec  # arithmetic on sizes
-        shape = out_spec.shape
+        if not isinstance(out_spec, TensorSpec):  # arithmetic on sizes
+            sizes = [v for v in self.value(tuple(args)) if isinstance(v, _Sizes)]
+            lines = tuple(line for size in sizes for line in size.lines if line is not None)
+            return _Sizes(out_spec, lines, derived=True) if lines else out_spec
         operands = []
         for arg, value in zip(args, self.value(tuple(args))):
             if isinstance(value, _Param):
                 operands.append((value, tuple(value.tensor.shape)))
             elif isinstance(value, torch.Tensor):
                 operands.append((value, tuple(self.spec(arg).shape)))
+        return self.merge(node, operands, out_spec.shape)
+
+    def merge(self, node: fx.Node, operands: Sequence[tuple[Any, tuple[int, ...]]], shape: Sequence[int]) -> torch.Tensor:
+        """Broadcast ``operands`` (labels or parameters, with their real shapes) to ``shape`` and merge them.
+
+        Labels meeting at one position become one channel; a parameter's entries along a
+        labelled axis become a member; a tensor that carries no labels pins what it meets.
+        """
         labelled = [(v, s) for v, s in operands if isinstance(v, torch.Tensor) and bool((v >= 0).any())]
         if not labelled:
             return unlabelled(len(shape))
@@ -227,6 +348,45 @@ class _Walk:
                     self.pin(full, f"'{qualname(node)}' combines the channels with a tensor that cannot be pruned")
         return result
 
+    def concat(self, node: fx.Node, args: Sequence[Any], kwargs: dict) -> Any:
+        """torch.cat without expanding labels to full size.
+
+        Along the channel axis the inputs' labels are laid end to end. Along any other axis
+        (tokens, batch) entries at the same channel position meet the same consumer weights,
+        so the inputs' channels merge as in an elementwise op, and a parameter concatenated
+        there (a class token) becomes a member.
+        """
+        tensors = args[0] if args else kwargs.get("tensors")
+        dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+        out_spec = self.spec(node)
+        if not isinstance(tensors, (list, tuple)) or not isinstance(dim, int) or not isinstance(out_spec, TensorSpec):
+            return self.movement(node, node.target, args, kwargs)
+        shape = out_spec.shape
+        dim %= len(shape)
+        values = [self.env[t] if isinstance(t, fx.Node) else t for t in tensors]
+        real = [tuple(v.tensor.shape) if isinstance(v, _Param) else tuple(self.spec(t).shape) for v, t in zip(values, tensors)]
+        label_axes = [set(labelled_axes(v)) for v in values if isinstance(v, torch.Tensor)]
+        if all(axes <= {dim} for axes in label_axes):
+            parts = []
+            for value, size in zip(values, real):
+                part_shape = [1] * len(shape)
+                part_shape[dim] = size[dim]
+                if isinstance(value, _Param):
+                    parts.append(torch.full(part_shape, NO_LABEL))
+                else:
+                    parts.append(value.reshape(_pad(value.shape, len(shape))).expand(part_shape))
+            return compact(torch.cat(parts, dim))
+        if all(dim not in axes for axes in label_axes):
+            squeezed = list(shape)
+            squeezed[dim] = 1
+            operands = []
+            for value, size in zip(values, real):
+                size = list(size)
+                size[dim] = 1
+                operands.append((value, tuple(size)))
+            return self.merge(node, operands, squeezed)
+        return self.movement(node, node.target, args, kwargs)
+
     def movement(self, node: fx.Node, function: Callable[..., Any], args: Sequence[Any], kwargs: dict) -> Any:
         """Run a data-movement operation on the labels expanded to their real shapes."""
 
@@ -236,6 +396,8 @@ class _Walk:
             value = self.env[arg]
             if isinstance(value, _Param):
                 return torch.full(value.tensor.shape, NO_LABEL)
+            if isinstance(value, _Sizes):
+                return value.value
             return _expand_value(value, self.spec(arg))
 
         indices = pytree.tree_leaves((tuple(args[1:]), dict(kwargs)))
@@ -243,6 +405,8 @@ class _Walk:
             return self.unknown(node, args, kwargs, "indexing with a tensor")
         result = function(*pytree.tree_map(real, tuple(args)), **pytree.tree_map(real, dict(kwargs)))
         result = pytree.tree_map(lambda t: compact(t) if isinstance(t, torch.Tensor) else t, result)
+        if isinstance(result, torch.Tensor):
+            self.literal_sizes(node, result)
         for labels in pytree.tree_leaves(result):
             if isinstance(labels, torch.Tensor) and len(labelled_axes(labels)) > 1:
                 # Channels split over several axes (channel shuffle, heads, pixel shuffle): pruning them
@@ -250,10 +414,69 @@ class _Walk:
                 self.pin(labels, f"'{qualname(node)}' spreads channels over several axes")
         return result
 
+    def literal_sizes(self, node: fx.Node, result: torch.Tensor) -> None:
+        """Sizes written into a view/reshape/expand for a channel axis must follow pruning: record them."""
+        sizes = size_arguments(node)
+        if sizes is None or len(sizes) != result.dim():
+            return
+        spec = self.spec(node)
+        for axis, size in enumerate(sizes):
+            if isinstance(size, int) and size > 1 and result.shape[axis] > 1:
+                line = along(result, axis, size)
+                if line is not None:
+                    self.member(qualname(node), axis, line, kind="shape")
+            elif isinstance(size, fx.Node) and isinstance(self.env.get(size), _Sizes):
+                self.computed_size(node, axis, self.env[size], result, spec.shape[axis])
+
+    def computed_size(self, node: fx.Node, axis: int, size: _Sizes, result: torch.Tensor, length: int) -> None:
+        """A size read from another tensor gives this axis its length: both must lose the same channels."""
+        (source,) = size.lines if len(size.lines) == 1 else (None,)
+        target = along(result, axis, length) if result.shape[axis] > 1 or bool((result >= 0).any()) else None
+        counted = [line for line in size.lines if line is not None]
+        if not counted:
+            if result.shape[axis] > 1:
+                self.pin(result, f"'{qualname(node)}' sizes channels with a size that does not follow pruning")
+            return
+        if not size.derived and source is not None and target is not None and len(source) == len(target):
+            # The counts must stay equal: checked once the channels are known (same channels, any order).
+            self.size_ties.append((source, target, f"'{qualname(node)}' shapes a tensor with sizes computed from other channels"))
+            return
+        self.pin(counted, f"'{qualname(node)}' shapes a tensor with sizes computed from pruned channels")
+        self.pin(result, f"'{qualname(node)}' shapes a tensor with sizes computed from pruned channels")
+
     def unknown(self, node: fx.Node, args: Sequence[Any], kwargs: dict, what: str) -> Any:
         """Pin every channel reaching an operation the analyzer does not know."""
         self.pin(self.value((tuple(args), dict(kwargs))), f"'{qualname(node)}' is {what}, which the analyzer does not know")
         return _unlabelled_like(self.spec(node))
+
+
+def size_arguments(node: fx.Node) -> list[Any] | None:
+    """The sizes written into a node that pruning must update, or None for other nodes.
+
+    For view, reshape and expand: the target size of every output axis (ints, -1 or
+    nodes); for layer_norm: its ``normalized_shape``.
+    """
+    if node.target in ("view", "reshape", "expand") or node.target is torch.reshape:
+        rest = node.args[1:]
+        if not rest and "shape" in node.kwargs:
+            rest = (node.kwargs["shape"],)
+        if len(rest) == 1 and isinstance(rest[0], (list, tuple)):
+            return list(rest[0])
+        return list(rest)
+    if node.target in (F.layer_norm, torch.layer_norm):
+        shape = node.args[1] if len(node.args) > 1 else node.kwargs.get("normalized_shape")
+        return list(shape) if isinstance(shape, (list, tuple)) else None
+    return None
+
+
+def set_size_arguments(node: fx.Node, sizes: list[Any]) -> None:
+    """Write ``sizes`` back where :func:`size_arguments` read them."""
+    kwargs = {k: v for k, v in node.kwargs.items() if k not in ("shape", "normalized_shape")}
+    if node.op == "call_method":
+        node.args = (node.args[0], *sizes)
+    else:
+        node.args = (node.args[0], sizes, *node.args[2:])
+    node.kwargs = kwargs
 
 
 def _expand_value(value: Any, spec: Any) -> Any:
@@ -292,6 +515,69 @@ def _channels_only(walk: _Walk, node: fx.Node, args: Sequence[Any]) -> Any:
     return labels
 
 
+def _expanded_parameter(walk: _Walk, node: fx.Node) -> Any:
+    """A parameter broadcast along its size-1 axes (a class token over the batch) is still that parameter."""
+    param, spec = walk.env[node.args[0]], walk.spec(node)
+    if isinstance(spec, TensorSpec) and len(spec.shape) == param.tensor.dim():
+        return _Param(param.name, param.tensor.expand(spec.shape))
+    return walk.movement(node, lambda self, *a, **k: getattr(self, node.target)(*a, **k), node.args, node.kwargs)
+
+
+def _index_sizes(walk: _Walk, node: fx.Node) -> Any:
+    """``x.shape[i]`` or ``x.shape[a:b]``: the sizes picked, with the channels they count."""
+    sizes, index = walk.env[node.args[0]], node.args[1]
+    if isinstance(index, int):
+        return _Sizes(walk.spec(node), (sizes.lines[index],), sizes.derived)
+    if isinstance(index, slice):
+        return _Sizes(walk.spec(node), tuple(sizes.lines[index]), sizes.derived)
+    return _Sizes(walk.spec(node), tuple(sizes.lines), derived=True)
+
+
+def _functional_layer_norm(walk: _Walk, node: fx.Node) -> Any:
+    """``F.layer_norm(x, shape, weight, bias)`` over the last axis: its weight and bias entries follow the channels."""
+    names = ("input", "normalized_shape", "weight", "bias")
+    bound = {**dict(zip(names, node.args)), **node.kwargs}
+    labels = walk.env.get(bound["input"])
+    shape = bound["normalized_shape"]
+    if not isinstance(labels, torch.Tensor) or not isinstance(shape, (list, tuple)) or len(shape) != 1:
+        return walk.unknown(node, node.args, node.kwargs, "a layer_norm over several axes")
+    line = along(labels, -1, shape[0])
+    if line is None:
+        walk.pin(labels, f"'{qualname(node)}' normalizes channels spread over several axes")
+        return labels
+    walk.member(qualname(node), 0, line, kind="shape")
+    for key in ("weight", "bias"):
+        value = walk.env.get(bound[key]) if isinstance(bound.get(key), fx.Node) else None
+        if isinstance(value, _Param):
+            walk.member(value.name, 0, line)
+        elif bound.get(key) is not None:
+            walk.pin(labels, f"'{qualname(node)}' scales the channels by a tensor that cannot be pruned")
+    return labels
+
+
+def _reduction(walk: _Walk, node: fx.Node) -> Any:
+    """mean/sum/amax/amin over axes that carry no channels keep the channels; over channel axes, pin them."""
+    source = node.args[0]
+    labels, spec = walk.env.get(source), walk.spec(source)
+    if not isinstance(labels, torch.Tensor) or not isinstance(spec, TensorSpec):
+        return walk.unknown(node, node.args, node.kwargs, "a reduction of a non-tensor")
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    if dims is None:
+        dims = tuple(range(labels.dim()))
+    dims = (dims,) if isinstance(dims, int) else tuple(dims)
+    if not all(isinstance(d, int) for d in dims) or not isinstance(keepdim, bool):
+        return walk.unknown(node, node.args, node.kwargs, "a reduction over axes computed in the graph")
+    dims = tuple(sorted(d % labels.dim() for d in dims)) if labels.dim() else ()
+    if any(d in labelled_axes(labels) for d in dims):
+        walk.pin(labels, f"'{qualname(node)}' reduces over the channel axis")
+        return _unlabelled_like(walk.spec(node))
+    if keepdim:
+        return labels
+    kept = [size for axis, size in enumerate(labels.shape) if axis not in dims]
+    return labels.reshape(kept)
+
+
 def _split_sizes(walk: _Walk, node: fx.Node) -> None:
     """Record split sizes written into the graph (they must follow pruning) and chunk counts (equal parts)."""
     is_split = node.target in (torch.split, "split")
@@ -311,8 +597,29 @@ def _split_sizes(walk: _Walk, node: fx.Node) -> None:
         walk.pin(line, f"'{qualname(node)}' splits at sizes computed in the graph, which pruning cannot rewrite yet")
     elif is_split:
         walk.pin(line, f"'{qualname(node)}' splits into pieces of a fixed size")
+    elif isinstance(parts, int) and spec.shape[dim] % parts == 0:
+        walk.segments.append((line, parts))  # every chunk must lose the same number of channels
     else:
-        walk.pin(line, f"'{qualname(node)}' cuts channels into equal chunks, which pruning does not balance yet")
+        walk.pin(line, f"'{qualname(node)}' cuts channels into chunks of unequal size")
+
+
+def _plugin_rule(walk: _Walk, node: fx.Node) -> Any:
+    """Apply the channel rule a plugin registered for this node's op; None when there is none."""
+    if not walk.rules or node.op not in ("call_module", "call_function", "call_method"):
+        return None
+    op = type(walk.gm.get_submodule(node.target)) if node.op == "call_module" else node.target
+    kind = walk.rules.get(op)
+    if kind is None:
+        return None
+    args = node.args
+    if kind == "elementwise":
+        return walk.elementwise(node, args)
+    if kind == "spatial":
+        return _channels_only(walk, node, args)
+    function = walk.gm.get_submodule(node.target) if node.op == "call_module" else node.target
+    if node.op == "call_method":
+        return walk.movement(node, lambda self, *a, **k: getattr(self, node.target)(*a, **k), args, node.kwargs)
+    return walk.movement(node, function, args, node.kwargs)
 
 
 def _step(walk: _Walk, node: fx.Node) -> Any:
@@ -327,6 +634,9 @@ def _step(walk: _Walk, node: fx.Node) -> Any:
         walk.pin(walk.value(node.args), "the model returns these channels")
         return None
     args, kwargs = node.args, node.kwargs
+    rule = _plugin_rule(walk, node)
+    if rule is not None:
+        return rule
     if node.op == "call_module":
         module = gm.get_submodule(node.target)
         found = _first_tensor(walk, args)
@@ -334,6 +644,8 @@ def _step(walk: _Walk, node: fx.Node) -> Any:
             return walk.layer(node, module, found[1], node.target)
         if isinstance(module, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)) and found is not None:
             return walk.norm(node, module, found[1], node.target)
+        if isinstance(module, nn.MultiheadAttention):
+            return walk.attention(node, module, node.target)
         if type(module) in _UNARY_MODULES:
             return walk.elementwise(node, args)
         if type(module) in _SPATIAL_MODULES:
@@ -343,10 +655,22 @@ def _step(walk: _Walk, node: fx.Node) -> Any:
         return walk.unknown(node, args, kwargs, f"a {type(module).__name__} module")
     target = node.target
     if node.op == "call_function":
+        if target is getattr and len(args) == 2 and args[1] == "shape":
+            return walk.sizes_of(node, args[0])
+        if target is operator.getitem and isinstance(walk.env.get(args[0]), _Sizes):
+            return _index_sizes(walk, node)
         if target in _ELEMENTWISE_FUNCTIONS:
             return walk.elementwise(node, args)
         if target in _SPATIAL_FUNCTIONS:
             return _channels_only(walk, node, args)
+        if target in _REDUCTIONS:
+            return _reduction(walk, node)
+        if target in (F.linear, F.conv1d, F.conv2d, F.conv3d):
+            return walk.functional_layer(node)
+        if target in (F.layer_norm, torch.layer_norm):
+            return _functional_layer_norm(walk, node)
+        if target in (torch.cat, torch.concat):
+            return walk.concat(node, args, kwargs)
         if target in _MOVEMENT_FUNCTIONS:
             _split_sizes(walk, node)
             return walk.movement(node, target, args, kwargs)
@@ -356,11 +680,20 @@ def _step(walk: _Walk, node: fx.Node) -> Any:
     if node.op == "call_method":
         if target in _ELEMENTWISE_METHODS:
             return walk.elementwise(node, args[:1] if target in ("to", "float", "half", "type_as") else args)
+        if target in _REDUCTIONS:
+            return _reduction(walk, node)
+        if target in ("expand", "expand_as") and isinstance(walk.env.get(args[0]), _Param):
+            return _expanded_parameter(walk, node)
         if target in _MOVEMENT_METHODS:
             _split_sizes(walk, node)
             return walk.movement(node, lambda self, *a, **k: getattr(self, target)(*a, **k), args, kwargs)
+        if target == "size":
+            dim = args[1] if len(args) > 1 else kwargs.get("dim")
+            return walk.sizes_of(node, args[0], dim) if dim is None or isinstance(dim, int) else walk.spec(node)
         if target in _SHAPE_METHODS:
-            return walk.spec(node)
+            labels = walk.env.get(args[0])
+            has_channels = isinstance(labels, torch.Tensor) and bool((labels >= 0).any())
+            return _Sizes(walk.spec(node), (labels.reshape(-1),), derived=True) if has_channels else walk.spec(node)
         return walk.unknown(node, args, kwargs, f"the tensor method .{target}()")
     raise TraceError(f"node '{node.name}' has an unknown kind {node.op!r}")
 
@@ -371,6 +704,10 @@ def _build_groups(walk: _Walk, ignore: Sequence[str]) -> list[ChannelGroup]:
     if not walk.producers:
         return []
     roots = walk.labels.roots()
+    for source, target, reason in walk.size_ties:
+        same = bool((source >= 0).all()) and bool((target >= 0).all())
+        if not (same and torch.equal(roots[source].sort().values, roots[target].sort().values)):
+            walk.pin([source, target], reason)
     producer_of = torch.empty(total, dtype=torch.int64)
     for index, (_, labels) in enumerate(walk.producers):
         producer_of[labels] = index
@@ -400,11 +737,23 @@ def _build_groups(walk: _Walk, ignore: Sequence[str]) -> list[ChannelGroup]:
         safe = labels.clamp(min=0)
         return torch.where(valid, group_of_label[safe], -1), torch.where(valid, channel_of_label[safe], -1)
 
-    for name, axis, labels, kind in walk.members:
-        owner, channel = located(labels)
-        for index in owner[owner >= 0].unique().tolist():
-            channels = torch.where(owner == index, channel, -1)
-            groups[index].members.append(Member(name, axis, tuple(channels.tolist()), kind))
+    # Members are located all at once; numpy then splits them per member (far cheaper per call than torch).
+    if walk.members:
+        sizes = [len(labels) for _, _, labels, _ in walk.members]
+        owners, channels = (t.numpy() for t in located(torch.cat([labels for _, _, labels, _ in walk.members])))
+        start = 0
+        for (name, axis, _, kind), size in zip(walk.members, sizes):
+            owner, channel = owners[start : start + size], channels[start : start + size]
+            start += size
+            high = int(owner.max())
+            if high < 0:
+                continue
+            if int(owner.min()) == high:
+                groups[high].members.append(Member(name, axis, tuple(channel.tolist()), kind))
+                continue
+            for index in np.unique(owner[owner >= 0]).tolist():
+                mine = np.where(owner == index, channel, -1)
+                groups[index].members.append(Member(name, axis, tuple(mine.tolist()), kind))
     for labels, reason in walk.pins:
         owner, _ = located(labels)
         for index in owner[owner >= 0].unique().tolist():
@@ -415,8 +764,10 @@ def _build_groups(walk: _Walk, ignore: Sequence[str]) -> list[ChannelGroup]:
         owners = owner[owner >= 0].unique().tolist()
         # Equal segments are enforced in group-channel order: only when these channels are one whole group, in order.
         if len(owners) == 1 and torch.equal(channel, torch.arange(len(channel))) and groups[owners[0]].channels == len(channel):
-            groups[owners[0]].segments = max(groups[owners[0]].segments, count)
-            continue
+            combined = math.lcm(groups[owners[0]].segments, count)
+            if len(channel) % combined == 0:
+                groups[owners[0]].segments = combined
+                continue
         for index in owners:
             groups[index].pinned.append(f"{count} equal segments span channels of several groups")
     for group in groups:
@@ -425,17 +776,22 @@ def _build_groups(walk: _Walk, ignore: Sequence[str]) -> list[ChannelGroup]:
     return groups
 
 
-def analyze(gm: fx.GraphModule, *, ignore: Sequence[str] = ()) -> list[ChannelGroup]:
+def analyze(
+    gm: fx.GraphModule, *, ignore: Sequence[str] = (), plugins: Plugins | None = None
+) -> list[ChannelGroup]:
     """Partition the prunable channels of an annotated graph into coupled groups.
 
     Args:
         gm: a graph from :func:`fxcomp.trace` (its nodes carry shapes).
         ignore: qualified-name globs of producer layers whose groups must stay whole.
+        plugins: the plugins whose channel rules teach the analyzer more ops; loaded
+            from entry points when omitted (pass them when analyzing many graphs).
 
     Returns the groups in graph order. A group's ``pinned`` lists why it must not
     be pruned (model output, an unknown op, user-ignored …).
     """
-    walk = _Walk(gm)
+    plugins = plugins if plugins is not None else load_plugins()
+    walk = _Walk(gm, rules={key: entry.value for key, entry in plugins.registry.channel_rules.items()})
     for node in gm.graph.nodes:
         try:
             walk.env[node] = _step(walk, node)

@@ -60,7 +60,9 @@ class Member:
 
     ``name`` is the qualified name of a parameter or buffer in the graph module
     (``layer1.0.conv1.weight``) or, for ``kind="split"``, of the graph node whose
-    split sizes follow the channels. ``channels[i]`` is the group channel that
+    split sizes follow the channels, or, for ``kind="shape"``, of the view /
+    reshape / expand node whose literal size for output axis ``axis`` must
+    become the number of entries kept. ``channels[i]`` is the group channel that
     entry ``i`` along ``axis`` belongs to, or -1 when it belongs to another group.
     """
 

@@ -2,7 +2,8 @@
 
 A file names module classes and functions by string; loading resolves those
 strings only through these tables, never through ``importlib``. The tables
-hold the ``torch.nn`` layer classes, the tensor operators of ``torch``,
+hold the ``torch.nn`` layer classes, fxcomp's own parametrization
+(:class:`fxcomp.passes.Mask`), the tensor operators of ``torch``,
 ``torch.nn.functional``, ``torch.fft``, ``torch.linalg``, ``torch.special``,
 ``operator`` and ``math``, and whatever plugins register through the
 ``fxcomp_register_serializables`` hook. Anything that reads files or calls an
@@ -23,6 +24,8 @@ from typing import Any
 import torch
 import torch.fx as fx
 import torch.nn as nn
+
+from fxcomp.passes.masks import Mask
 
 _FUNCTION_TYPES = (types.FunctionType, types.BuiltinFunctionType, types.BuiltinMethodType)
 _EXCLUDED = {
@@ -107,6 +110,7 @@ class AllowList:
 def build_allowlist(extra: Iterable[Any] = ()) -> AllowList:
     """The built-in allow-list plus ``extra`` module classes and functions (from plugins)."""
     classes = _torch_nn_classes()
+    classes[qualified_name(Mask)] = Mask
     functions = _builtin_functions()
     for obj in extra:
         if isinstance(obj, type) and issubclass(obj, nn.Module):

@@ -6,7 +6,11 @@ with ``torch.load(weights_only=True)``, which unpickles nothing but tensors and
 plain containers, and rebuilds modules and calls only from the allow-list
 (:mod:`fxcomp.export.allowlist`). Module objects are rebuilt without running
 their constructors: an allow-listed class is instantiated empty and given its
-saved attributes, parameters and buffers.
+saved attributes, parameters and buffers. A parametrized module (a masked
+weight, see :mod:`fxcomp.passes.masks`) is stored as its original class plus,
+per parametrized tensor, the stored original and the chain of parametrization
+modules (each an allow-listed module like any other); loading registers the
+chain again, so masks keep working, also in training.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 import torch.nn as nn
+from torch.nn.utils import parametrize
 from torch.utils import _pytree as pytree
 
 from fxcomp.errors import LoadError, SaveError
@@ -33,7 +38,7 @@ from fxcomp.tracing.shapes import INFO
 FORMAT = "fxcomp-graph"
 VERSION = 1
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
+_DOTTED = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
 _MODULE_INTERNALS = frozenset(vars(nn.Module()))
 _OPS = ("placeholder", "get_attr", "call_module", "call_function", "call_method", "output")
 
@@ -58,11 +63,43 @@ class _TensorTable:
         return key
 
 
+def _encode_parametrizations(
+    module: nn.Module, path: str, allow: AllowList, table: _TensorTable
+) -> dict[str, Any]:
+    """Per parametrized tensor of ``module``: its stored original and the chain of parametrization modules."""
+    encoded = {}
+    for name, chain in module.parametrizations.items():
+        if "original" in chain._parameters:
+            stored = chain._parameters["original"]
+        elif "original" in chain._buffers:
+            stored = chain._buffers["original"]
+        else:
+            raise SaveError(
+                f"'{path}.{name}' is parametrized from several tensors (its right_inverse returns a sequence), "
+                "which fxcomp.save cannot store; remove that parametrization before saving"
+            )
+        encoded[name] = {
+            "original": {
+                "tensor": table.add(stored),
+                "parameter": isinstance(stored, nn.Parameter),
+                "requires_grad": stored.requires_grad,
+            },
+            "unsafe": bool(chain.unsafe),
+            "chain": [
+                _encode_module(step, f"{path}.parametrizations.{name}.{index}", allow, table)
+                for index, step in enumerate(chain)
+            ],
+        }
+    return encoded
+
+
 def _encode_module(module: nn.Module, path: str, allow: AllowList, table: _TensorTable) -> dict[str, Any]:
-    class_name = allow.class_name(type(module))
+    parametrized = parametrize.is_parametrized(module)
+    cls = parametrize.type_before_parametrizations(module)
+    class_name = allow.class_name(cls)
     if class_name is None:
         raise SaveError(
-            f"module '{path}' is a {type(module).__qualname__}, which fxcomp.load would refuse; register "
+            f"module '{path}' is a {cls.__qualname__}, which fxcomp.load would refuse; register "
             "its class through the fxcomp_register_serializables hook, or trace through it (not as a leaf)"
         )
     for key in _MODULE_INTERNALS:
@@ -77,7 +114,7 @@ def _encode_module(module: nn.Module, path: str, allow: AllowList, table: _Tenso
         name: None if p is None else {"tensor": table.add(p), "requires_grad": p.requires_grad}
         for name, p in module._parameters.items()
     }
-    return {
+    encoded = {
         "class": class_name,
         "training": module.training,
         "attrs": attrs,
@@ -87,9 +124,12 @@ def _encode_module(module: nn.Module, path: str, allow: AllowList, table: _Tenso
         "children": {
             name: _encode_module(child, f"{path}.{name}", allow, table)
             for name, child in module._modules.items()
-            if child is not None
+            if child is not None and not (parametrized and name == "parametrizations")
         },
     }
+    if parametrized:
+        encoded["parametrizations"] = _encode_parametrizations(module, path, allow, table)
+    return encoded
 
 
 def _encode_node(node: fx.Node, allow: AllowList) -> dict[str, Any]:
@@ -245,7 +285,36 @@ class _Loader:
         module._non_persistent_buffers_set = {self._name(n, path) for n in non_persistent}
         for name, child in _expect(spec.get("children", {}), dict, f"children of '{path}'").items():
             module._modules[self._name(name, path)] = self.module(child, f"{path}.{name}")
+        for name, chain in _expect(spec.get("parametrizations", {}), dict, f"parametrizations of '{path}'").items():
+            self.parametrize(module, self._name(name, path), chain, f"{path}.{name}")
         return module
+
+    def parametrize(self, module: nn.Module, name: str, spec: Any, path: str) -> None:
+        """Register the saved chain of parametrizations on ``module``'s tensor ``name``."""
+        spec = _expect(spec, dict, f"parametrization of '{path}'")
+        stored = _expect(spec.get("original"), dict, f"original of '{path}'")
+        original = self.parameter(stored) if stored.get("parameter") else self.tensor(stored.get("tensor"))
+        chain = [
+            self.module(step, f"{path}.parametrizations.{index}")
+            for index, step in enumerate(_expect(spec.get("chain"), list, f"parametrizations of '{path}'"))
+        ]
+        if not chain:
+            raise _malformed(f"empty parametrization of '{path}'")
+        # Register on a stand-in: registering runs right_inverse, which must not alter the saved original.
+        if isinstance(original, nn.Parameter):
+            module._parameters[name] = nn.Parameter(original.detach().clone(), original.requires_grad)
+        else:
+            module._buffers[name] = original.clone()
+        try:
+            for step in chain:
+                parametrize.register_parametrization(module, name, step, unsafe=bool(spec.get("unsafe")))
+        except Exception as error:  # noqa: BLE001 - a chain that does not fit its tensor is a malformed file
+            raise _malformed(f"the parametrization of '{path}' does not fit it: {error}") from error
+        holder = module.parametrizations[name]
+        if isinstance(original, nn.Parameter):
+            holder._parameters["original"] = original
+        else:
+            holder._buffers["original"] = original
 
     @staticmethod
     def _name(name: Any, path: str) -> str:

@@ -45,9 +45,14 @@ def fxcomp_register_passes(register: Register) -> None:
 def fxcomp_register_importance(register: Register) -> None:
     """Contribute channel-importance criteria for structured pruning.
 
-    Call ``register(name, criterion)``. ``criterion`` is a callable that scores
-    the channels of one coupled channel group; pruning passes look criteria up
-    by the name given in their ``importance`` option.
+    Call ``register(name, criterion)``. Pruning passes look criteria up by the
+    name given in their ``importance`` option and call
+    ``criterion(groups, gm, context)`` with the prunable
+    :class:`fxcomp.ChannelGroup` s of ``gm`` and the pass's
+    :class:`fxcomp.PassContext` (its ``calib_data`` feeds data-driven criteria).
+    It returns one 1-D tensor per group with a score per channel; the lowest
+    scored channels are removed first. Seeing all groups at once lets a
+    criterion run the calibration data once.
     """
 
 
@@ -55,15 +60,20 @@ def fxcomp_register_importance(register: Register) -> None:
 def fxcomp_register_channel_rules(register: Register) -> None:
     """Teach the dependency analyzer how channels flow through a module type or function.
 
-    Call ``register(target, rule)`` where ``target`` is an ``nn.Module``
-    subclass, a function, or a tensor method name, and ``rule`` describes how
-    the channels of its inputs map to the channels of its outputs. An op with
-    no rule is treated conservatively: the channel groups it touches are pinned
-    and reported, never guessed.
+    Call ``register(target, kind)`` where ``target`` is an ``nn.Module``
+    subclass (matched by exact type), a function, or a tensor method name, and
+    ``kind`` is one of ``fxcomp.analysis.rules.RULE_KINDS``:
 
-    Status: rules are collected and listed by ``fxcomp plugins``, but
-    :func:`fxcomp.analyze` does not consult them yet (issue 3); until it does,
-    every op it does not know pins its channels.
+    * ``"elementwise"``: tensor and parameter arguments broadcast together and
+      channels meeting at one position merge (activations, gating, dropout);
+    * ``"spatial"``: the first tensor argument's channels (axis 1) pass through
+      while other axes change size (pooling, resizing);
+    * ``"movement"``: the op only moves or selects elements (permutes, views);
+      the analyzer runs the op itself on integer channel labels.
+
+    :func:`fxcomp.analyze` consults these rules before its own; an op with no
+    rule is treated conservatively: the channel groups it touches are pinned
+    and reported, never guessed.
     """
 
 

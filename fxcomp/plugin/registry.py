@@ -8,6 +8,7 @@ from typing import Any
 
 import torch.nn as nn
 
+from fxcomp.analysis.rules import check_rule
 from fxcomp.errors import PluginError
 from fxcomp.passes.base import Pass
 from fxcomp.plugin.hookspecs import HOOK_KINDS
@@ -78,6 +79,9 @@ class Registry:
         def register_channel_rule(target: Any, rule: Any) -> None:
             if not (isinstance(target, str) or callable(target)):
                 raise bad(f"target {target!r}: give a module class, a function or a method name")
+            problem = check_rule(rule)
+            if problem is not None:
+                raise bad(f"'{describe_key(target)}' bound to {problem}")
             self._add(kind, target, rule, plugin)
 
         def register_lowering(backend: Any, name: Any, lowering: Any) -> None:

@@ -136,11 +136,54 @@ METHOD_RULES: dict[str, Rule] = {
 """Rules for ``call_method`` targets (the tensor is the first argument)."""
 
 
+def _tuple(value: Any, count: int) -> tuple[int, ...]:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,) * count
+
+
+def _window(size: int, kernel: int, stride: int, padding: int, dilation: int, ceil_mode: bool = False) -> int:
+    """Output length of a sliding window (convolution, pooling) along one axis."""
+    span = size + 2 * padding - dilation * (kernel - 1) - 1
+    out = -(-span // stride) + 1 if ceil_mode else span // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1  # the last window would start in the right padding
+    return out
+
+
+def _conv(module: nn.modules.conv._ConvNd, x: torch.Tensor) -> torch.Tensor | None:
+    spatial = len(module.kernel_size)
+    if module.transposed or isinstance(module.padding, str) or x.dim() != spatial + 2 or x.shape[1] != module.in_channels:
+        return None
+    sizes = [
+        _window(x.shape[2 + i], module.kernel_size[i], module.stride[i], module.padding[i], module.dilation[i])
+        for i in range(spatial)
+    ]
+    return _empty((x.shape[0], module.out_channels, *sizes), x.dtype) if min(sizes) > 0 else None
+
+
+def _pool(module: nn.MaxPool2d | nn.AvgPool2d, x: torch.Tensor) -> torch.Tensor | None:
+    if x.dim() != 4 or getattr(module, "return_indices", False):
+        return None
+    kernel, padding = _tuple(module.kernel_size, 2), _tuple(module.padding, 2)
+    stride = _tuple(module.stride if module.stride is not None else module.kernel_size, 2)
+    dilation = _tuple(getattr(module, "dilation", 1), 2)
+    sizes = [_window(x.shape[2 + i], kernel[i], stride[i], padding[i], dilation[i], module.ceil_mode) for i in range(2)]
+    return _empty((*x.shape[:2], *sizes), x.dtype) if min(sizes) > 0 else None
+
+
 def module_rule(module: nn.Module, args: Sequence[Any], kwargs: dict[str, Any]) -> torch.Tensor | None:
     """The output of calling ``module`` on meta ``args``, if a rule knows its exact type; else None."""
     module_type = type(module)
+    if len(args) != 1 or kwargs or not isinstance(args[0], torch.Tensor):
+        return None
+    x = args[0]
     if module_type in _UNARY_MODULES:
-        return _like_first(args, kwargs) if len(args) == 1 and not kwargs else None
-    if module_type is nn.AdaptiveAvgPool2d and len(args) == 1 and isinstance(args[0], torch.Tensor) and not kwargs:
-        return _adaptive_pool(module.output_size, args[0], 2)
+        return _like_first(args, kwargs)
+    if module_type is nn.AdaptiveAvgPool2d:
+        return _adaptive_pool(module.output_size, x, 2)
+    if module_type in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
+        return _conv(module, x)
+    if module_type is nn.Linear:
+        return _empty((*x.shape[:-1], module.out_features), x.dtype) if x.dim() and x.shape[-1] == module.in_features else None
+    if module_type in (nn.MaxPool2d, nn.AvgPool2d):
+        return _pool(module, x)
     return None

@@ -1,0 +1,225 @@
+"""Prune options beyond the basics: global scope, iterative steps, and the data-driven criteria."""
+
+from __future__ import annotations
+
+import copy
+import types
+
+import pytest
+import torch
+import torch.nn as nn
+import torchvision
+
+import fxcomp
+from tests.conftest import randomize_batchnorm
+from tests.test_prune import zeroed_reference
+
+
+class _TwoLayers(nn.Module):
+    """conv a (2→4) → relu → conv b (4→4) → relu → head (4→1): two prunable groups, 'a' and 'b'."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(2, 4, 1)
+        self.b = nn.Conv2d(4, 4, 1)
+        self.head = nn.Conv2d(4, 1, 1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.b(torch.relu(self.a(x)))))
+
+
+def _fixed_scores(scores: dict[str, list[float]]) -> fxcomp.Plugins:
+    """Plugins with an extra criterion 'fixed' that returns the given scores per producer."""
+
+    def fixed(groups, gm, context):
+        return [torch.tensor(scores[group.producers[0]], dtype=torch.float64) for group in groups]
+
+    plugin = types.SimpleNamespace(fxcomp_register_importance=fxcomp.hookimpl(lambda register: register("fixed", fixed)))
+    return fxcomp.load_plugins(disable=(), extra={"fixed_scores": plugin})
+
+
+def _removed(result: fxcomp.CompressionResult) -> dict[str, list[int]]:
+    return {group["producers"][0]: group["removed"] for group in result.plan[0]["plan"]["groups"]}
+
+
+def test_global_scope_ranks_channels_of_all_groups_together() -> None:
+    # After dividing by each group's mean, a's channels all score 1 while b's three small ones score 0.004:
+    # removing 3 of the 8 channels globally takes all of them from b; locally it takes 1-2 from each.
+    plugins = _fixed_scores({"a": [1.0, 1.0, 1.0, 1.0], "b": [0.01, 10.0, 0.01, 0.01]})
+    model, x = _TwoLayers().eval(), torch.randn(1, 2, 3, 3)
+    glob = fxcomp.compress(model, x, {"passes": [{"pass": "prune", "ratio": 0.375, "importance": "fixed", "scope": "global"}]}, plugins=plugins)
+    assert _removed(glob) == {"b": [0, 2, 3]}
+    local = fxcomp.compress(model, x, {"passes": [{"pass": "prune", "ratio": 0.375, "importance": "fixed"}]}, plugins=plugins)
+    assert _removed(local) == {"a": [0], "b": [0]}
+
+
+def test_global_scope_respects_max_ratio_per_group() -> None:
+    plugins = _fixed_scores({"a": [1.0, 1.0, 1.0, 1.0], "b": [0.01, 10.0, 0.01, 0.01]})
+    recipe = {"passes": [{"pass": "prune", "ratio": 0.375, "importance": "fixed", "scope": "global", "max_ratio_per_group": 0.5}]}
+    result = fxcomp.compress(_TwoLayers().eval(), torch.randn(1, 2, 3, 3), recipe, plugins=plugins)
+    assert _removed(result) == {"b": [0, 2]}
+
+
+def test_global_scope_reaches_target_macs_and_stays_exact() -> None:
+    torch.manual_seed(0)
+    model = randomize_batchnorm(torchvision.models.resnet18(num_classes=10)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    result = fxcomp.compress(model, x, {"passes": [{"pass": "prune", "target_macs": 0.5, "scope": "global"}]})
+    before, after = result.report.before_totals.macs, result.report.after_totals.macs
+    assert abs(after / before / 0.5 - 1) <= 0.02
+    removed = [len(g["removed"]) / g["channels"] for g in result.plan[0]["plan"]["groups"]]
+    assert max(removed) - min(removed) > 0.2  # global ranking prunes groups unevenly
+    with torch.no_grad():
+        expected = zeroed_reference(model, result.plan[0]["plan"])(x)
+    assert ((result.model(x) - expected).abs().max() / expected.abs().max()).item() < 1e-4
+
+
+def test_a_criterion_returning_wrong_shapes_is_reported() -> None:
+    def broken(groups, gm, context):
+        return [torch.zeros(1)]
+
+    plugin = types.SimpleNamespace(fxcomp_register_importance=fxcomp.hookimpl(lambda register: register("broken", broken)))
+    plugins = fxcomp.load_plugins(disable=(), extra={"broken_plugin": plugin})
+    with pytest.raises(fxcomp.PluginError, match="^importance criterion 'broken' must return one 1-D tensor"):
+        fxcomp.compress(_TwoLayers(), torch.randn(1, 2, 3, 3), {"passes": [{"pass": "prune", "ratio": 0.5, "importance": "broken"}]}, plugins=plugins)
+
+
+@pytest.mark.parametrize("goal", [{"ratio": 0.5}, {"target_macs": 0.4}])
+def test_iterative_steps_compose_into_one_replayable_plan(goal: dict) -> None:
+    torch.manual_seed(0)
+    model = randomize_batchnorm(torchvision.models.resnet18(num_classes=10)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    result = fxcomp.compress(model, x, {"passes": [{"pass": "prune", "iterative_steps": 3, **goal}]})
+    plan = result.plan[0]["plan"]
+    assert sorted({group["step"] for group in plan["groups"]}) == [1, 2, 3]
+    if "ratio" in goal:
+        assert len(plan["kept"]["conv1.weight"]["0"]) == 32  # 64 channels → half kept after three steps
+    else:
+        before, after = result.report.before_totals.macs, result.report.after_totals.macs
+        assert abs(after / before / 0.4 - 1) <= 0.02
+    state, original = result.model.state_dict(), model.state_dict()
+    for name, axes in plan["kept"].items():
+        replayed = original[name]
+        for axis, indices in axes.items():
+            replayed = replayed.index_select(int(axis), torch.tensor(indices))
+        assert torch.equal(replayed, state[name]), name
+    with torch.no_grad():
+        expected = zeroed_reference(model, plan)(x)
+    assert ((result.model(x) - expected).abs().max() / expected.abs().max()).item() < 1e-4
+
+
+def test_iterative_steps_rescore_the_pruned_model_between_steps() -> None:
+    seen: list[dict[str, int]] = []
+
+    def recording(groups, gm, context):
+        seen.append({group.producers[0]: gm.get_submodule(group.producers[0]).out_channels for group in groups})
+        return [torch.arange(group.channels, dtype=torch.float64) for group in groups]
+
+    plugin = types.SimpleNamespace(fxcomp_register_importance=fxcomp.hookimpl(lambda register: register("rec", recording)))
+    plugins = fxcomp.load_plugins(disable=(), extra={"recording": plugin})
+    model = nn.Sequential(nn.Conv2d(2, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 1), nn.ReLU(), nn.Conv2d(8, 1, 1))
+    recipe = {"passes": [{"pass": "prune", "ratio": 0.5, "importance": "rec", "iterative_steps": 2}]}
+    result = fxcomp.compress(model, torch.randn(1, 2, 3, 3), recipe, plugins=plugins)
+    assert seen == [{"0": 8, "2": 8}, {"0": 6, "2": 6}]  # step 1 removes 2 of 8, step 2 two more of the 6 left
+    # Scores rank channels by position in the current model: step 1 drops 0 and 1, step 2 the first two left.
+    assert result.plan[0]["plan"]["kept"]["0.weight"]["0"] == [4, 5, 6, 7]
+
+
+def _digits_batches(count: int = 4, size: int = 32) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    return [torch.randn(size, 2, 3, 3, generator=generator) for _ in range(count)]
+
+
+class _Classifier(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(2, 4, 1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.a(x)).mean((2, 3)))
+
+
+def test_activation_importance_removes_dead_channels() -> None:
+    torch.manual_seed(0)
+    model = _Classifier().eval()
+    with torch.no_grad():
+        model.a.bias.copy_(torch.tensor([5.0, -100.0, 5.0, -100.0]))  # channels 1 and 3 never fire after relu
+    result = fxcomp.compress(
+        model, torch.randn(1, 2, 3, 3), {"passes": [{"pass": "prune", "ratio": 0.5, "importance": "activation"}]},
+        calib_data=_digits_batches(),
+    )
+    assert _removed(result) == {"a": [1, 3]}
+
+
+def test_taylor_importance_matches_hand_computed_first_order_terms() -> None:
+    torch.manual_seed(0)
+    model = _Classifier().eval()
+    batches = [(x, torch.randint(0, 3, (x.shape[0],), generator=torch.Generator().manual_seed(1))) for x in _digits_batches()]
+    reference = _Classifier()
+    reference.load_state_dict(model.state_dict())
+    for x, y in batches:
+        nn.functional.cross_entropy(reference(x), y).backward()
+    # Channel c of a: a.weight[c], a.bias[c] and fc.weight[:, c] are removed together.
+    terms = (
+        (reference.a.weight * reference.a.weight.grad).sum((1, 2, 3))
+        + reference.a.bias * reference.a.bias.grad
+        + (reference.fc.weight * reference.fc.weight.grad).sum(0)
+    ).abs()
+    expected = sorted(torch.argsort(terms)[:2].tolist())
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    result = fxcomp.compress(
+        model, torch.randn(1, 2, 3, 3), {"passes": [{"pass": "prune", "ratio": 0.5, "importance": "taylor"}]},
+        calib_data=batches,
+    )
+    assert _removed(result) == {"a": expected}
+    assert all(p.grad is None for p in model.parameters())  # the user's model is untouched
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_taylor_without_labels_uses_the_model_predictions() -> None:
+    result = fxcomp.compress(
+        _Classifier().eval(), torch.randn(1, 2, 3, 3), {"passes": [{"pass": "prune", "ratio": 0.5, "importance": "taylor"}]},
+        calib_data=_digits_batches(),
+    )
+    assert len(_removed(result)["a"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("calib_data", "message"),
+    [
+        (None, r"^prune.importance: taylor needs calibration data; pass calib_data=\[batch, \.\.\.\] to fxcomp.compress"),
+        (torch.randn(2, 2, 3, 3), r"^prune.importance: taylor: calib_data must be an iterable of batches"),
+        ([], r"^prune.importance: taylor: calib_data is empty"),
+        ([(torch.randn(2, 2, 3, 3), torch.zeros(2), torch.zeros(2))], r"must hold the model's 1 input tensor\(s\), optionally followed by a target; got a tuple of Tensor, Tensor, Tensor$"),
+    ],
+)
+def test_calibration_data_errors(calib_data, message) -> None:
+    with pytest.raises(fxcomp.CalibrationError, match=message):
+        fxcomp.compress(
+            _Classifier(), torch.randn(1, 2, 3, 3), {"passes": [{"pass": "prune", "ratio": 0.5, "importance": "taylor"}]},
+            calib_data=calib_data,
+        )
+
+
+def test_scope_and_steps_are_validated(small_cnn, image) -> None:
+    with pytest.raises(fxcomp.RecipeError, match=r"^passes\[0\]\.scope: expected one of 'local', 'global', got 'everywhere'$"):
+        fxcomp.compress(small_cnn, image, {"passes": [{"pass": "prune", "ratio": 0.5, "scope": "everywhere"}]})
+    with pytest.raises(fxcomp.RecipeError, match=r"^passes\[0\]\.iterative_steps: "):
+        fxcomp.compress(small_cnn, image, {"passes": [{"pass": "prune", "ratio": 0.5, "iterative_steps": 0}]})
+
+
+def test_prune_after_sparsify_shrinks_weights_and_their_masks() -> None:
+    torch.manual_seed(0)
+    model = randomize_batchnorm(torchvision.models.resnet18(num_classes=10)).eval()
+    x = torch.randn(1, 3, 32, 32)
+    sparse = fxcomp.compress(model, x, "passes: [{pass: sparsify, sparsity: 0.6}]").model
+    result = fxcomp.compress(sparse, x, "passes: [{pass: prune, ratio: 0.5}]")
+    pruned = result.model
+    conv = pruned.get_submodule("layer1.0.conv1")
+    assert conv.weight.shape == (32, 32, 3, 3)
+    assert conv.parametrizations.weight[0].mask.shape == (32, 32, 3, 3)
+    assert torch.equal(conv.weight == 0, ~conv.parametrizations.weight[0].mask | (conv.parametrizations.weight.original == 0))
+    with torch.no_grad():
+        expected = zeroed_reference(fxcomp.strip_masks(copy.deepcopy(sparse)), result.plan[0]["plan"])(x)
+    assert ((pruned(x) - expected).abs().max() / expected.abs().max()).item() < 1e-4
