@@ -129,17 +129,22 @@ def _percent(fraction: float | None) -> str:
     return "-" if fraction is None else f"{fraction:.1%}"
 
 
+def _shows_sparsity(rows: Iterable[LayerRow]) -> bool:
+    """Whether some row's weight sparsity displays as more than zero (the odd zero of a random init does not)."""
+    return any(_percent(row.sparsity) not in ("-", _percent(0.0)) for row in rows)
+
+
 def layer_table(gm: fx.GraphModule) -> str:
     """The per-layer table of ``gm``: name, op, input/output shapes, params, MACs, with totals.
 
-    When some layer's weights hold zeros (after ``sparsify``, say), a last column gives each
-    layer's weight sparsity.
+    When some layer's weight sparsity shows as at least 0.1% (after ``sparsify``, say), a last
+    column gives each layer's weight sparsity; the odd exact zero of a random init does not add it.
     """
     layers, total = layer_rows(gm), totals(gm)
     rows = [[r.name, r.op, r.inputs, r.output, _count(r.params), _count(r.macs), _percent(r.sparsity)] for r in layers]
     rows.append(["total", "", "", "", _count(total.params), _count(total.macs), _percent(total.sparsity)])
     headers = ["layer", "op", "input", "output", "params", "MACs", "sparsity"]
-    if not any(r.sparsity for r in layers):
+    if not _shows_sparsity(layers):
         rows, headers = [row[:-1] for row in rows], headers[:-1]
     return tabulate(rows, headers=headers, tablefmt="simple")
 
@@ -189,10 +194,10 @@ class CompressionReport:
     def __str__(self) -> str:
         """Tables of the changed layers, the totals and the passes.
 
-        When some layer's weights hold zeros, before or after, the layer table also shows
+        When some layer's weight sparsity shows as at least 0.1%, before or after, the layer table also shows
         each layer's weight sparsity and the totals the nonzero parameters.
         """
-        sparse = any(row.sparsity for row in [*self.before, *self.after])
+        sparse = _shows_sparsity([*self.before, *self.after])
         layer_lines = [
             [
                 (old or new).name,
