@@ -8,6 +8,8 @@ For each model, in one process with a fixed thread count, interleaved runs of
 * torch-pruning: ``torch_pruning.DependencyGraph().build_dependency(model, example_inputs=x)``
 
 and the median of the runs. The ratio is torch-pruning's time ÷ fxcomp's (> 1: fxcomp is faster).
+Tracing alone (``fxcomp.trace``) is timed in the same interleaving, to show how much of
+fxcomp's time is torch.fx tracing plus shape annotation, which the analysis needs first.
 
     python benchmarks/analyzer.py [--repeats 5] [--threads 2]
 """
@@ -47,7 +49,11 @@ def main() -> None:
                 torch_pruning.DependencyGraph().build_dependency(model, example_inputs=x)
 
         medians = interleaved_latency(
-            {"fxcomp": lambda: fxcomp.analyze(fxcomp.trace(model, x), plugins=plugins), "torch_pruning": torch_pruning_build},
+            {
+                "fxcomp": lambda: fxcomp.analyze(fxcomp.trace(model, x), plugins=plugins),
+                "trace": lambda: fxcomp.trace(model, x),
+                "torch_pruning": torch_pruning_build,
+            },
             repeats=args.repeats,
             warmup=1,
             threads=args.threads,
@@ -58,6 +64,7 @@ def main() -> None:
             [
                 name,
                 f"{1e3 * medians['fxcomp']:.0f}",
+                f"{1e3 * medians['trace']:.0f}",
                 f"{1e3 * medians['torch_pruning']:.0f}",
                 f"{medians['torch_pruning'] / medians['fxcomp']:.2f}",
                 f"{sum(g.prunable for g in groups)}/{len(groups)}",
@@ -67,7 +74,7 @@ def main() -> None:
         f"torch {torch.__version__}, torch-pruning {torch_pruning.__version__}, {args.threads} threads, "
         f"median of {args.repeats} interleaved runs, input 1×3×224×224"
     )
-    print(tabulate(rows, headers=["model", "fxcomp ms", "torch-pruning ms", "speedup (tp ÷ fxcomp)", "prunable groups"]))
+    print(tabulate(rows, headers=["model", "fxcomp ms", "of which tracing ms", "torch-pruning ms", "speedup (tp ÷ fxcomp)", "prunable groups"]))
 
 
 if __name__ == "__main__":

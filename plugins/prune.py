@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
 from fxcomp import ChannelGroup, FxcompError, Mask, PluginError, RecipeError, analyze, hookimpl, node_info, propagate, qualname
@@ -364,6 +365,7 @@ class Prune(Pass):
         return {"groups": planned, **tables}
 
     def apply(self, gm: fx.GraphModule, plan: dict[str, Any], context: PassContext) -> PassResult:
+        _explicit_attention_scales(gm)
         owners = set()
         for name, axes in plan["kept"].items():
             owner_path, _, attribute = name.rpartition(".")
@@ -390,6 +392,18 @@ class Prune(Pass):
             set_size_arguments(node, new_sizes)
         removed = sum(len(group["removed"]) for group in plan["groups"])
         return PassResult(gm, modified=removed > 0, stats={"groups": len(plan["groups"]), "channels_removed": removed})
+
+
+def _explicit_attention_scales(gm: fx.GraphModule) -> None:
+    """Write the default scale (1/√width) into every ``scaled_dot_product_attention`` call.
+
+    The default follows the width of q and k, which pruning may shrink; the model computed with
+    the original width.
+    """
+    for node in gm.graph.nodes:
+        if node.target is F.scaled_dot_product_attention and len(node.args) < 7 and node.kwargs.get("scale") is None:
+            query = node.args[0] if node.args else node.kwargs["query"]
+            node.kwargs = {**node.kwargs, "scale": node_info(query).output.shape[-1] ** -0.5}
 
 
 @hookimpl

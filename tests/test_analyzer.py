@@ -7,6 +7,7 @@ import types
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import torchvision
 
 import fxcomp
@@ -139,22 +140,90 @@ def test_depthwise_conv_ties_outputs_to_inputs() -> None:
     assert _member(group, "project.weight", 1).channels == tuple(c for c in range(8) for _ in range(2))
 
 
-def test_channel_shuffle_permutes_the_mapping() -> None:
-    class Shuffle(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.a = nn.Conv2d(3, 6, 1)
-            self.b = nn.Conv2d(6, 2, 1)
+class _Shuffle(nn.Module):
+    """ShuffleNet's channel shuffle with the sizes read from the tensor (``c // 2``)."""
 
-        def forward(self, x):
-            y = self.a(x)
-            n, c, h, w = y.shape
-            y = y.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
-            return self.b(y)
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 6, 1)
+        self.b = nn.Conv2d(6, 2, 1)
 
-    group = _by_producer(_groups(Shuffle(), torch.randn(1, 3, 2, 2)))["a"]
-    # After shuffling with 2 groups, input channel i of b is channel (i % 2) * 3 + i // 2 of a.
-    assert _member(group, "b.weight", 1).channels == (0, 3, 1, 4, 2, 5)
+    def forward(self, x):
+        y = self.a(x)
+        n, c, h, w = y.shape
+        y = y.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+        return self.b(y)
+
+
+class _ShuffleOp(_Shuffle):
+    """The same shuffle through ``torch.channel_shuffle``."""
+
+    def forward(self, x):
+        return self.b(torch.channel_shuffle(self.a(x), 2))
+
+
+@pytest.mark.parametrize("model", [_Shuffle(), _ShuffleOp()], ids=["view", "channel_shuffle"])
+def test_channel_shuffle_ties_the_same_position_of_every_shuffle_group(model) -> None:
+    group = _by_producer(_groups(model, torch.randn(1, 3, 2, 2)))["a"]
+    # Channel j of shuffle group 0 and 1 (a's channels j and j + 3) must go together: after the
+    # shuffle, b's input i is a's channel (i % 2) * 3 + i // 2.
+    assert group.prunable and group.channels == 3
+    assert _member(group, "a.weight", 0).channels == (0, 1, 2, 0, 1, 2)
+    assert _member(group, "b.weight", 1).channels == (0, 0, 1, 1, 2, 2)
+
+
+class _Heads(nn.Module):
+    """Self-attention written with functional ops: qkv projection, head split, q·kᵀ, softmax, ·v, merge."""
+
+    def __init__(self, sdpa: bool = False) -> None:
+        super().__init__()
+        self.sdpa = sdpa
+        self.qkv = nn.Linear(6, 3 * 8)
+        self.proj = nn.Linear(8, 6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, 2, 4).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.sdpa:
+            mixed = F.scaled_dot_product_attention(q, k, v)
+        else:
+            mixed = (q @ k.transpose(-2, -1) * 0.5).softmax(-1) @ v
+        return self.head(x + self.proj(mixed.transpose(1, 2).reshape(b, n, 8)))
+
+
+class _SdpaHeads(_Heads):
+    def __init__(self) -> None:
+        super().__init__(sdpa=True)
+
+
+@pytest.mark.parametrize("model", [_Heads(), _SdpaHeads()], ids=["matmul", "sdpa"])
+def test_functional_attention_ties_q_to_k_and_shares_positions_across_heads(model) -> None:
+    group = _by_producer(_groups(model, torch.randn(2, 5, 6)))["qkv"]
+    # The head split ties the same position of q, k and v in every head: pruning removes it from all.
+    assert group.prunable and group.channels == 4
+    assert group.producers == ["qkv"]
+    assert _member(group, "qkv.weight", 0).channels == (0, 1, 2, 3) * 6
+    assert _member(group, "proj.weight", 1).channels == (0, 1, 2, 3) * 2
+    assert _member(group, "reshape", 4).channels == (0, 1, 2, 3)  # the head width written in the graph
+
+
+class _PixelShuffle(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 1)
+        self.shuffle = nn.PixelShuffle(2)
+        self.head = nn.Conv2d(2, 2, 1)
+
+    def forward(self, x):
+        return self.head(self.shuffle(self.conv(x)))
+
+
+def test_pixel_shuffle_moves_blocks_of_channels_together() -> None:
+    group = _by_producer(_groups(_PixelShuffle(), torch.randn(1, 3, 2, 2)))["conv"]
+    assert group.prunable and group.channels == 2
+    assert _member(group, "conv.weight", 0).channels == (0, 0, 0, 0, 1, 1, 1, 1)
+    assert _member(group, "head.weight", 1).channels == (0, 1)
 
 
 def test_parameters_read_elementwise_are_members() -> None:

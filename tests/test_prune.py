@@ -12,7 +12,22 @@ import torchvision
 
 import fxcomp
 from tests.conftest import randomize_batchnorm
-from tests.test_analyzer import _Attention, _Chunk, _Concat, _Depthwise, _FlattenHead, _Functional, _Grouped, _ReshapeLiteral, _Split
+from tests.test_analyzer import (
+    _Attention,
+    _Chunk,
+    _Concat,
+    _Depthwise,
+    _FlattenHead,
+    _Functional,
+    _Grouped,
+    _Heads,
+    _PixelShuffle,
+    _ReshapeLiteral,
+    _SdpaHeads,
+    _Shuffle,
+    _ShuffleOp,
+    _Split,
+)
 
 
 def zeroed_reference(model: nn.Module, plan: dict) -> nn.Module:
@@ -55,6 +70,11 @@ SMALL_ZOO = [
     ("reshape_literal", _ReshapeLiteral, (1, 3, 4, 4)),
     ("functional", _Functional, (1, 3, 4, 4)),
     ("chunk", _Chunk, (1, 3, 4, 4)),
+    ("channel_shuffle_view", _Shuffle, (1, 3, 4, 4)),
+    ("channel_shuffle_op", _ShuffleOp, (1, 3, 4, 4)),
+    ("functional_heads", _Heads, (2, 5, 6)),
+    ("sdpa_heads", _SdpaHeads, (2, 5, 6)),
+    ("pixel_shuffle", _PixelShuffle, (1, 3, 4, 4)),
 ]
 
 

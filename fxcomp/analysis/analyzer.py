@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import math
 import operator
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -57,13 +59,14 @@ class _Sizes:
     """Sizes read from a tensor (``x.shape``, ``x.size(d)``, arithmetic on them).
 
     ``lines[i]`` are the channel labels along the axis that size ``i`` measures
-    (None where no channel lies). ``derived`` sizes came out of arithmetic, so
-    which channels they count is no longer known.
+    (None where no channel lies). ``scale`` says what the sizes count: that
+    fraction of the entries of their line (``c // 2`` counts half of ``c``'s
+    channels), or None after other arithmetic, when it is no longer known.
     """
 
     value: Any
     lines: tuple[torch.Tensor | None, ...]
-    derived: bool = False
+    scale: Fraction | None = Fraction(1)
 
 
 _UNARY_MODULES = (
@@ -96,11 +99,12 @@ _SPATIAL_FUNCTIONS = {
 _MOVEMENT_FUNCTIONS = {
     torch.cat, torch.concat, torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.squeeze,
     torch.unsqueeze, torch.split, torch.chunk, torch.narrow, torch.channel_shuffle, F.pixel_shuffle,
-    F.pixel_unshuffle, operator.getitem, torch.swapaxes, torch.swapdims, torch.movedim,
+    F.pixel_unshuffle, operator.getitem, torch.swapaxes, torch.swapdims, torch.movedim, torch.unbind,
 }  # fmt: skip
 _MOVEMENT_METHODS = {
     "view", "reshape", "flatten", "unflatten", "permute", "transpose", "squeeze", "unsqueeze", "split", "chunk",
     "narrow", "expand", "expand_as", "view_as", "reshape_as", "__getitem__", "swapaxes", "swapdims", "movedim",
+    "unbind",
 }  # fmt: skip
 _SHAPE_METHODS = {"size", "dim", "numel"}
 _REDUCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin, "mean", "sum", "amax", "amin"}
@@ -118,7 +122,7 @@ class _Walk:
     members: list[tuple[str, int, torch.Tensor, str]] = field(default_factory=list)
     pins: list[tuple[torch.Tensor, str]] = field(default_factory=list)
     segments: list[tuple[torch.Tensor, int]] = field(default_factory=list)
-    size_ties: list[tuple[torch.Tensor, torch.Tensor, str]] = field(default_factory=list)
+    size_ties: list[tuple[torch.Tensor, torch.Tensor, Fraction, str]] = field(default_factory=list)
 
     # --- values ------------------------------------------------------------------------------
 
@@ -307,7 +311,7 @@ class _Walk:
         if not isinstance(out_spec, TensorSpec):  # arithmetic on sizes
             sizes = [v for v in self.value(tuple(args)) if isinstance(v, _Sizes)]
             lines = tuple(line for size in sizes for line in size.lines if line is not None)
-            return _Sizes(out_spec, lines, derived=True) if lines else out_spec
+            return _Sizes(out_spec, lines, scale=None) if lines else out_spec
         operands = []
         for arg, value in zip(args, self.value(tuple(args))):
             if isinstance(value, _Param):
@@ -403,16 +407,80 @@ class _Walk:
         indices = pytree.tree_leaves((tuple(args[1:]), dict(kwargs)))
         if any(isinstance(i, fx.Node) and isinstance(self.env[i], (torch.Tensor, _Param)) for i in indices):
             return self.unknown(node, args, kwargs, "indexing with a tensor")
-        result = function(*pytree.tree_map(real, tuple(args)), **pytree.tree_map(real, dict(kwargs)))
+        result = _run_on_labels(function, pytree.tree_map(real, tuple(args)), pytree.tree_map(real, dict(kwargs)))
         result = pytree.tree_map(lambda t: compact(t) if isinstance(t, torch.Tensor) else t, result)
+        leaves, structure = pytree.tree_flatten(result)
+        spread = [i for i, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor) and len(labelled_axes(leaf)) > 1]
+        if spread:
+            positions = self.positions(function, args, kwargs)
+            for i in spread:
+                leaves[i] = self.tie(node, leaves[i], positions[i] if positions is not None else None)
+            result = pytree.tree_unflatten(leaves, structure)
         if isinstance(result, torch.Tensor):
             self.literal_sizes(node, result)
-        for labels in pytree.tree_leaves(result):
-            if isinstance(labels, torch.Tensor) and len(labelled_axes(labels)) > 1:
-                # Channels split over several axes (channel shuffle, heads, pixel shuffle): pruning them
-                # consistently needs the same indices removed in every part; not done yet, so pin.
-                self.pin(labels, f"'{qualname(node)}' spreads channels over several axes")
         return result
+
+    def positions(self, function: Callable[..., Any], args: Sequence[Any], kwargs: dict) -> list[Any] | None:
+        """Where a movement puts each entry of its one labelled input, when that input has one labelled axis.
+
+        The operation is run again on the entries' positions along that axis instead of their labels.
+        """
+        sources = [a for a in pytree.tree_leaves((tuple(args), dict(kwargs))) if isinstance(a, fx.Node)]
+        labelled = [a for a in sources if isinstance(self.env[a], torch.Tensor) and bool((self.env[a] >= 0).any())]
+        if len(labelled) != 1 or len(labelled_axes(self.env[labelled[0]])) != 1:
+            return None
+        (source,) = labelled
+        labels = self.env[source]
+        (axis,) = labelled_axes(labels)
+        index = fresh(0, labels.shape[axis], axis, labels.dim())
+
+        def real(arg: Any) -> Any:
+            if arg is source:
+                return expand(index, self.spec(arg).shape)
+            if isinstance(arg, fx.Node) and isinstance(self.env[arg], _Sizes):
+                return self.env[arg].value
+            if isinstance(arg, fx.Node) and isinstance(self.env[arg], (torch.Tensor, _Param)):
+                return torch.full(self.spec(arg).shape, NO_LABEL)
+            return arg
+
+        moved = _run_on_labels(function, pytree.tree_map(real, tuple(args)), pytree.tree_map(real, dict(kwargs)))
+        return [compact(t) if isinstance(t, torch.Tensor) else t for t in pytree.tree_leaves(moved)]
+
+    def roots(self, labels: torch.Tensor) -> torch.Tensor:
+        """The set each label belongs to now (-1 stays -1)."""
+        found = [self.labels.find(label) if label >= 0 else NO_LABEL for label in labels.reshape(-1).tolist()]
+        return torch.tensor(found, dtype=torch.int64).reshape(labels.shape)
+
+    def tie(self, node: fx.Node, labels: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+        """Channels spread over several axes (heads, channel shuffle, pixel shuffle): let one axis carry them.
+
+        Pruning may remove entries along one axis only, the same ones at every index of the
+        other labelled axes; so the labels there are merged, and the result carries labels along
+        that axis alone. The axis chosen is the one along which neighbouring entries came from
+        neighbouring channels (a head's width, not the head count). Channels that cannot be
+        laid out so are pinned.
+        """
+        reason = f"'{qualname(node)}' spreads channels over several axes in a way pruning cannot follow"
+        candidates = []
+        if bool((labels >= 0).all()) and positions is not None and positions.shape == labels.shape:
+            for axis in labelled_axes(labels):
+                line = _line_at(positions, axis)
+                if bool((line >= 0).all()) and len(line.unique()) == len(line):
+                    candidates.append((abs(int(line[1] - line[0])), axis))
+        varying = _varying_axes(self.roots(labels)) if bool((labels >= 0).all()) else []
+        if len(varying) == 1:  # already tied (a permute of a head split)
+            keep = varying[0]
+        elif candidates:
+            keep = min(candidates)[1]
+            for axis in labelled_axes(labels):
+                if axis != keep:
+                    self.labels.union(labels.reshape(-1), labels.narrow(axis, 0, 1).expand_as(labels).reshape(-1))
+        else:
+            self.pin(labels, reason)
+            return labels
+        shape = [1] * labels.dim()
+        shape[keep] = labels.shape[keep]
+        return _line_at(labels, keep).reshape(shape)
 
     def literal_sizes(self, node: fx.Node, result: torch.Tensor) -> None:
         """Sizes written into a view/reshape/expand for a channel axis must follow pruning: record them."""
@@ -421,25 +489,25 @@ class _Walk:
             return
         spec = self.spec(node)
         for axis, size in enumerate(sizes):
-            if isinstance(size, int) and size > 1 and result.shape[axis] > 1:
-                line = along(result, axis, size)
-                if line is not None:
-                    self.member(qualname(node), axis, line, kind="shape")
+            labelled = result.shape[axis] > 1 or bool((result >= 0).any())
+            line = along(result, axis, spec.shape[axis]) if labelled else None
+            if isinstance(size, int) and size > 1 and result.shape[axis] > 1 and line is not None:
+                self.member(qualname(node), axis, line, kind="shape")
             elif isinstance(size, fx.Node) and isinstance(self.env.get(size), _Sizes):
-                self.computed_size(node, axis, self.env[size], result, spec.shape[axis])
+                self.computed_size(node, self.env[size], result, line)
 
-    def computed_size(self, node: fx.Node, axis: int, size: _Sizes, result: torch.Tensor, length: int) -> None:
-        """A size read from another tensor gives this axis its length: both must lose the same channels."""
+    def computed_size(self, node: fx.Node, size: _Sizes, result: torch.Tensor, target: torch.Tensor | None) -> None:
+        """A size read from another tensor gives this axis its length: both must lose matching channels."""
         (source,) = size.lines if len(size.lines) == 1 else (None,)
-        target = along(result, axis, length) if result.shape[axis] > 1 or bool((result >= 0).any()) else None
         counted = [line for line in size.lines if line is not None]
         if not counted:
-            if result.shape[axis] > 1:
+            if target is not None and bool((target >= 0).any()):
                 self.pin(result, f"'{qualname(node)}' sizes channels with a size that does not follow pruning")
             return
-        if not size.derived and source is not None and target is not None and len(source) == len(target):
-            # The counts must stay equal: checked once the channels are known (same channels, any order).
-            self.size_ties.append((source, target, f"'{qualname(node)}' shapes a tensor with sizes computed from other channels"))
+        if size.scale is not None and source is not None and target is not None and len(source) * size.scale == len(target):
+            # The counts must stay in proportion: checked once the channels are known.
+            reason = f"'{qualname(node)}' shapes a tensor with sizes computed from other channels"
+            self.size_ties.append((source, target, size.scale, reason))
             return
         self.pin(counted, f"'{qualname(node)}' shapes a tensor with sizes computed from pruned channels")
         self.pin(result, f"'{qualname(node)}' shapes a tensor with sizes computed from pruned channels")
@@ -488,6 +556,25 @@ def _expand_value(value: Any, spec: Any) -> Any:
     return value
 
 
+def _run_on_labels(function: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+    """Run a movement on broadcast (stride-0) label tensors; a ``view`` they cannot satisfy gets copies."""
+    try:
+        return function(*args, **kwargs)
+    except RuntimeError:
+        dense = pytree.tree_map(lambda t: t.contiguous() if isinstance(t, torch.Tensor) else t, (args, kwargs))
+        return function(*dense[0], **dense[1])
+
+
+def _line_at(labels: torch.Tensor, axis: int) -> torch.Tensor:
+    """The entries along ``axis`` at index 0 of every other axis."""
+    return labels.movedim(axis, -1).reshape(-1, labels.shape[axis])[0]
+
+
+def _varying_axes(labels: torch.Tensor) -> list[int]:
+    """Axes along which the entries change."""
+    return [axis for axis in labelled_axes(labels) if not torch.equal(labels, labels.narrow(axis, 0, 1).expand_as(labels))]
+
+
 def _pad(shape: Sequence[int], ndim: int) -> tuple[int, ...]:
     return (1,) * (ndim - len(shape)) + tuple(shape)
 
@@ -527,10 +614,10 @@ def _index_sizes(walk: _Walk, node: fx.Node) -> Any:
     """``x.shape[i]`` or ``x.shape[a:b]``: the sizes picked, with the channels they count."""
     sizes, index = walk.env[node.args[0]], node.args[1]
     if isinstance(index, int):
-        return _Sizes(walk.spec(node), (sizes.lines[index],), sizes.derived)
+        return _Sizes(walk.spec(node), (sizes.lines[index],), sizes.scale)
     if isinstance(index, slice):
-        return _Sizes(walk.spec(node), tuple(sizes.lines[index]), sizes.derived)
-    return _Sizes(walk.spec(node), tuple(sizes.lines), derived=True)
+        return _Sizes(walk.spec(node), tuple(sizes.lines[index]), sizes.scale)
+    return _Sizes(walk.spec(node), tuple(sizes.lines), scale=None)
 
 
 def _functional_layer_norm(walk: _Walk, node: fx.Node) -> Any:
@@ -576,6 +663,113 @@ def _reduction(walk: _Walk, node: fx.Node) -> Any:
         return labels
     kept = [size for axis, size in enumerate(labels.shape) if axis not in dims]
     return labels.reshape(kept)
+
+
+def _size_arithmetic(walk: _Walk, node: fx.Node) -> Any:
+    """Arithmetic on sizes: a size divided or multiplied by a constant still counts a known share of its channels."""
+    values = walk.value(tuple(node.args))
+    sizes = [v for v in values if isinstance(v, _Sizes)]
+    lines = tuple(line for size in sizes for line in size.lines if line is not None)
+    if not lines:
+        return walk.spec(node)
+    if len(values) == 2 and len(sizes) == 1 and len(sizes[0].lines) == 1 and sizes[0].scale is not None:
+        size = sizes[0]
+        constant = values[1] if values[0] is size else values[0]
+        if isinstance(constant, int) and constant > 0:
+            if node.target is operator.floordiv and values[0] is size:
+                return _Sizes(walk.spec(node), size.lines, size.scale / constant)
+            if node.target is operator.mul:
+                return _Sizes(walk.spec(node), size.lines, size.scale * constant)
+    return _Sizes(walk.spec(node), lines, scale=None)
+
+
+def _contracted(walk: _Walk, node: fx.Node, sides: Sequence[torch.Tensor]) -> bool:
+    """Merge channels that a product contracts against each other (last axis of every side).
+
+    Each side must carry its channels along the contracted axis only; otherwise they are
+    pinned. Returns whether the channels were merged.
+    """
+    reason = f"'{qualname(node)}' contracts channels in a way pruning cannot follow"
+    for side in sides:
+        if not bool((side >= 0).all()) or _varying_axes(walk.roots(side)) not in ([], [side.dim() - 1]):
+            walk.pin(list(sides), reason)
+            return False
+    left, right = torch.broadcast_tensors(sides[0].unsqueeze(-2), sides[1].unsqueeze(-3))
+    walk.labels.union(left.reshape(-1), right.reshape(-1))
+    return True
+
+
+def _matmul(walk: _Walk, node: fx.Node) -> Any:
+    """``a @ b``: channels on the contracted axis of both sides merge; the other axes' channels pass through.
+
+    A parameter on one side (``x @ W``) becomes a member along the contracted axis.
+    """
+    bound = {**dict(zip(("input", "other"), node.args)), **node.kwargs}
+    sources = [bound.get("input"), bound.get("other")]
+    spec = walk.spec(node)
+    specs = [walk.spec(source) for source in sources]
+    values = [walk.env.get(source) if isinstance(source, fx.Node) else None for source in sources]
+    if not isinstance(spec, TensorSpec) or not all(isinstance(s, TensorSpec) and len(s.shape) >= 2 for s in specs):
+        return walk.unknown(node, node.args, node.kwargs, "a matrix product of vectors or non-tensors")
+    if not all(isinstance(v, (torch.Tensor, _Param)) for v in values):
+        return walk.unknown(node, node.args, node.kwargs, "a matrix product of non-tensors")
+    ndim = len(spec.shape)
+    labels = [v.reshape(_pad(v.shape, ndim)) if isinstance(v, torch.Tensor) else None for v in values]
+    # The contracted axis is the last of the left side and the second to last of the right side.
+    along_contraction = [labels[0], labels[1].transpose(-1, -2) if labels[1] is not None else None]
+    eats = [lab is not None and lab.shape[-1] > 1 for lab in along_contraction]
+    if all(eats):
+        _contracted(walk, node, along_contraction)
+    elif any(eats):
+        side = eats.index(True)
+        consumer, other = along_contraction[side], values[1 - side]
+        if isinstance(other, _Param) and other.tensor.dim() == 2 and _varying_axes(walk.roots(consumer)) == [ndim - 1]:
+            walk.member(other.name, 0 if side == 0 else 1, _line_at(consumer, ndim - 1))
+        else:
+            walk.pin(consumer, f"'{qualname(node)}' contracts channels with a tensor that cannot be pruned")
+    passing = [lab for lab, eaten in zip(labels, eats) if lab is not None and not eaten and bool((lab >= 0).any())]
+    if not passing:
+        return unlabelled(ndim)
+    return walk.merge(node, [(lab, tuple(lab.shape)) for lab in passing], spec.shape)
+
+
+def _attention_function(walk: _Walk, node: fx.Node) -> Any:
+    """``F.scaled_dot_product_attention``: q and k channels are contracted together; the output carries v's."""
+    names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+    bound = {**dict(zip(names, node.args)), **node.kwargs}
+    spec = walk.spec(node)
+    q, k, v = (walk.env.get(bound.get(key)) for key in names[:3])
+    mask = walk.env.get(bound["attn_mask"]) if isinstance(bound.get("attn_mask"), fx.Node) else None
+    if not all(isinstance(t, torch.Tensor) for t in (q, k, v)) or not isinstance(spec, TensorSpec):
+        return walk.unknown(node, node.args, node.kwargs, "an attention over non-tensors")
+    if bound.get("enable_gqa") or (isinstance(mask, torch.Tensor) and bool((mask >= 0).any())):
+        return walk.unknown(node, node.args, node.kwargs, "an attention with grouped heads or a mask carrying channels")
+    ndim = len(spec.shape)
+    q, k, v = (t.reshape(_pad(t.shape, ndim)) for t in (q, k, v))
+    if bool((q >= 0).any()) or bool((k >= 0).any()):
+        _contracted(walk, node, (q, k))
+    if v.shape[-2] > 1:
+        walk.pin(v, f"'{qualname(node)}' mixes value channels across tokens")
+        return unlabelled(ndim)
+    return v
+
+
+def _tie_shuffle_groups(walk: _Walk, node: fx.Node, groups: int) -> None:
+    """``channel_shuffle``: the same position of every shuffle group must be pruned together.
+
+    Otherwise the pruned shuffle would interleave different positions than the original did.
+    """
+    labels = walk.env.get(node.args[0])
+    spec = walk.spec(node.args[0])
+    if not isinstance(labels, torch.Tensor) or not isinstance(spec, TensorSpec) or len(spec.shape) < 2:
+        return
+    line = along(labels, 1, spec.shape[1])
+    if line is None or not bool((line >= 0).all()) or len(line) % groups:
+        walk.pin(labels, f"'{qualname(node)}' shuffles channels it cannot keep in step")
+        return
+    rows = line.reshape(groups, -1)
+    for row in rows[1:]:
+        walk.labels.union(rows[0], row)
 
 
 def _split_sizes(walk: _Walk, node: fx.Node) -> None:
@@ -650,7 +844,9 @@ def _step(walk: _Walk, node: fx.Node) -> Any:
             return walk.elementwise(node, args)
         if type(module) in _SPATIAL_MODULES:
             return _channels_only(walk, node, args)
-        if type(module) is nn.Flatten:
+        if type(module) is nn.ChannelShuffle:
+            _tie_shuffle_groups(walk, node, module.groups)
+        if type(module) in (nn.Flatten, nn.PixelShuffle, nn.PixelUnshuffle, nn.ChannelShuffle):
             return walk.movement(node, module, args, kwargs)
         return walk.unknown(node, args, kwargs, f"a {type(module).__name__} module")
     target = node.target
@@ -659,8 +855,16 @@ def _step(walk: _Walk, node: fx.Node) -> Any:
             return walk.sizes_of(node, args[0])
         if target is operator.getitem and isinstance(walk.env.get(args[0]), _Sizes):
             return _index_sizes(walk, node)
+        if not isinstance(walk.spec(node), TensorSpec) and any(
+            isinstance(walk.env.get(a), _Sizes) for a in args if isinstance(a, fx.Node)
+        ):
+            return _size_arithmetic(walk, node)
         if target in _ELEMENTWISE_FUNCTIONS:
             return walk.elementwise(node, args)
+        if target in (torch.matmul, operator.matmul, torch.bmm):
+            return _matmul(walk, node)
+        if target is F.scaled_dot_product_attention:
+            return _attention_function(walk, node)
         if target in _SPATIAL_FUNCTIONS:
             return _channels_only(walk, node, args)
         if target in _REDUCTIONS:
@@ -671,6 +875,8 @@ def _step(walk: _Walk, node: fx.Node) -> Any:
             return _functional_layer_norm(walk, node)
         if target in (torch.cat, torch.concat):
             return walk.concat(node, args, kwargs)
+        if target is torch.channel_shuffle:
+            _tie_shuffle_groups(walk, node, args[1] if len(args) > 1 else kwargs["groups"])
         if target in _MOVEMENT_FUNCTIONS:
             _split_sizes(walk, node)
             return walk.movement(node, target, args, kwargs)
@@ -682,6 +888,8 @@ def _step(walk: _Walk, node: fx.Node) -> Any:
             return walk.elementwise(node, args[:1] if target in ("to", "float", "half", "type_as") else args)
         if target in _REDUCTIONS:
             return _reduction(walk, node)
+        if target in ("matmul", "bmm", "__matmul__"):
+            return _matmul(walk, node)
         if target in ("expand", "expand_as") and isinstance(walk.env.get(args[0]), _Param):
             return _expanded_parameter(walk, node)
         if target in _MOVEMENT_METHODS:
@@ -693,9 +901,29 @@ def _step(walk: _Walk, node: fx.Node) -> Any:
         if target in _SHAPE_METHODS:
             labels = walk.env.get(args[0])
             has_channels = isinstance(labels, torch.Tensor) and bool((labels >= 0).any())
-            return _Sizes(walk.spec(node), (labels.reshape(-1),), derived=True) if has_channels else walk.spec(node)
+            return _Sizes(walk.spec(node), (labels.reshape(-1),), scale=None) if has_channels else walk.spec(node)
         return walk.unknown(node, args, kwargs, f"the tensor method .{target}()")
     raise TraceError(f"node '{node.name}' has an unknown kind {node.op!r}")
+
+
+def _equal_blocks(channel: torch.Tensor, count: int, channels: int) -> int | None:
+    """Into how many equal blocks a group's ``channels`` must be pruned so ``count`` segments of ``channel`` stay equal.
+
+    Every segment must hold one aligned block of the group's channels, each of them equally
+    often; then removing the same number from every block removes the same number of entries
+    from every segment. None when the segments do not line up with such blocks.
+    """
+    if len(channel) % count:
+        return None
+    starts, width = set(), None
+    for segment in channel.reshape(count, -1):
+        found, times = segment.unique(return_counts=True)
+        width = width or len(found)
+        start = int(found[0])
+        if len(found) != width or start % width or int(found[-1]) != start + width - 1 or len(times.unique()) != 1:
+            return None
+        starts.add(start)
+    return channels // width if width and len(starts) * width == channels else None
 
 
 def _build_groups(walk: _Walk, ignore: Sequence[str]) -> list[ChannelGroup]:
@@ -704,9 +932,12 @@ def _build_groups(walk: _Walk, ignore: Sequence[str]) -> list[ChannelGroup]:
     if not walk.producers:
         return []
     roots = walk.labels.roots()
-    for source, target, reason in walk.size_ties:
-        same = bool((source >= 0).all()) and bool((target >= 0).all())
-        if not (same and torch.equal(roots[source].sort().values, roots[target].sort().values)):
+    for source, target, scale, reason in walk.size_ties:
+        if not (bool((source >= 0).all()) and bool((target >= 0).all())):
+            walk.pin([source, target], reason)
+            continue
+        counted, shaped = Counter(roots[source].tolist()), Counter(roots[target].tolist())
+        if counted.keys() != shaped.keys() or any(counted[root] * scale != shaped[root] for root in counted):
             walk.pin([source, target], reason)
     producer_of = torch.empty(total, dtype=torch.int64)
     for index, (_, labels) in enumerate(walk.producers):
@@ -762,11 +993,10 @@ def _build_groups(walk: _Walk, ignore: Sequence[str]) -> list[ChannelGroup]:
     for labels, count in walk.segments:
         owner, channel = located(labels)
         owners = owner[owner >= 0].unique().tolist()
-        # Equal segments are enforced in group-channel order: only when these channels are one whole group, in order.
-        if len(owners) == 1 and torch.equal(channel, torch.arange(len(channel))) and groups[owners[0]].channels == len(channel):
-            combined = math.lcm(groups[owners[0]].segments, count)
-            if len(channel) % combined == 0:
-                groups[owners[0]].segments = combined
+        if len(owners) == 1 and bool((owner >= 0).all()):
+            blocks = _equal_blocks(channel, count, groups[owners[0]].channels)
+            if blocks is not None:
+                groups[owners[0]].segments = math.lcm(groups[owners[0]].segments, blocks)
                 continue
         for index in owners:
             groups[index].pinned.append(f"{count} equal segments span channels of several groups")
