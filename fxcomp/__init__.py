@@ -5,18 +5,21 @@ The data flows one way: trace → analyze → plan → rewrite → verify → lo
 * :func:`trace` turns a model into a ``GraphModule`` annotated with shapes, MACs and names;
 * :func:`analyze` partitions its prunable channels into coupled groups;
 * :func:`compress` runs a recipe of passes (from plugins) on a copy and verifies each;
+* :func:`recover` fine-tunes or distills a compressed model back to accuracy (:mod:`fxcomp.recovery`,
+  data sets in :mod:`fxcomp.data`);
 * :func:`sparsity` reads how many weights are zero; :func:`strip_masks` bakes pruning masks in;
 * :func:`save` / :func:`load` store a rewritten graph in a format that never runs code on load;
 * :func:`layer_table` and :func:`to_dot` show a graph.
 """
 
 from fxcomp.analysis import ChannelGroup, Member, analyze
-from fxcomp.errors import CalibrationError, FxcompError, LoadError, PassError, PluginError, RecipeError, SaveError, TraceError
+from fxcomp.errors import CalibrationError, DataError, FxcompError, LoadError, PassError, PluginError, RecipeError, SaveError, TraceError
 from fxcomp.export import load, save, to_dot
 from fxcomp.passes import CheckContext, Option, Pass, PassContext, PassResult
 from fxcomp.passes.masks import Mask, sparsity, strip_masks
 from fxcomp.passes.pipeline import CompressionResult, compress
 from fxcomp.plugin import PluginInfo, Plugins, hookimpl, load_plugins
+from fxcomp.recovery import RecoveryResult, recover
 from fxcomp.report import CompressionReport, layer_table
 from fxcomp.tracing import NodeInfo, TensorSpec, node_info, propagate, qualname, trace
 
@@ -28,6 +31,7 @@ __all__ = [
     "CheckContext",
     "CompressionReport",
     "CompressionResult",
+    "DataError",
     "FxcompError",
     "LoadError",
     "Mask",
@@ -40,6 +44,7 @@ __all__ = [
     "PassResult",
     "PluginError",
     "PluginInfo",
+    "RecoveryResult",
     "Plugins",
     "RecipeError",
     "SaveError",
@@ -54,6 +59,7 @@ __all__ = [
     "node_info",
     "propagate",
     "qualname",
+    "recover",
     "save",
     "sparsity",
     "strip_masks",

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 from tabulate import tabulate
 
+from fxcomp.data import Splits, digits, fashion_mnist, mnist
 from fxcomp.errors import FxcompError, UsageError
 from fxcomp.export import save, to_dot
 from fxcomp.passes.pipeline import compress
@@ -80,8 +81,28 @@ def _cmd_inspect(args: argparse.Namespace) -> None:
         print(f"\nwrote {args.dot}")
 
 
+def training_data(reference: str) -> Splits:
+    """The data set named on the command line: ``digits``, ``fashion-mnist[:DIR]`` or ``mnist:DIR``."""
+    name, _, root = reference.partition(":")
+    if name == "digits" and not root:
+        return digits()
+    if name == "fashion-mnist":
+        return fashion_mnist(root or None)
+    if name == "mnist" and root:
+        return mnist(root)
+    raise UsageError(f"training data {reference!r} is not one of: digits, fashion-mnist, fashion-mnist:DIR, mnist:DIR")
+
+
 def _cmd_compress(args: argparse.Namespace) -> None:
-    result = compress(load_model(args.model), _example_inputs(args.input_shape), args.recipe, dry_run=args.dry_run)
+    data = training_data(args.train_data) if args.train_data else None
+    result = compress(
+        load_model(args.model),
+        _example_inputs(args.input_shape),
+        args.recipe,
+        train_data=data.train if data else None,
+        val_data=data.val if data else None,
+        dry_run=args.dry_run,
+    )
     print(result.report)
     if args.plan:
         with open(args.plan, "w", encoding="utf-8") as handle:
@@ -129,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--out", help="save the compressed model to this file (.fxc)")
     comp.add_argument("--plan", help="write the plan as JSON to this file")
     comp.add_argument("--dry-run", action="store_true", help="plan only; do not rewrite or save")
+    comp.add_argument(
+        "--train-data",
+        help="labelled data for recover steps: digits, fashion-mnist, fashion-mnist:DIR or mnist:DIR (IDX files)",
+    )
     comp.set_defaults(run=_cmd_compress)
 
     plugins = commands.add_parser("plugins", help="list plugins and what they register")

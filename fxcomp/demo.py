@@ -7,14 +7,13 @@ inside scikit-learn, so nothing is downloaded.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tabulate import tabulate
 
-from fxcomp.errors import FxcompError
+from fxcomp.data import Splits, digits
 from fxcomp.passes.pipeline import CompressionResult, compress
 from fxcomp.plugin.host import Plugins
 from fxcomp.report import totals
@@ -48,42 +47,18 @@ class DigitsNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-@dataclass
-class Digits:
-    """The digits data set as tensors, split 80/20 with a fixed permutation."""
-
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-
-
-def load_digits(seed: int = 0) -> Digits:
-    """scikit-learn's digits as (N, 1, 8, 8) float tensors in [0, 1] with a deterministic 80/20 split."""
-    try:
-        from sklearn.datasets import load_digits as sklearn_digits
-    except ImportError:
-        raise FxcompError("the demo needs scikit-learn; install it with: pip install 'fxcomp[demo]'") from None
-    data = sklearn_digits()
-    images = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    labels = torch.tensor(data.target, dtype=torch.long)
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
-    cut = int(0.8 * len(labels))
-    train, test = order[:cut], order[cut:]
-    return Digits(images[train], labels[train], images[test], labels[test])
-
-
-def train(model: nn.Module, data: Digits, *, seconds: float, seed: int = 0, min_epochs: int = 8) -> int:
+def train(model: nn.Module, data: Splits, *, seconds: float, seed: int = 0, min_epochs: int = 8) -> int:
     """Train ``model`` with Adam in mini-batches of 64 for about ``seconds``, and at least ``min_epochs``
     epochs (so a busy machine still gets a trained model); return the epochs run."""
     torch.manual_seed(seed)
+    images, labels = data.train.tensors
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()
     start, epochs = time.perf_counter(), 0
     while epochs < min_epochs or time.perf_counter() - start < seconds:
-        for index in torch.randperm(len(data.train_y)).split(64):
+        for index in torch.randperm(len(labels)).split(64):
             optimizer.zero_grad()
-            F.cross_entropy(model(data.train_x[index]), data.train_y[index]).backward()
+            F.cross_entropy(model(images[index]), labels[index]).backward()
             optimizer.step()
         epochs += 1
     model.eval()
@@ -99,10 +74,11 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> fl
 
 def run_demo(*, seconds: float = 5.0, seed: int = 0, plugins: Plugins | None = None) -> tuple[str, CompressionResult]:
     """Train, compress with :data:`DEMO_RECIPE` and return the printed summary and the compression result."""
-    data = load_digits(seed)
+    data = digits(val=0, test=360, seed=seed)  # the demo reports test accuracy only
+    test_x, test_y = data.test.tensors
     model = DigitsNet()
     epochs = train(model, data, seconds=seconds, seed=seed)
-    example = data.test_x[:1]
+    example = test_x[:1]
     result = compress(model, example, DEMO_RECIPE, plugins=plugins)
     compressed = result.model
     original = trace(model, example)
@@ -115,7 +91,7 @@ def run_demo(*, seconds: float = 5.0, seed: int = 0, plugins: Plugins | None = N
         rows.append(
             [
                 name,
-                f"{100 * accuracy(module, data.test_x, data.test_y):.2f}%",
+                f"{100 * accuracy(module, test_x, test_y):.2f}%",
                 f"{figures.params:,}",
                 f"{figures.macs:,}",
                 f"{1e6 * latency[name]:.0f}",
@@ -123,7 +99,7 @@ def run_demo(*, seconds: float = 5.0, seed: int = 0, plugins: Plugins | None = N
         )
     header = (
         f"fxcomp demo: {type(model).__name__} trained on scikit-learn digits "
-        f"({len(data.train_y)} train / {len(data.test_y)} test images, {epochs} epochs)\n"
+        f"({len(data.train)} train / {len(data.test)} test images, {epochs} epochs)\n"
         f"recipe: {' → '.join(entry['pass'] for entry in result.plan)}\n"
     )
     table = tabulate(

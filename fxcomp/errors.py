@@ -41,3 +41,7 @@ class CalibrationError(FxcompError):
 
 class UsageError(FxcompError):
     """A command-line argument or a model reference (``MODULE:CALLABLE``) is invalid."""
+
+
+class DataError(FxcompError):
+    """A data set's files are missing or malformed, or it cannot be split as asked."""

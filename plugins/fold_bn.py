@@ -108,7 +108,9 @@ class FoldBatchNorm(Pass):
                 folds.append({"layer": qualname(node.args[0]), "batchnorm": name})
             else:
                 skipped.append({"batchnorm": name, "reason": reason})
-        return {"folds": folds, "skipped": skipped}
+        # A folded BatchNorm's output is now its layer's: feature readers follow this table.
+        renamed = {fold["batchnorm"]: fold["layer"] for fold in folds}
+        return {"folds": folds, "skipped": skipped, "renamed": renamed}
 
     def apply(self, gm: fx.GraphModule, plan: dict[str, Any], context: PassContext) -> PassResult:
         by_name = {qualname(node): node for node in gm.graph.nodes}

@@ -41,7 +41,7 @@ def test_folding_is_exact_and_removes_the_batchnorm(case, model, x) -> None:
     result, expected, actual = _fold(model, x)
     assert _relative_error(actual, expected) < 1e-5
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in result.model.modules())
-    assert result.plan[0]["plan"] == {"folds": [{"layer": "0", "batchnorm": "1"}], "skipped": []}
+    assert result.plan[0]["plan"] == {"folds": [{"layer": "0", "batchnorm": "1"}], "skipped": [], "renamed": {"1": "0"}}
     assert result.model.get_submodule("0").bias is not None
     assert result.plan[0]["stats"] == {"folded": 1, "skipped": 0}
 

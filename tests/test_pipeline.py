@@ -177,6 +177,7 @@ def test_dry_run_returns_the_plan_and_the_unrewritten_model(small_cnn, image, pl
             "plan": {
                 "folds": [{"layer": "conv1", "batchnorm": "bn1"}, {"layer": "conv2", "batchnorm": "bn2"}],
                 "skipped": [],
+                "renamed": {"bn1": "conv1", "bn2": "conv2"},
             },
         }
     ]

@@ -19,11 +19,25 @@ if TYPE_CHECKING:
 
 @dataclass
 class PassContext:
-    """What a pass may use besides the graph: the example inputs, calibration data and the plugins."""
+    """What a pass may use besides the graph.
+
+    Attributes:
+        example_inputs: the inputs the model was traced and is verified with.
+        calib_data: batches for data-driven passes (importance from activations …).
+        plugins: the loaded plugins.
+        train_data, val_data: labelled data for passes that train (``recover``).
+        original: the model before any pass of the recipe (an annotated ``GraphModule``),
+            given to passes that set ``uses_original`` (a distillation teacher).
+        records: the plan records of the recipe's earlier passes (as in ``result.plan``).
+    """
 
     example_inputs: tuple[torch.Tensor, ...]
     calib_data: Any
     plugins: Plugins
+    train_data: Any = None
+    val_data: Any = None
+    original: fx.GraphModule | None = None
+    records: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -53,7 +67,9 @@ class Pass(abc.ABC):
     * ``name``: how recipes refer to the pass;
     * ``schema``: its options, each an :class:`fxcomp.Option` (validated when the pass is built);
     * ``tolerance``: the largest relative output change the pass promises, or ``None`` when
-      it promises no exactness. The pipeline checks the promise after every run.
+      it promises no exactness. The pipeline checks the promise after every run;
+    * ``uses_original``: whether the pass needs the model as it was before the recipe
+      (``context.original``), e.g. as a distillation teacher.
 
     and implement :meth:`plan`, which decides without changing anything and returns a
     JSON-serializable description, and :meth:`apply`, which carries a plan out.
@@ -62,6 +78,7 @@ class Pass(abc.ABC):
     name: ClassVar[str]
     schema: ClassVar[Mapping[str, Option]] = {}
     tolerance: ClassVar[float | None] = None
+    uses_original: ClassVar[bool] = False
 
     def __init__(self, **options: Any) -> None:
         self.options: dict[str, Any] = validate_options(self.schema, options, self.name)

@@ -66,6 +66,8 @@ def compress(
     recipe: RecipeLike,
     *,
     calib_data: Any = None,
+    train_data: Any = None,
+    val_data: Any = None,
     dry_run: bool = False,
     plugins: Plugins | None = None,
     leaf_modules: Sequence[LeafSpec] = (),
@@ -79,6 +81,8 @@ def compress(
         example_inputs: a tensor or a tuple of tensors used for tracing and verification.
         recipe: a YAML file path, a YAML string, a dict ``{"passes": [...]}`` or a list of passes.
         calib_data: data for data-driven passes (an iterable of input batches).
+        train_data, val_data: labelled data for passes that train (``recover``): a Dataset,
+            a DataLoader or a list of ``(inputs, target)`` batches.
         dry_run: plan every pass (applying each to a scratch copy so later plans see
             earlier rewrites) but return the unrewritten model.
         plugins: the plugins to take passes from; loaded from entry points when omitted.
@@ -100,10 +104,11 @@ def compress(
         raise PassError(f"the traced model fails to run on example_inputs before any pass: {error}") from error
 
     outputs = baseline
+    original = copy.deepcopy(gm) if any(p.uses_original for p in passes) else None
     records: list[dict[str, Any]] = []
     for index, compression_pass in enumerate(passes):
         label = f"pass '{compression_pass.name}' (passes[{index}])"
-        context = PassContext(example_inputs=inputs, calib_data=calib_data, plugins=plugins)
+        context = PassContext(inputs, calib_data, plugins, train_data, val_data, original, list(records))
         plan = _run_pass_step(label, compression_pass.plan, gm, context)
         try:
             json.dumps(plan)

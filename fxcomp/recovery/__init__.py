@@ -1,0 +1,51 @@
+"""Recovering accuracy after compression: the ``recover`` loop, distillation losses and schemes.
+
+* :func:`recover` fine-tunes a copy of a model, optionally distilling from a teacher;
+* the losses (:class:`KDLoss`, :class:`HintLoss`, :class:`AttentionTransferLoss`,
+  :class:`RelationalKDLoss`, :class:`SimilarityPreservingLoss`) work in any loop;
+* :func:`mutual_learning`, :func:`teacher_assistant_chain` and :func:`born_again` are
+  multi-model schemes built on the same loop;
+* :func:`with_features` exposes intermediate values of an fx graph by node name.
+"""
+
+from fxcomp.recovery.features import rename_through, with_features
+from fxcomp.recovery.loop import (
+    EpochRecord,
+    RecoveryResult,
+    born_again,
+    evaluate,
+    mutual_learning,
+    recover,
+    teacher_assistant_chain,
+)
+from fxcomp.recovery.losses import (
+    AttentionTransferLoss,
+    HintLoss,
+    KDLoss,
+    RelationalKDLoss,
+    SimilarityPreservingLoss,
+    attention_map,
+    mutual_loss,
+)
+from fxcomp.recovery.objective import Objective, objective
+
+__all__ = [
+    "AttentionTransferLoss",
+    "EpochRecord",
+    "HintLoss",
+    "KDLoss",
+    "Objective",
+    "RecoveryResult",
+    "RelationalKDLoss",
+    "SimilarityPreservingLoss",
+    "attention_map",
+    "born_again",
+    "evaluate",
+    "mutual_learning",
+    "mutual_loss",
+    "objective",
+    "recover",
+    "rename_through",
+    "teacher_assistant_chain",
+    "with_features",
+]

@@ -1,0 +1,405 @@
+"""``recover``: fine-tune a (compressed) model, optionally distilling from a teacher.
+
+A small loop: SGD with momentum or Adam, a cosine or constant learning rate, an
+evaluation on the validation data after every epoch, the best epoch's weights
+restored at the end, early stopping, and a progress line on stderr.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, TextIO
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from fxcomp.data.splits import Splits
+from fxcomp.errors import DataError, UsageError
+from fxcomp.recovery.features import as_graph, with_features
+from fxcomp.recovery.losses import mutual_loss
+from fxcomp.recovery.objective import OUTPUT, Objective, objective
+
+Batches = Iterable[Any]
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One epoch of training: mean training loss and accuracy, validation loss and accuracy, time."""
+
+    epoch: int
+    lr: float
+    train_loss: float
+    train_accuracy: float
+    val_loss: float | None
+    val_accuracy: float | None
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class RecoveryResult:
+    """What :func:`recover` returns: the trained model (best validation epoch restored) and its history."""
+
+    model: nn.Module
+    history: list[EpochRecord]
+    best_epoch: int | None
+
+    @property
+    def best_accuracy(self) -> float | None:
+        """The validation accuracy of the restored epoch."""
+        if self.best_epoch is None:
+            return None
+        return self.history[self.best_epoch - 1].val_accuracy
+
+
+class _TensorBatches:
+    """Batches sliced straight from a ``TensorDataset``'s tensors (a DataLoader would index item by item).
+
+    Shuffled batches draw a new permutation each pass from a generator seeded once.
+    """
+
+    def __init__(self, data: TensorDataset, batch_size: int, shuffle: bool, seed: int) -> None:
+        self.tensors, self.batch_size, self.shuffle = data.tensors, batch_size, shuffle
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.tensors[0]) / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        count = len(self.tensors[0])
+        order = torch.randperm(count, generator=self.generator) if self.shuffle else torch.arange(count)
+        for index in order.split(self.batch_size):
+            yield tuple(t[index] for t in self.tensors)
+
+
+def loader(data: Any, batch_size: int, *, shuffle: bool, seed: int = 0) -> Batches:
+    """Batches of ``(inputs, target)`` from a DataLoader / iterable of batches, or a Dataset."""
+    if isinstance(data, Splits):
+        data = data.train
+    if isinstance(data, TensorDataset):
+        return _TensorBatches(data, batch_size, shuffle, seed)
+    if isinstance(data, Dataset) and hasattr(data, "__len__"):
+        generator = torch.Generator().manual_seed(seed) if shuffle else None
+        return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator)
+    if isinstance(data, Iterable) and not isinstance(data, torch.Tensor):
+        return data
+    raise DataError(f"training data must be a Dataset, a DataLoader or a list of (inputs, target) batches; got {type(data).__name__}")
+
+
+def _pair(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2 or not all(isinstance(b, torch.Tensor) for b in batch):
+        raise DataError("recovery needs labelled batches: each batch must be (inputs, target)")
+    return batch[0], batch[1]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Any, *, batch_size: int = 256) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy (0–1) of ``model`` on labelled ``data``."""
+    model.eval()
+    total, loss, correct = 0, 0.0, 0
+    for batch in loader(data, batch_size, shuffle=False):
+        x, y = _pair(batch)
+        logits = model(x)
+        loss += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += int((logits.argmax(1) == y).sum())
+        total += len(y)
+    if total == 0:
+        raise DataError("the evaluation data holds no examples")
+    return loss / total, correct / total
+
+
+class _Progress:
+    """A self-rewriting status line while an epoch runs (on a terminal) and one line per epoch."""
+
+    def __init__(self, enabled: bool, epochs: int, stream: TextIO | None = None) -> None:
+        self.enabled, self.epochs, self.stream = enabled, epochs, stream or sys.stderr
+        self.live = enabled and self.stream.isatty()  # a log file gets the epoch lines only
+
+    def step(self, epoch: int, done: int, total: int | None, loss: float) -> None:
+        if not self.live:
+            return
+        if total:
+            filled = int(20 * done / total)
+            bar = f"[{'#' * filled}{'.' * (20 - filled)}] {done}/{total}"
+        else:
+            bar = f"{done} batches"
+        self.stream.write(f"\repoch {epoch}/{self.epochs} {bar} loss {loss:.4f}")
+        self.stream.flush()
+
+    def end(self, record: EpochRecord) -> None:
+        if not self.enabled:
+            return
+        val = f", val loss {record.val_loss:.4f} acc {100 * record.val_accuracy:.2f}%" if record.val_accuracy is not None else ""
+        restart = "\r" if self.live else ""  # overwrite the live line
+        self.stream.write(
+            f"{restart}epoch {record.epoch}/{self.epochs}: train loss {record.train_loss:.4f} "
+            f"acc {100 * record.train_accuracy:.2f}%{val} ({record.seconds:.1f} s)\n"
+        )
+        self.stream.flush()
+
+
+def _optimizer(name: str, parameters: list[nn.Parameter], lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=momentum > 0)
+    if name == "adam":
+        return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
+    raise UsageError(f"optimizer '{name}' is not one of: sgd, adam")
+
+
+def _fit(
+    students: Sequence[nn.Module],
+    extra: list[nn.Parameter],
+    step_loss: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, list[torch.Tensor]]],
+    train: Batches,
+    val: Batches | None,
+    *,
+    epochs: int,
+    lr: float,
+    optimizer: str,
+    momentum: float,
+    weight_decay: float,
+    schedule: str,
+    patience: int | None,
+    progress: bool,
+) -> list[tuple[list[EpochRecord], int | None]]:
+    """Train ``students`` together on ``step_loss``; per student its history and restored best epoch."""
+    if epochs < 1 or lr <= 0:
+        raise UsageError("recovery needs epochs >= 1 and lr > 0")
+    if schedule not in ("cosine", "constant"):
+        raise UsageError(f"schedule '{schedule}' is not one of: cosine, constant")
+    parameters = [p for s in students for p in s.parameters() if p.requires_grad] + extra
+    optim = _optimizer(optimizer, parameters, lr, momentum, weight_decay)
+    total = len(train) if hasattr(train, "__len__") else None
+    steps = epochs * total if total else None
+    scheduler = (
+        torch.optim.lr_scheduler.LambdaLR(optim, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, steps) / steps)))
+        if schedule == "cosine" and steps
+        else None
+    )
+    bar = _Progress(progress, epochs)
+    histories: list[list[EpochRecord]] = [[] for _ in students]
+    best: list[tuple[float, float, int, dict[str, torch.Tensor]] | None] = [None] * len(students)
+    stale = 0
+    for epoch in range(1, epochs + 1):
+        start, seen, loss_sum = time.perf_counter(), 0, 0.0
+        correct = [0] * len(students)
+        current_lr = optim.param_groups[0]["lr"]
+        for s in students:
+            s.train()
+        for index, batch in enumerate(train, 1):
+            x, y = _pair(batch)
+            loss, logits = step_loss(x, y)
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            optim.step()
+            if scheduler is not None:
+                scheduler.step()
+            seen += len(y)
+            loss_sum += loss.item() * len(y)
+            for i, out in enumerate(logits):
+                correct[i] += int((out.detach().argmax(1) == y).sum())
+            bar.step(epoch, index, total, loss_sum / seen)
+        if seen == 0:
+            raise DataError("the training data holds no examples")
+        improved = False
+        for i, s in enumerate(students):
+            val_loss, val_accuracy = evaluate(s, val) if val is not None else (None, None)
+            record = EpochRecord(
+                epoch, current_lr, loss_sum / seen, correct[i] / seen, val_loss, val_accuracy, time.perf_counter() - start
+            )
+            histories[i].append(record)
+            if i == 0:
+                bar.end(record)
+            if val_accuracy is not None and (best[i] is None or (val_accuracy, -val_loss) > best[i][:2]):
+                best[i] = (val_accuracy, -val_loss, epoch, copy.deepcopy(s.state_dict()))
+                improved = True
+        stale = 0 if improved else stale + 1
+        if patience is not None and stale >= patience:
+            break
+    results = []
+    for s, history, kept in zip(students, histories, best):
+        if kept is not None:
+            s.load_state_dict(kept[3])
+        s.eval()
+        results.append((history, kept[2] if kept is not None else None))
+    return results
+
+
+def _features(model: nn.Module, names: list[str], example: torch.Tensor) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
+    """A function giving ``model``'s output and the values of the nodes ``names``, keyed by name."""
+    if not names:
+        return lambda x: {OUTPUT: model(x)}
+    tapped = with_features(as_graph(model, example), names)
+
+    def run(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        output, values = tapped(x)
+        return {OUTPUT: output, **dict(zip(names, values))}
+
+    return run
+
+
+def _first_inputs(data: Batches) -> torch.Tensor:
+    for batch in data:
+        return _pair(batch)[0][:2]
+    raise DataError("the training data holds no examples")
+
+
+def recover(
+    model: nn.Module,
+    train_data: Any,
+    *,
+    val_data: Any = None,
+    teacher: nn.Module | None = None,
+    epochs: int = 3,
+    lr: float = 0.01,
+    distill: Any = None,
+    optimizer: str = "sgd",
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    schedule: str = "cosine",
+    batch_size: int = 128,
+    patience: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> RecoveryResult:
+    """Fine-tune a copy of ``model`` on labelled data, optionally distilling from ``teacher``.
+
+    Args:
+        model: the model to train (an ``nn.Module`` or a compressed ``GraphModule``); not modified.
+        train_data: a Dataset, a DataLoader or a list of ``(inputs, target)`` batches; a
+            :class:`fxcomp.data.Splits` gives its train part (and its validation part when
+            ``val_data`` is omitted).
+        val_data: labelled data evaluated after every epoch; the best epoch (accuracy, then
+            loss) is restored at the end. Without it the last epoch is kept.
+        teacher: the model to distill from (kept in eval mode, never trained).
+        distill: a spec (see :mod:`fxcomp.recovery.objective`), e.g. ``{"kind": "kd", "T": 4,
+            "alpha": 0.9}``; None trains on cross-entropy alone.
+        optimizer, momentum, weight_decay, schedule: ``sgd`` (Nesterov momentum) or ``adam``;
+            ``cosine`` decays the rate to zero over all steps, ``constant`` keeps it.
+        batch_size: used when the data is a Dataset.
+        patience: stop after this many epochs without a better validation result.
+        seed: seeds the weights' random state and the shuffling.
+        progress: print a progress line per epoch on stderr.
+    """
+    if isinstance(train_data, Splits) and val_data is None:
+        val_data = train_data.val
+    torch.manual_seed(seed)
+    student = copy.deepcopy(model)
+    train = loader(train_data, batch_size, shuffle=True, seed=seed)
+    val = loader(val_data, 256, shuffle=False) if val_data is not None else None
+    goal: Objective = objective(distill)
+    if goal.needs_teacher and teacher is None:
+        raise UsageError("distillation needs a teacher: pass teacher= (a recipe's recover step uses the original model)")
+    example = _first_inputs(train)
+    student_run = _features(student, goal.feature_names("student"), example)
+    teacher_run = None
+    if goal.needs_teacher:
+        teacher = teacher.eval()
+        teacher_run = _features(teacher, goal.feature_names("teacher"), example)
+        with torch.no_grad():
+            goal.build(student_run(example), teacher_run(example))
+
+    def step_loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        values = student_run(x)
+        if teacher_run is None:
+            return goal(values, None, y), [values[OUTPUT]]
+        with torch.no_grad():
+            taught = teacher_run(x)
+        return goal(values, taught, y), [values[OUTPUT]]
+
+    ((history, best_epoch),) = _fit(
+        [student], goal.parameters(), step_loss, train, val,
+        epochs=epochs, lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay,
+        schedule=schedule, patience=patience, progress=progress,
+    )  # fmt: skip
+    return RecoveryResult(student, history, best_epoch)
+
+
+def mutual_learning(peers: Sequence[nn.Module], train_data: Any, *, val_data: Any = None, **options: Any) -> list[RecoveryResult]:
+    """Deep mutual learning (Zhang et al., 2018): peers trained together, each also matching the others.
+
+    Every peer's loss is its cross-entropy plus the mean KL divergence from the other peers'
+    (detached) predictions. Takes :func:`recover`'s training options except ``teacher`` and
+    ``distill``; returns one result per peer.
+    """
+    if len(peers) < 2:
+        raise UsageError("mutual learning needs at least two peers")
+    if isinstance(train_data, Splits) and val_data is None:
+        val_data = train_data.val
+    seed, batch_size = options.pop("seed", 0), options.pop("batch_size", 128)
+    torch.manual_seed(seed)
+    students = [copy.deepcopy(p) for p in peers]
+    train = loader(train_data, batch_size, shuffle=True, seed=seed)
+    val = loader(val_data, 256, shuffle=False) if val_data is not None else None
+
+    def step_loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        logits = [s(x) for s in students]
+        loss = sum(
+            F.cross_entropy(out, y) + mutual_loss(out, logits[:i] + logits[i + 1 :]) for i, out in enumerate(logits)
+        )
+        return loss, logits
+
+    settings = {"epochs": 3, "lr": 0.01, "optimizer": "sgd", "momentum": 0.9, "weight_decay": 0.0}
+    settings |= {"schedule": "cosine", "patience": None, "progress": True, **options}
+    fitted = _fit(students, [], step_loss, train, val, **settings)
+    return [RecoveryResult(s, history, best) for s, (history, best) in zip(students, fitted)]
+
+
+def teacher_assistant_chain(
+    teacher: nn.Module, chain: Sequence[nn.Module], train_data: Any, *, distill: Any = None, **options: Any
+) -> list[RecoveryResult]:
+    """TAKD (Mirzadeh et al., 2020): distill ``teacher`` into ``chain[0]``, that into ``chain[1]``, and so on.
+
+    ``chain`` runs from the largest assistant to the final student; ``distill`` defaults to
+    KD (T = 4, α = 0.9). Other options go to :func:`recover`. Returns one result per link.
+    """
+    results, current = [], teacher
+    for model in chain:
+        result = recover(model, train_data, teacher=current, distill=distill or {"kind": "kd"}, **options)
+        results.append(result)
+        current = result.model
+    return results
+
+
+def _reinitialized(model: nn.Module) -> nn.Module:
+    fresh = copy.deepcopy(model)
+    for module in fresh.modules():
+        if hasattr(module, "reset_parameters") and module is not fresh:
+            module.reset_parameters()
+    return fresh
+
+
+def born_again(
+    model: nn.Module,
+    train_data: Any,
+    *,
+    generations: int = 2,
+    factory: Callable[[], nn.Module] | None = None,
+    distill: Any = None,
+    **options: Any,
+) -> list[RecoveryResult]:
+    """Born-again networks (Furlanello et al., 2018): each generation, same architecture, learns from the last.
+
+    ``model`` is the trained generation 0. Each new generation starts from ``factory()``
+    (default: ``model``'s architecture with freshly initialized weights) and is trained with
+    ``distill`` (default KD) from the previous one. Returns one result per new generation.
+    """
+    if generations < 1:
+        raise UsageError("born_again needs generations >= 1")
+    results, current = [], model
+    for _ in range(generations):
+        fresh = factory() if factory is not None else _reinitialized(model)
+        result = recover(fresh, train_data, teacher=current, distill=distill or {"kind": "kd"}, **options)
+        results.append(result)
+        current = result.model
+    return results

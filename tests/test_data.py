@@ -1,0 +1,75 @@
+"""Offline data sets: digits and IDX-file MNIST / Fashion-MNIST, with deterministic splits."""
+
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pytest
+import torch
+
+from fxcomp import DataError
+from fxcomp.data import FASHION_MNIST_DIR, digits, fashion_mnist, mnist, read_idx
+
+
+def _write_idx(path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    payload = header + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(payload) if path.suffix == ".gz" else payload)
+
+
+def _mnist_dir(tmp_path, train: int = 30, test: int = 12):
+    rng = np.random.default_rng(0)
+    _write_idx(tmp_path / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (train, 28, 28)))
+    _write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.arange(train) % 10)
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte", rng.integers(0, 256, (test, 28, 28)))  # uncompressed works too
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.arange(test) % 10)
+    return tmp_path
+
+
+def test_digits_splits_are_disjoint_complete_and_deterministic() -> None:
+    first, again, other = digits(), digits(), digits(seed=1)
+    assert (len(first.train), len(first.val), len(first.test)) == (1257, 180, 360)
+    assert first.classes == 10 and first.train.tensors[0].shape[1:] == (1, 8, 8)
+    assert 0 <= float(first.train.tensors[0].min()) and float(first.train.tensors[0].max()) <= 1
+    assert torch.equal(first.val.tensors[0], again.val.tensors[0])
+    assert not torch.equal(first.val.tensors[0], other.val.tensors[0])
+    # The three parts partition the data set: together they are every image exactly once.
+    parts = [torch.cat([s.tensors[0].flatten(1) for s in (d.train, d.val, d.test)]) for d in (first, other)]
+    assert torch.equal(torch.unique(parts[0], dim=0), torch.unique(parts[1], dim=0))
+    assert len(parts[0]) == 1797
+
+
+def test_idx_files_read_back_exactly(tmp_path) -> None:
+    array = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    _write_idx(tmp_path / "a.gz", array)
+    assert np.array_equal(read_idx(tmp_path / "a.gz"), array)
+    (tmp_path / "bad").write_bytes(b"\x01\x02\x03\x04")
+    with pytest.raises(DataError, match="not an IDX file"):
+        read_idx(tmp_path / "bad")
+
+
+def test_mnist_from_a_directory_holds_out_validation_from_train(tmp_path) -> None:
+    splits = mnist(_mnist_dir(tmp_path), val=5)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (25, 5, 12)
+    images, labels = splits.test.tensors
+    assert images.shape == (12, 1, 28, 28) and images.dtype == torch.float32 and float(images.max()) <= 1
+    assert labels.tolist() == [i % 10 for i in range(12)]  # the test set keeps its file order
+    train, _, _ = splits.loaders(batch_size=10)
+    assert [len(y) for _, y in train] == [10, 10, 5]
+
+
+def test_missing_files_name_themselves_and_how_to_get_them(tmp_path) -> None:
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"")
+    with pytest.raises(DataError) as caught:
+        fashion_mnist(tmp_path)
+    message = str(caught.value)
+    assert "train-labels-idx1-ubyte.gz" in message and "t10k-images-idx3-ubyte.gz" in message
+    assert "train-images" not in message.split("not found")[0]
+    assert "apt-get install dataset-fashion-mnist" in message
+
+
+@pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_fashion_mnist_from_debian() -> None:
+    splits = fashion_mnist()
+    assert (len(splits.train), len(splits.val), len(splits.test), splits.classes) == (55000, 5000, 10000, 10)

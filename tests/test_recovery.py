@@ -1,0 +1,222 @@
+"""Recovery: distillation losses' known properties, the recover loop, schemes and the recover pass."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import fxcomp
+from fxcomp import DataError, RecipeError
+from fxcomp.cli import main
+from fxcomp.data import digits
+from fxcomp.demo import DigitsNet
+from fxcomp.errors import UsageError
+from fxcomp.recovery import (
+    AttentionTransferLoss,
+    HintLoss,
+    KDLoss,
+    RelationalKDLoss,
+    SimilarityPreservingLoss,
+    attention_map,
+    born_again,
+    evaluate,
+    mutual_learning,
+    mutual_loss,
+    recover,
+    teacher_assistant_chain,
+    with_features,
+)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return digits()
+
+
+@pytest.fixture(scope="module")
+def trained(data):
+    return recover(DigitsNet(), data, epochs=4, lr=0.05, batch_size=32, progress=False).model
+
+
+# --- losses ----------------------------------------------------------------------------------
+
+
+def test_kd_is_zero_for_identical_logits_and_reaches_only_the_student() -> None:
+    logits = torch.randn(6, 10)
+    student, teacher = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    loss = KDLoss(temperature=4.0)(student, teacher)
+    assert abs(loss.item()) < 1e-6
+    KDLoss()(student, teacher + torch.randn(6, 10), torch.arange(6)).backward()
+    assert student.grad is not None and teacher.grad is None
+
+
+def test_kd_mixes_soft_and_hard_terms_with_alpha() -> None:
+    student, teacher, target = torch.randn(5, 7), torch.randn(5, 7), torch.arange(5)
+    soft = KDLoss(2.0, alpha=1.0)(student, teacher)
+    expected = 4.0 * (F.softmax(teacher / 2, 1) * (F.log_softmax(teacher / 2, 1) - F.log_softmax(student / 2, 1))).sum(1).mean()
+    assert torch.allclose(soft, expected, atol=1e-6)
+    assert torch.allclose(KDLoss(2.0, alpha=0.0)(student, teacher, target), F.cross_entropy(student, target))
+    mixed = KDLoss(2.0, alpha=0.3)(student, teacher, target)
+    assert torch.allclose(mixed, 0.3 * soft + 0.7 * F.cross_entropy(student, target), atol=1e-6)
+
+
+def test_kd_gradient_keeps_its_scale_at_high_temperature() -> None:
+    # With T² scaling the gradient tends to (z_s − z_t) / (N·B) for zero-mean logits as T grows (Hinton et al.).
+    student = (torch.randn(4, 10) * 0.5).requires_grad_()
+    teacher = torch.randn(4, 10) * 0.5
+    student.data -= student.data.mean(1, keepdim=True)
+    teacher -= teacher.mean(1, keepdim=True)
+    KDLoss(temperature=100.0)(student, teacher).backward()
+    assert torch.allclose(student.grad, (student.detach() - teacher) / (10 * 4), rtol=5e-2, atol=3e-4)
+
+
+def test_hint_adapter_trains_and_teacher_gets_no_gradient() -> None:
+    hint = HintLoss(4, 6)
+    student, teacher = torch.randn(2, 4, 8, 8, requires_grad=True), torch.randn(2, 6, 4, 4, requires_grad=True)
+    hint(student, teacher).backward()  # the student map is pooled to the teacher's 4×4
+    assert student.grad is not None and hint.adapter.weight.grad is not None and teacher.grad is None
+    linear = HintLoss(3, 5, spatial=False)
+    assert linear(torch.randn(2, 3), torch.randn(2, 5)).dim() == 0
+
+
+def test_attention_transfer_compares_spatial_maps_whatever_the_channels() -> None:
+    feature = torch.randn(3, 4, 5, 5)
+    assert torch.allclose(attention_map(torch.cat([feature, feature], 1)), attention_map(feature))
+    assert AttentionTransferLoss()(torch.cat([feature, -feature], 1), feature).item() < 1e-10
+    assert AttentionTransferLoss()(torch.randn(3, 8, 5, 5), feature).item() > 0
+
+
+def test_relational_and_similarity_losses_ignore_scale_and_vanish_on_equal_relations() -> None:
+    feature = torch.randn(6, 12)
+    for loss in (RelationalKDLoss(), SimilarityPreservingLoss()):
+        assert loss(feature, feature).item() < 1e-8
+        assert loss(3.0 * feature, feature).item() < 1e-6  # relations, not magnitudes
+        assert loss(torch.randn(6, 12), feature).item() > 1e-4
+    assert mutual_loss(feature, [feature.clone()]).item() < 1e-7
+
+
+# --- the loop --------------------------------------------------------------------------------
+
+
+def test_recover_learns_quickly_and_leaves_the_input_model_alone(data) -> None:
+    model = DigitsNet()
+    before = copy.deepcopy(model.state_dict())
+    result = recover(model, data, epochs=3, lr=0.05, batch_size=32, progress=False)
+    assert evaluate(result.model, data.test)[1] > 0.8  # ten classes: chance is 0.1
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert [r.epoch for r in result.history] == [1, 2, 3]
+
+
+def test_the_best_validation_epoch_is_restored(data) -> None:
+    result = recover(DigitsNet(), data, epochs=3, lr=0.5, batch_size=32, progress=False)  # a large rate: epochs differ a lot
+    best = max(result.history, key=lambda r: (r.val_accuracy, -r.val_loss))
+    assert result.best_epoch == best.epoch
+    assert evaluate(result.model, data.val) == pytest.approx((best.val_loss, best.val_accuracy))
+
+
+def test_early_stopping_ends_when_validation_stops_improving(data) -> None:
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))  # no BatchNorm: a negligible rate changes nothing
+    result = recover(mlp, data, epochs=10, lr=1e-30, patience=2, batch_size=32, progress=False)
+    assert len(result.history) == 3 and result.best_epoch == 1
+
+
+def test_progress_lines_go_to_stderr(data, capsys) -> None:
+    recover(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), data, epochs=2, lr=0.1, batch_size=32)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("epoch 1/2: train loss") and "val loss" in lines[0]
+
+
+def test_kd_from_a_teacher_beats_chance_and_feature_terms_train_adapters(data, trained) -> None:
+    spec = [{"kind": "kd", "T": 4, "alpha": 0.5}, {"kind": "fitnet", "student": "bn2", "teacher": "bn2"}]
+    torch.manual_seed(0)
+    result = recover(DigitsNet(width=8), data, teacher=trained, distill=spec, epochs=3, lr=0.05, batch_size=32, progress=False)
+    assert evaluate(result.model, data.test)[1] > 0.6
+    feature_terms = (
+        {"kind": "attention", "student": ["bn1"], "teacher": ["bn1"]},
+        {"kind": "rkd", "student": "flatten", "teacher": "flatten"},
+        {"kind": "sp", "student": "flatten", "teacher": "flatten", "weight": 300},  # 3000 slows 2 epochs on digits a lot
+    )
+    for spec in feature_terms:
+        torch.manual_seed(0)  # the student's initial weights: independent of the tests run before
+        result = recover(DigitsNet(width=8), data, teacher=trained, distill=spec, epochs=2, lr=0.05, batch_size=32, progress=False)
+        assert evaluate(result.model, data.test)[1] > 0.3, spec
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"distill": {"kind": "kd"}}, UsageError, "distillation needs a teacher"),
+        ({"distill": {"kind": "nope"}, "teacher": DigitsNet()}, RecipeError, "one of kd, fitnet"),
+        ({"distill": {"kind": "kd", "tau": 3}, "teacher": DigitsNet()}, RecipeError, "unknown option"),
+        ({"distill": {"kind": "fitnet", "student": "conv9", "teacher": "conv2"}, "teacher": DigitsNet()}, UsageError, "did you mean 'conv3'"),
+        ({"optimizer": "lbfgs"}, UsageError, "not one of: sgd, adam"),
+    ],
+)
+def test_recover_errors_say_what_to_change(data, kwargs, error, message) -> None:
+    with pytest.raises(error, match=message):
+        recover(DigitsNet(), data, epochs=1, progress=False, **kwargs)
+    with pytest.raises(DataError, match=r"\(inputs, target\)"):
+        recover(DigitsNet(), [torch.randn(4, 1, 8, 8)], epochs=1, batch_size=32, progress=False)
+
+
+def test_features_are_read_by_node_name_sharing_the_parameters(trained) -> None:
+    gm = fxcomp.trace(trained, torch.randn(1, 1, 8, 8))
+    tapped = with_features(gm, ["conv2", "fc"])
+    x = torch.randn(3, 1, 8, 8)
+    output, (conv2, fc) = tapped(x)
+    assert torch.equal(output, fc) and torch.allclose(output, trained(x)) and conv2.shape == (3, 64, 8, 8)
+    assert tapped.get_submodule("conv2").weight is trained.conv2.weight
+
+
+# --- schemes ---------------------------------------------------------------------------------
+
+
+def test_mutual_learning_trains_both_peers(data) -> None:
+    results = mutual_learning([DigitsNet(width=8), DigitsNet(width=16)], data, epochs=2, lr=0.05, batch_size=32, progress=False)
+    assert len(results) == 2 and all(evaluate(r.model, data.test)[1] > 0.5 for r in results)
+    assert results[0].model is not results[1].model
+
+
+def test_teacher_assistant_chain_and_born_again_produce_one_model_per_step(data, trained) -> None:
+    chain = teacher_assistant_chain(trained, [DigitsNet(width=16), DigitsNet(width=8)], data, epochs=2, lr=0.05, batch_size=32, progress=False)
+    assert [r.model.conv1.out_channels for r in chain] == [16, 8]
+    generations = born_again(trained, data, generations=2, epochs=2, lr=0.05, batch_size=32, progress=False)
+    assert len(generations) == 2 and all(evaluate(g.model, data.test)[1] > 0.5 for g in generations)
+    assert not torch.equal(generations[0].model.conv1.weight, trained.conv1.weight)
+
+
+# --- recipes ---------------------------------------------------------------------------------
+
+
+def test_recover_after_prune_in_a_recipe_beats_prune_alone(data, trained) -> None:
+    x = data.example_inputs()
+    pruned = fxcomp.compress(trained, x, {"passes": [{"pass": "prune", "ratio": 0.6}]})
+    recipe = {
+        "passes": [
+            {"pass": "fold_bn"},
+            {"pass": "prune", "ratio": 0.6},
+            # bn2 was folded into conv2: the student's feature is found through fold_bn's plan.
+            {"pass": "recover", "epochs": 2, "lr": 0.02, "distill": [{"kind": "kd"}, {"kind": "fitnet", "student": "bn2", "teacher": "bn2"}]},
+        ]
+    }
+    recovered = fxcomp.compress(trained, x, recipe, train_data=data.train, val_data=data.val)
+    assert evaluate(recovered.model, data.test)[1] > evaluate(pruned.model, data.test)[1] + 0.05
+    stats = recovered.plan[-1]["stats"]
+    assert len(stats["history"]) == 2 and stats["best_epoch"] in (1, 2)
+    with pytest.raises(DataError, match="recover needs labelled training data"):
+        fxcomp.compress(trained, x, {"passes": [{"pass": "recover"}]})
+    with pytest.raises(RecipeError, match=r"passes\[0\].distill: distill fitnet: 'student' must name a node"):
+        fxcomp.compress(trained, x, {"passes": [{"pass": "recover", "distill": {"kind": "fitnet"}}]})
+
+
+def test_cli_compress_trains_on_named_data(tmp_path, capsys) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("passes:\n  - pass: recover\n    epochs: 1\n")
+    code = main(["compress", "fxcomp.demo:DigitsNet", "--recipe", str(recipe), "--input-shape", "1,1,8,8", "--train-data", "digits"])
+    assert code == 0 and "recover" in capsys.readouterr().out
+    assert main(["compress", "fxcomp.demo:DigitsNet", "--recipe", str(recipe), "--input-shape", "1,1,8,8", "--train-data", "cifar"]) == 2
+    assert "is not one of: digits" in capsys.readouterr().err
