@@ -19,18 +19,10 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 
 from fxcomp import hookimpl, qualname
-from fxcomp.passes import Option, Pass, PassContext, PassResult, globs, matches
+from fxcomp.passes import Option, Pass, PassContext, PassResult, calls_per_module, globs, matches
 from fxcomp.tracing import TensorSpec, node_info
 
 _FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
-
-
-def _calls_per_target(graph: fx.Graph) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for node in graph.nodes:
-        if node.op == "call_module":
-            counts[node.target] = counts.get(node.target, 0) + 1
-    return counts
 
 
 def _why_not_foldable(gm: fx.GraphModule, bn_node: fx.Node, calls: dict[str, int]) -> str | None:
@@ -93,7 +85,7 @@ class FoldBatchNorm(Pass):
     }
 
     def plan(self, gm: fx.GraphModule, context: PassContext) -> dict[str, Any]:
-        calls = _calls_per_target(gm.graph)
+        calls = calls_per_module(gm.graph)
         folds, skipped = [], []
         for node in gm.graph.nodes:
             if node.op != "call_module" or not isinstance(

@@ -29,7 +29,7 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 
 from fxcomp import hookimpl, qualname
-from fxcomp.passes import Option, Pass, PassContext, PassResult, add_mask, choice, globs, integer, matches, number
+from fxcomp.passes import Option, Pass, PassContext, PassResult, add_mask, choice, globs, integer, number, selected_modules
 
 _SPARSIFIABLE = (nn.modules.conv._ConvNd, nn.Linear)
 
@@ -83,16 +83,7 @@ class Sparsify(Pass):
         holders = _holders(gm)
         selected: list[tuple[str, torch.Tensor]] = []
         skipped: list[dict[str, Any]] = []
-        seen: set[str] = set()
-        for node in gm.graph.nodes:
-            if node.op != "call_module" or node.target in seen:
-                continue
-            seen.add(node.target)
-            module = gm.get_submodule(node.target)
-            layer = qualname(node)
-            wanted = matches(layer, self.options["include"]) and not matches(layer, self.options["exclude"])
-            if not isinstance(module, _SPARSIFIABLE) or not wanted:
-                continue
+        for _, layer, module in selected_modules(gm, _SPARSIFIABLE, self.options["include"], self.options["exclude"]):
             parameter = f"{layer}.weight"
             weight = module.weight.detach()
             if weight.numel() < self.options["min_params"]:

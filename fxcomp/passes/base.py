@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import abc
 import fnmatch
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.fx as fx
+import torch.nn as nn
 
 from fxcomp.passes.options import Option, validate_options
+from fxcomp.tracing import qualname
 
 if TYPE_CHECKING:
     from fxcomp.plugin.host import Plugins
@@ -67,7 +69,8 @@ class Pass(abc.ABC):
     * ``name``: how recipes refer to the pass;
     * ``schema``: its options, each an :class:`fxcomp.Option` (validated when the pass is built);
     * ``tolerance``: the largest relative output change the pass promises, or ``None`` when
-      it promises no exactness. The pipeline checks the promise after every run;
+      it promises no exactness. The pipeline checks the promise after every run. A pass
+      whose exactness depends on what it planned may set ``self.tolerance`` in :meth:`plan`;
     * ``uses_original``: whether the pass needs the model as it was before the recipe
       (``context.original``), e.g. as a distillation teacher.
 
@@ -77,7 +80,7 @@ class Pass(abc.ABC):
 
     name: ClassVar[str]
     schema: ClassVar[Mapping[str, Option]] = {}
-    tolerance: ClassVar[float | None] = None
+    tolerance: float | None = None
     uses_original: ClassVar[bool] = False
 
     def __init__(self, **options: Any) -> None:
@@ -103,3 +106,21 @@ class Pass(abc.ABC):
 def matches(qualified_name: str, patterns: Sequence[str]) -> bool:
     """Whether ``qualified_name`` matches any of the glob ``patterns``."""
     return any(fnmatch.fnmatchcase(qualified_name, pattern) for pattern in patterns)
+
+
+def selected_modules(
+    gm: fx.GraphModule, types: tuple[type[nn.Module], ...], include: Sequence[str], exclude: Sequence[str]
+) -> Iterator[tuple[fx.Node, str, nn.Module]]:
+    """``(node, qualified name, module)`` for each module of ``types`` a recipe's globs select.
+
+    A module called several times is given once, with its first call.
+    """
+    seen: set[str] = set()
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or node.target in seen:
+            continue
+        seen.add(node.target)
+        module = gm.get_submodule(node.target)
+        name = qualname(node)
+        if isinstance(module, types) and matches(name, include) and not matches(name, exclude):
+            yield node, name, module

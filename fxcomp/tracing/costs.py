@@ -126,13 +126,18 @@ _METHOD_RULES: dict[str, Callable[[Sequence[Any], Any], int]] = {
 }
 
 
+def module_macs(module: nn.Module, args: Sequence[Any], output: Any) -> int:
+    """MACs of one call of ``module`` given its positional ``args`` and ``output`` (0 when not counted)."""
+    for module_type, rule in _MODULE_RULES:
+        if isinstance(module, module_type):
+            return int(rule(module, args, output))
+    return 0
+
+
 def node_macs(node: fx.Node, module: nn.Module | None, args: Sequence[Any], output: Any) -> int:
     """MACs of one execution of ``node`` given its evaluated positional ``args`` and ``output``."""
     if node.op == "call_module" and module is not None:
-        for module_type, rule in _MODULE_RULES:
-            if isinstance(module, module_type):
-                return int(rule(module, args, output))
-        return 0
+        return module_macs(module, args, output)
     if node.op == "call_function" and node.target in _FUNCTION_RULES:
         return int(_FUNCTION_RULES[node.target](args, output))
     if node.op == "call_method" and node.target in _METHOD_RULES:

@@ -1,0 +1,87 @@
+"""Graph surgery shared by passes that replace one layer by several.
+
+:func:`replace_with_chain` swaps a module call for a chain of module calls: the
+modules are stored as an ``nn.Sequential`` under the old module's path, so the
+state dict reads ``fc.0.weight``, ``fc.1.weight`` …, and every link is its own
+graph node (``fc.0``, ``fc.1`` …) that the shape, MAC and channel analyses
+see as an ordinary layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+from torch.func import functional_call
+from torch.nn.utils import parametrize
+
+from fxcomp.tracing import qualname
+from fxcomp.tracing.costs import module_macs
+
+
+def calls_per_module(graph: fx.Graph) -> dict[str, int]:
+    """How many nodes call each module path (a module called twice shares its weights)."""
+    counts: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            counts[node.target] = counts.get(node.target, 0) + 1
+    return counts
+
+
+def why_not_replaceable(gm: fx.GraphModule, node: fx.Node, calls: dict[str, int]) -> str | None:
+    """Why the ``call_module`` ``node`` cannot be given to :func:`replace_with_chain`, or None.
+
+    ``calls`` comes from :func:`calls_per_module`.
+    """
+    if calls.get(str(node.target), 0) != 1:
+        return "the module is called more than once (its weights are shared)"
+    if parametrize.is_parametrized(gm.get_submodule(node.target)):
+        return "its weight is masked (prune/sparsify masks): call fxcomp.strip_masks first"
+    if len(node.args) != 1 or node.kwargs:
+        return "it is called with more than one input"
+    return None
+
+
+def replace_with_chain(gm: fx.GraphModule, node: fx.Node, modules: Sequence[nn.Module]) -> list[fx.Node]:
+    """Replace the ``call_module`` ``node`` by calls of ``modules`` in turn; return the new nodes.
+
+    The node's module is replaced by ``nn.Sequential(*modules)`` at the same path, so it
+    must pass :func:`why_not_replaceable`: called once, unmasked, with one input. The
+    last new node takes over the node's users.
+    """
+    if node.op != "call_module":
+        raise ValueError(f"replace_with_chain needs a call_module node, got {node.op} '{qualname(node)}'")
+    if len(node.args) != 1 or node.kwargs:
+        raise ValueError(f"'{qualname(node)}' is called with more than one input; it cannot become a chain")
+    target = str(node.target)
+    parent_path, _, attribute = target.rpartition(".")
+    parent = gm.get_submodule(parent_path) if parent_path else gm
+    setattr(parent, attribute, nn.Sequential(*modules))
+    chain: list[fx.Node] = []
+    previous, value = node, node.args[0]
+    for index in range(len(modules)):
+        with gm.graph.inserting_after(previous):
+            value = previous = gm.graph.call_module(f"{target}.{index}", (value,))
+        chain.append(value)
+    node.replace_all_uses_with(chain[-1])
+    gm.graph.erase_node(node)
+    return chain
+
+
+def chain_costs(modules: Sequence[nn.Module], input_shape: Sequence[int]) -> tuple[int, int]:
+    """``(MACs, parameters)`` of calling ``modules`` in turn on an input of ``input_shape``.
+
+    Shapes are worked out on the meta device, so no arithmetic is done; MACs follow the
+    same rules as the report (:mod:`fxcomp.tracing.costs`).
+    """
+    value = torch.empty(tuple(input_shape), device="meta")
+    macs = params = 0
+    for module in modules:
+        on_meta = {name: tensor.to("meta") for name, tensor in [*module.named_parameters(), *module.named_buffers()]}
+        output = functional_call(module, on_meta, (value,))
+        macs += module_macs(module, (value,), output)
+        params += sum(p.numel() for p in module.parameters())
+        value = output
+    return macs, params
