@@ -189,6 +189,14 @@ def test_teacher_assistant_chain_and_born_again_produce_one_model_per_step(data,
     assert not torch.equal(generations[0].model.conv1.weight, trained.conv1.weight)
 
 
+def test_the_teacher_is_left_as_it_was(data) -> None:
+    torch.manual_seed(0)
+    teacher = DigitsNet().train()
+    before = copy.deepcopy(teacher.state_dict())
+    recover(DigitsNet(width=8), data, teacher=teacher, distill={"kind": "kd"}, epochs=1, batch_size=64, progress=False)
+    assert teacher.training and all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+
+
 # --- recipes ---------------------------------------------------------------------------------
 
 

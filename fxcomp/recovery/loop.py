@@ -281,7 +281,7 @@ def recover(
             ``val_data`` is omitted).
         val_data: labelled data evaluated after every epoch; the best epoch (accuracy, then
             loss) is restored at the end. Without it the last epoch is kept.
-        teacher: the model to distill from (kept in eval mode, never trained).
+        teacher: the model to distill from (run in eval mode, never trained; its mode is restored).
         distill: a spec (see :mod:`fxcomp.recovery.objective`), e.g. ``{"kind": "kd", "T": 4,
             "alpha": 0.9}``; None trains on cross-entropy alone.
         optimizer, momentum, weight_decay, schedule: ``sgd`` (Nesterov momentum) or ``adam``;
@@ -302,7 +302,7 @@ def recover(
         raise UsageError("distillation needs a teacher: pass teacher= (a recipe's recover step uses the original model)")
     example = _first_inputs(train)
     student_run = _features(student, goal.feature_names("student"), example)
-    teacher_run = None
+    teacher_run, teacher_was_training = None, teacher is not None and teacher.training
     if goal.needs_teacher:
         teacher = teacher.eval()
         teacher_run = _features(teacher, goal.feature_names("teacher"), example)
@@ -317,11 +317,15 @@ def recover(
             taught = teacher_run(x)
         return goal(values, taught, y), [values[OUTPUT]]
 
-    ((history, best_epoch),) = _fit(
-        [student], goal.parameters(), step_loss, train, val,
-        epochs=epochs, lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay,
-        schedule=schedule, patience=patience, progress=progress,
-    )  # fmt: skip
+    try:
+        ((history, best_epoch),) = _fit(
+            [student], goal.parameters(), step_loss, train, val,
+            epochs=epochs, lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay,
+            schedule=schedule, patience=patience, progress=progress,
+        )  # fmt: skip
+    finally:
+        if teacher is not None:
+            teacher.train(teacher_was_training)  # the caller's model keeps its mode
     return RecoveryResult(student, history, best_epoch)
 
 
