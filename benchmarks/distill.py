@@ -23,9 +23,10 @@ import torch.nn.functional as F
 from tabulate import tabulate
 
 import fxcomp
-from fxcomp.data import Splits, digits, fashion_mnist
-from fxcomp.errors import DataError
+from fxcomp.data import Splits
 from fxcomp.recovery import evaluate, recover
+
+from benchmark_data import benchmark_data  # benchmarks/ is the script's directory, so on sys.path
 
 
 class Teacher(nn.Module):
@@ -100,16 +101,6 @@ def _mean_std(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.2f} ± {100 * spread:.2f}"
 
 
-def _data(name: str) -> Splits:
-    if name == "digits":
-        return digits()
-    try:
-        return fashion_mnist()
-    except DataError as error:
-        print(f"{error}\nfalling back to scikit-learn digits")
-        return digits()
-
-
 def distillation(data: Splits, epochs: int, teacher_epochs: int, seeds: int, lr: float) -> None:
     """Part (a): teacher, student alone, KD, FitNet, attention transfer."""
     torch.manual_seed(0)
@@ -179,7 +170,7 @@ def main() -> None:
     parser.add_argument("--part", choices=("a", "b", "both"), default="both")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    data = _data(args.data)
+    data = benchmark_data(args.data)
     print(f"torch {torch.__version__}, {args.threads} threads; {data.name}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test")
     if args.part in ("a", "both"):
         distillation(data, args.epochs, args.teacher_epochs, args.seeds, args.lr)

@@ -27,10 +27,11 @@ import torchvision
 from tabulate import tabulate
 
 import fxcomp
-from fxcomp.data import Splits, digits, fashion_mnist
-from fxcomp.errors import DataError
+from fxcomp.data import Splits
 from fxcomp.recovery import evaluate, recover
 from fxcomp.timing import interleaved_latency
+
+from benchmark_data import benchmark_data  # benchmarks/ is the script's directory, so on sys.path
 
 
 def _block(inputs: int, outputs: int) -> list[nn.Module]:
@@ -62,16 +63,6 @@ class LeNet300(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(torch.flatten(x, 1))))))
-
-
-def _data(name: str) -> Splits:
-    if name == "digits":
-        return digits()
-    try:
-        return fashion_mnist()
-    except DataError as error:
-        print(f"{error}\nfalling back to scikit-learn digits")
-        return digits()
 
 
 def _latency_rows(original: nn.Module, rewritten: nn.Module, shape: tuple[int, ...], batches: tuple[int, ...], args) -> list[list[str]]:
@@ -203,7 +194,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, latency median of {args.repeats} interleaved runs")
     if args.part in ("a", "b", "all"):
-        data = _data(args.data)
+        data = benchmark_data(args.data)
         print(f"{data.name}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test")
         if args.part in ("a", "all"):
             separable_vgg(data, args)

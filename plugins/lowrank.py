@@ -27,7 +27,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from fxcomp import RecipeError, hookimpl, node_info, qualname
+from fxcomp import RecipeError, hookimpl, qualname
 from fxcomp.passes import (
     Option,
     Pass,
@@ -35,10 +35,11 @@ from fxcomp.passes import (
     PassResult,
     boolean,
     calls_per_module,
-    chain_costs,
     choice,
+    cost_change,
     globs,
     integer,
+    no_gain_reason,
     number,
     optional,
     replace_with_chain,
@@ -282,31 +283,14 @@ class LowRank(Pass):
                 skipped.append({"layer": name, "reason": outcome})
                 continue
             factored, full = outcome
-            info = node_info(node)
-            macs, params = chain_costs(factored.modules, info.inputs[0].shape)
-            if self.options["skip_no_gain"] and (macs >= info.macs or params >= info.params):
-                skipped.append(
-                    {
-                        "layer": name,
-                        "reason": f"rank {'/'.join(map(str, factored.ranks))} costs {macs:,} MACs and {params:,} parameters "
-                        f"against the layer's {info.macs:,} and {info.params:,}: no gain",
-                    }
-                )
+            change = cost_change(node, factored.modules)
+            reason = no_gain_reason(change, f"rank {'/'.join(map(str, factored.ranks))}")
+            if self.options["skip_no_gain"] and reason is not None:
+                skipped.append({"layer": name, "reason": reason})
                 continue
             weight = layer.weight.detach().to(factored.approximation.dtype)
             error = float((weight - factored.approximation).norm() / weight.norm())
-            layers.append(
-                {
-                    "layer": name,
-                    "method": factored.method,
-                    "ranks": factored.ranks,
-                    "error": error,
-                    "macs_before": info.macs,
-                    "macs_after": macs,
-                    "params_before": info.params,
-                    "params_after": params,
-                }
-            )
+            layers.append({"layer": name, "method": factored.method, "ranks": factored.ranks, "error": error, **change})
             self._factored[name] = factored
             all_full = all_full and full
         # Keeping every layer's full rank is exact: then the pipeline holds the pass to it.
@@ -323,7 +307,10 @@ class LowRank(Pass):
                 outcome = self._factor(gm.get_submodule(node.target))
                 factored = outcome[0] if not isinstance(outcome, str) else None
             if factored is None or factored.ranks != entry["ranks"]:
-                raise RecipeError(f"pass 'lowrank': the plan for '{entry['layer']}' does not match this pass's options")
+                raise RecipeError(
+                    f"pass 'lowrank': the plan for '{entry['layer']}' was made with other options; "
+                    "apply a plan made by this pass's own plan()"
+                )
             replace_with_chain(gm, node, factored.modules)
         self._factored = {}
         saved = sum(entry["macs_before"] - entry["macs_after"] for entry in plan["layers"])

@@ -14,8 +14,8 @@ alone.
 With ``max_error`` the multiplier is chosen per layer: the smallest m whose relative
 weight error ‖W − Ŵ‖/‖W‖ is at most ``max_error``; a layer is converted only when that m
 uses fewer MACs and parameters than the original (``skip_no_gain: false`` converts it
-anyway). The plan lists every layer's
-multiplier, error and MACs/parameters before and after, and why others were skipped.
+anyway). The plan lists every layer's multiplier, error and MACs/parameters before and
+after, and why others were skipped.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from fxcomp import RecipeError, hookimpl, node_info, qualname
+from fxcomp import RecipeError, hookimpl, qualname
 from fxcomp.passes import (
     Option,
     Pass,
@@ -35,9 +35,10 @@ from fxcomp.passes import (
     PassResult,
     boolean,
     calls_per_module,
-    chain_costs,
+    cost_change,
     globs,
     integer,
+    no_gain_reason,
     number,
     optional,
     replace_with_chain,
@@ -56,17 +57,28 @@ def channel_slices(conv: nn.Module) -> torch.Tensor:
     return weight.permute(0, 2, 1, 3).reshape(conv.in_channels, outputs, kernel)
 
 
-def relative_errors(conv: nn.Module) -> torch.Tensor:
-    """The relative weight error of every multiplier m = 0 … min(O/groups, k…): entry m."""
-    singular = torch.linalg.svdvals(channel_slices(conv)).pow(2)  # (I, r)
-    tails = singular.flip(1).cumsum(1).flip(1).sum(0)  # energy left out when keeping m = 0, 1, …
+def channel_svd(conv: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(U, S, Vh)`` of every input channel's slice (:func:`channel_slices`), batched over channels."""
+    return torch.linalg.svd(channel_slices(conv), full_matrices=False)
+
+
+def relative_errors(singular_values: torch.Tensor) -> torch.Tensor:
+    """The relative weight error of every multiplier m = 0 … min(O/groups, k…): entry m.
+
+    ``singular_values`` is the ``S`` of :func:`channel_svd`, shape (I, r).
+    """
+    squares = singular_values.pow(2)
+    tails = squares.flip(1).cumsum(1).flip(1).sum(0)  # energy left out when keeping m = 0, 1, …
     total = tails[0]
     return torch.cat([tails, tails.new_zeros(1)]).div(total).sqrt()
 
 
-def decouple(conv: nn.Module, multiplier: int) -> list[nn.Module]:
-    """The depthwise and pointwise convs approximating ``conv`` with ``multiplier`` filters per channel."""
-    u, s, vh = torch.linalg.svd(channel_slices(conv), full_matrices=False)
+def decouple(conv: nn.Module, multiplier: int, decomposition: tuple[torch.Tensor, ...]) -> list[nn.Module]:
+    """The depthwise and pointwise convs approximating ``conv`` with ``multiplier`` filters per channel.
+
+    ``decomposition`` is :func:`channel_svd` of ``conv``.
+    """
+    u, s, vh = decomposition
     root = s[:, :multiplier].sqrt()
     depthwise_weight = (vh[:, :multiplier] * root.unsqueeze(2)).reshape(
         conv.in_channels * multiplier, 1, *conv.kernel_size
@@ -153,30 +165,15 @@ class Separable(Pass):
             if reason is not None:
                 skipped.append({"layer": name, "reason": reason})
                 continue
-            errors = relative_errors(conv)
+            decomposition = channel_svd(conv)
+            errors = relative_errors(decomposition[1])
             multiplier = self._multiplier(errors)
-            info = node_info(node)
-            macs, params = chain_costs(decouple(conv, multiplier), info.inputs[0].shape)
-            if self.options["skip_no_gain"] and (macs >= info.macs or params >= info.params):
-                skipped.append(
-                    {
-                        "layer": name,
-                        "reason": f"multiplier {multiplier} costs {macs:,} MACs and {params:,} parameters "
-                        f"against the layer's {info.macs:,} and {info.params:,}: no gain",
-                    }
-                )
+            change = cost_change(node, decouple(conv, multiplier, decomposition))
+            reason = no_gain_reason(change, f"multiplier {multiplier}")
+            if self.options["skip_no_gain"] and reason is not None:
+                skipped.append({"layer": name, "reason": reason})
                 continue
-            layers.append(
-                {
-                    "layer": name,
-                    "depth_multiplier": multiplier,
-                    "error": float(errors[multiplier]),
-                    "macs_before": info.macs,
-                    "macs_after": macs,
-                    "params_before": info.params,
-                    "params_after": params,
-                }
-            )
+            layers.append({"layer": name, "depth_multiplier": multiplier, "error": float(errors[multiplier]), **change})
             exact = exact and multiplier == len(errors) - 1
         # Every layer at its full multiplier is exact: then the pipeline holds the pass to it.
         self.tolerance = 1e-5 if layers and exact else None
@@ -186,7 +183,8 @@ class Separable(Pass):
         by_name = {qualname(node): node for node in gm.graph.nodes}
         for entry in plan["layers"]:
             node = by_name[entry["layer"]]
-            replace_with_chain(gm, node, decouple(gm.get_submodule(node.target), entry["depth_multiplier"]))
+            conv = gm.get_submodule(node.target)
+            replace_with_chain(gm, node, decouple(conv, entry["depth_multiplier"], channel_svd(conv)))
         saved = sum(entry["macs_before"] - entry["macs_after"] for entry in plan["layers"])
         return PassResult(gm, modified=bool(plan["layers"]), stats={"converted": len(plan["layers"]), "macs_saved": saved})
 

@@ -3,7 +3,8 @@
 This package's namespace is the pass-author API: the :class:`Pass` contract and
 the option checks, and :class:`Mask` / :func:`add_mask`, which hold pruned
 weights at zero (:mod:`fxcomp.passes.masks`), and :func:`replace_with_chain` /
-:func:`chain_costs`, which swap one layer for several (:mod:`fxcomp.passes.rewrite`). The recipe loader
+:func:`cost_change`, which swap one layer for several and weigh the swap
+(:mod:`fxcomp.passes.rewrite`). The recipe loader
 (:mod:`fxcomp.passes.recipe`), the checks run after each pass
 (:mod:`fxcomp.passes.verify`) and ``compress`` (:mod:`fxcomp.passes.pipeline`)
 build on it and on the plugins.
@@ -11,7 +12,14 @@ build on it and on the plugins.
 
 from fxcomp.passes.base import CheckContext, Pass, PassContext, PassResult, matches, selected_modules
 from fxcomp.passes.masks import Mask, add_mask
-from fxcomp.passes.rewrite import calls_per_module, chain_costs, replace_with_chain, why_not_replaceable
+from fxcomp.passes.rewrite import (
+    calls_per_module,
+    chain_costs,
+    cost_change,
+    no_gain_reason,
+    replace_with_chain,
+    why_not_replaceable,
+)
 from fxcomp.passes.options import (
     REQUIRED,
     Option,
@@ -38,9 +46,11 @@ __all__ = [
     "calls_per_module",
     "chain_costs",
     "choice",
+    "cost_change",
     "globs",
     "integer",
     "matches",
+    "no_gain_reason",
     "number",
     "optional",
     "replace_with_chain",

@@ -17,7 +17,7 @@ import torch.nn as nn
 from torch.func import functional_call
 from torch.nn.utils import parametrize
 
-from fxcomp.tracing import qualname
+from fxcomp.tracing import node_info, qualname
 from fxcomp.tracing.costs import module_macs
 
 
@@ -85,3 +85,23 @@ def chain_costs(modules: Sequence[nn.Module], input_shape: Sequence[int]) -> tup
         params += sum(p.numel() for p in module.parameters())
         value = output
     return macs, params
+
+
+def cost_change(node: fx.Node, modules: Sequence[nn.Module]) -> dict[str, int]:
+    """MACs and parameters of the layer ``node`` calls and of ``modules`` replacing it.
+
+    Keys ``macs_before``, ``macs_after``, ``params_before``, ``params_after``, as plans record them.
+    """
+    info = node_info(node)
+    macs, params = chain_costs(modules, info.inputs[0].shape)
+    return {"macs_before": info.macs, "macs_after": macs, "params_before": info.params, "params_after": params}
+
+
+def no_gain_reason(change: dict[str, int], replacement: str) -> str | None:
+    """Why a :func:`cost_change` saves nothing (not both fewer MACs and fewer parameters), or None."""
+    if change["macs_after"] < change["macs_before"] and change["params_after"] < change["params_before"]:
+        return None
+    return (
+        f"{replacement} costs {change['macs_after']:,} MACs and {change['params_after']:,} parameters "
+        f"against the layer's {change['macs_before']:,} and {change['params_before']:,}: no gain"
+    )

@@ -248,6 +248,14 @@ def _features(model: nn.Module, names: list[str], example: torch.Tensor) -> Call
     return run
 
 
+def _train_and_val(train_data: Any, val_data: Any, batch_size: int, seed: int) -> tuple[Batches, Batches | None]:
+    """Shuffled training batches and validation batches; a :class:`Splits` supplies missing validation data."""
+    if isinstance(train_data, Splits) and val_data is None:
+        val_data = train_data.val
+    train = loader(train_data, batch_size, shuffle=True, seed=seed)
+    return train, loader(val_data, 256, shuffle=False) if val_data is not None else None
+
+
 def _first_inputs(data: Batches) -> torch.Tensor:
     for batch in data:
         return _pair(batch)[0][:2]
@@ -291,12 +299,9 @@ def recover(
         seed: seeds the weights' random state and the shuffling.
         progress: print a progress line per epoch on stderr.
     """
-    if isinstance(train_data, Splits) and val_data is None:
-        val_data = train_data.val
     torch.manual_seed(seed)
     student = copy.deepcopy(model)
-    train = loader(train_data, batch_size, shuffle=True, seed=seed)
-    val = loader(val_data, 256, shuffle=False) if val_data is not None else None
+    train, val = _train_and_val(train_data, val_data, batch_size, seed)
     goal: Objective = objective(distill)
     if goal.needs_teacher and teacher is None:
         raise UsageError("distillation needs a teacher: pass teacher= (a recipe's recover step uses the original model)")
@@ -338,13 +343,10 @@ def mutual_learning(peers: Sequence[nn.Module], train_data: Any, *, val_data: An
     """
     if len(peers) < 2:
         raise UsageError("mutual learning needs at least two peers")
-    if isinstance(train_data, Splits) and val_data is None:
-        val_data = train_data.val
     seed, batch_size = options.pop("seed", 0), options.pop("batch_size", 128)
     torch.manual_seed(seed)
     students = [copy.deepcopy(p) for p in peers]
-    train = loader(train_data, batch_size, shuffle=True, seed=seed)
-    val = loader(val_data, 256, shuffle=False) if val_data is not None else None
+    train, val = _train_and_val(train_data, val_data, batch_size, seed)
 
     def step_loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         logits = [s(x) for s in students]
