@@ -5,6 +5,8 @@ The data flows one way: trace → analyze → plan → rewrite → verify → lo
 * :func:`trace` turns a model into a ``GraphModule`` annotated with shapes, MACs and names;
 * :func:`analyze` partitions its prunable channels into coupled groups;
 * :func:`compress` runs a recipe of passes (from plugins) on a copy and verifies each;
+* :class:`EarlyExitModel` runs a classifier with early exits (the ``early_exit`` pass adds them)
+  and :func:`calibrate_exits` picks its thresholds (:mod:`fxcomp.dynamic`);
 * :func:`recover` fine-tunes or distills a compressed model back to accuracy (:mod:`fxcomp.recovery`,
   data sets in :mod:`fxcomp.data`);
 * :func:`sparsity` reads how many weights are zero; :func:`strip_masks` bakes pruning masks in;
@@ -13,7 +15,19 @@ The data flows one way: trace → analyze → plan → rewrite → verify → lo
 """
 
 from fxcomp.analysis import ChannelGroup, Member, analyze
-from fxcomp.errors import CalibrationError, DataError, FxcompError, LoadError, PassError, PluginError, RecipeError, SaveError, TraceError
+from fxcomp.dynamic import EarlyExitModel, ExitCalibration, ExitStatistics, calibrate_exits, exit_statistics
+from fxcomp.errors import (
+    CalibrationError,
+    DataError,
+    ExitError,
+    FxcompError,
+    LoadError,
+    PassError,
+    PluginError,
+    RecipeError,
+    SaveError,
+    TraceError,
+)
 from fxcomp.export import load, save, to_dot
 from fxcomp.passes import CheckContext, Option, Pass, PassContext, PassResult
 from fxcomp.passes.masks import Mask, sparsity, strip_masks
@@ -32,6 +46,10 @@ __all__ = [
     "CompressionReport",
     "CompressionResult",
     "DataError",
+    "EarlyExitModel",
+    "ExitCalibration",
+    "ExitError",
+    "ExitStatistics",
     "FxcompError",
     "LoadError",
     "Mask",
@@ -51,7 +69,9 @@ __all__ = [
     "TensorSpec",
     "TraceError",
     "analyze",
+    "calibrate_exits",
     "compress",
+    "exit_statistics",
     "hookimpl",
     "layer_table",
     "load",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -17,11 +18,12 @@ import torch.nn as nn
 from tabulate import tabulate
 
 from fxcomp.data import Splits, digits, fashion_mnist, mnist
+from fxcomp.dynamic import EarlyExitModel
 from fxcomp.errors import FxcompError, UsageError
-from fxcomp.export import save, to_dot
+from fxcomp.export import load, save, to_dot
 from fxcomp.passes.pipeline import compress
 from fxcomp.plugin.host import load_plugins
-from fxcomp.report import layer_table
+from fxcomp.report import exit_table, layer_table
 from fxcomp.tracing import trace
 
 
@@ -74,8 +76,16 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> None:
-    gm = trace(load_model(args.model), _example_inputs(args.input_shape))
+    if os.path.isfile(args.model):
+        loaded = load(args.model)
+        gm = loaded.model if isinstance(loaded, EarlyExitModel) else loaded
+    elif not args.input_shape:
+        raise UsageError("inspecting MODULE:CALLABLE needs --input-shape (a saved .fxc file does not)")
+    else:
+        loaded = gm = trace(load_model(args.model), _example_inputs(args.input_shape))
     print(layer_table(gm))
+    if isinstance(loaded, EarlyExitModel):
+        print(f"\nearly exits (criterion: {loaded.criterion})\n{exit_table(loaded.exit_plan())}")
     if args.dot:
         to_dot(gm, args.dot)
         print(f"\nwrote {args.dot}")
@@ -137,9 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_cmd_demo)
 
     shape_help = "input shape like 1,3,224,224; repeat for models with several inputs"
-    inspect = commands.add_parser("inspect", help="print the per-layer table of a model")
-    inspect.add_argument("model", help="MODULE:CALLABLE, e.g. torchvision.models:resnet18")
-    inspect.add_argument("--input-shape", type=_input_shape, action="append", required=True, help=shape_help)
+    inspect = commands.add_parser("inspect", help="print the per-layer table of a model (and its exit plan)")
+    inspect.add_argument("model", help="MODULE:CALLABLE, e.g. torchvision.models:resnet18, or a file from fxcomp.save")
+    inspect.add_argument("--input-shape", type=_input_shape, action="append", help=shape_help + " (not for a file)")
     inspect.add_argument("--dot", help="also write the graph as a Graphviz DOT file")
     inspect.set_defaults(run=_cmd_inspect)
 

@@ -45,3 +45,7 @@ class UsageError(FxcompError):
 
 class DataError(FxcompError):
     """A data set's files are missing or malformed, or it cannot be split as asked."""
+
+
+class ExitError(FxcompError):
+    """An early exit cannot be placed where asked, or an early-exit model is used in a way it does not support."""

@@ -162,6 +162,7 @@ class CompressionReport:
     before_totals: Totals
     after_totals: Totals
     passes: list[dict[str, Any]] = field(default_factory=list)
+    exits: list[dict[str, Any]] | None = None
 
     def changed_layers(self) -> list[tuple[LayerRow | None, LayerRow | None]]:
         """(before, after) pairs of the layers with parameters or MACs whose figures or sparsity changed."""
@@ -189,6 +190,7 @@ class CompressionReport:
             "before_totals": asdict(self.before_totals),
             "after_totals": asdict(self.after_totals),
             "passes": self.passes,
+            "exits": self.exits,
         }
 
     def __str__(self) -> str:
@@ -228,8 +230,29 @@ class CompressionReport:
             [[p["pass"], "yes" if p.get("modified") else "no", _stats(p.get("stats", {}))] for p in self.passes],
             headers=["pass", "modified", "stats"],
         )
-        return f"{layers}\n\n{summary}\n\n{passes}"
+        text = f"{layers}\n\n{summary}\n\n{passes}"
+        return f"{text}\n\n{exit_table(self.exits)}" if self.exits else text
+
+
+def exit_table(plan: list[dict[str, Any]]) -> str:
+    """The exit plan of an early-exit model (:meth:`fxcomp.EarlyExitModel.exit_plan`) as a table."""
+    rows = [
+        [
+            row["exit"],
+            row["at"],
+            row["head"],
+            _count(row["head_params"]),
+            _count(round(row["macs"])),
+            f"{row['macs_fraction']:.1%}",
+            "-" if row["threshold"] is None else f"{row['threshold']:.4g}",
+        ]
+        for row in plan
+    ]
+    return tabulate(rows, headers=["exit", "reads", "head", "head params", "MACs / sample", "of model", "threshold"])
 
 
 def _stats(stats: dict[str, Any]) -> str:
-    return ", ".join(f"{key}={value}" for key, value in stats.items())
+    """Scalars as they are; lists and mappings (a training history) by their length, in full in ``to_dict``."""
+    return ", ".join(
+        f"{key}=[{len(value)} entries]" if isinstance(value, (list, dict)) else f"{key}={value}" for key, value in stats.items()
+    )

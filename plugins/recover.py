@@ -6,6 +6,11 @@ alpha: 0.9}}`` trains the graph on ``compress(..., train_data=..., val_data=...)
 distillation names nodes; in the compressed graph they are looked up through the
 ``renamed`` tables of earlier passes' plans (``fold_bn`` folds a BatchNorm into its conv).
 The plan records the settings; the statistics give every epoch's figures.
+
+On a graph with early exits (after ``early_exit``) the step trains them with the joint
+loss of :mod:`fxcomp.recovery.exits`: ``exits: {train: heads}`` freezes the backbone
+(Shallow-Deep Networks), ``train: joint`` (the default) fine-tunes everything,
+``weights`` weigh the exits' losses and ``distill`` teaches each exit from the final output.
 """
 
 from __future__ import annotations
@@ -14,10 +19,11 @@ from typing import Any
 
 import torch.fx as fx
 
-from fxcomp import RecipeError, hookimpl, recover
+from fxcomp import EarlyExitModel, RecipeError, hookimpl, recover
+from fxcomp.dynamic import has_exits
 from fxcomp.errors import DataError
 from fxcomp.passes import Option, Pass, PassContext, PassResult, choice, integer, number, optional
-from fxcomp.recovery import objective, rename_through
+from fxcomp.recovery import exit_training, objective, rename_through
 
 
 def _distill(value: Any, path: str) -> Any:
@@ -25,6 +31,14 @@ def _distill(value: Any, path: str) -> Any:
         return None
     try:
         objective(value)
+    except RecipeError as error:
+        raise RecipeError(f"{path}: {error}") from None
+    return value
+
+
+def _exits(value: Any, path: str) -> Any:
+    try:
+        exit_training(value)
     except RecipeError as error:
         raise RecipeError(f"{path}: {error}") from None
     return value
@@ -62,20 +76,25 @@ class Recover(Pass):
         "patience": Option(optional(integer(1)), default=None, doc="stop after this many epochs without improving"),
         "seed": Option(integer(0), default=0, doc="seeds shuffling and random state"),
         "distill": Option(_distill, default=None, doc="distillation spec (kd, fitnet, attention, rkd, sp) or a list"),
+        "exits": Option(_exits, default=None, doc="how to train early exits: {weights, train: joint|heads, distill}"),
     }
 
     def plan(self, gm: fx.GraphModule, context: PassContext) -> dict[str, Any]:
         if context.train_data is None:
             raise DataError("recover needs labelled training data: pass train_data= to fxcomp.compress (--train-data on the CLI)")
+        if self.options["exits"] is not None and not has_exits(gm):
+            raise RecipeError("recover: 'exits' trains early exits, but the model has none; put early_exit before it")
         count = len(context.train_data) if hasattr(context.train_data, "__len__") else None
-        return {"train_batches_or_examples": count, "validation": context.val_data is not None}
+        return {"train_batches_or_examples": count, "validation": context.val_data is not None, "exits": has_exits(gm)}
 
     def apply(self, gm: fx.GraphModule, plan: dict[str, Any], context: PassContext) -> PassResult:
         options = {**self.options, "distill": _renamed(self.options["distill"], context.records)}
+        staged = EarlyExitModel(gm) if has_exits(gm) else gm
         result = recover(
-            gm, context.train_data, val_data=context.val_data, teacher=context.original, progress=False, **options
+            staged, context.train_data, val_data=context.val_data, teacher=context.original, progress=False, **options
         )
-        gm.load_state_dict(result.model.state_dict())
+        trained = result.model.model if isinstance(result.model, EarlyExitModel) else result.model
+        gm.load_state_dict(trained.state_dict())
         history = [record.as_dict() for record in result.history]
         return PassResult(gm, modified=True, stats={"best_epoch": result.best_epoch, "history": history})
 

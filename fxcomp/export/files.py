@@ -27,7 +27,8 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 from torch.utils import _pytree as pytree
 
-from fxcomp.errors import LoadError, SaveError
+from fxcomp.dynamic.model import CRITERIA, EXITS, HEADS, EarlyExitModel, has_exits
+from fxcomp.errors import ExitError, LoadError, SaveError
 from fxcomp.export.allowlist import AllowList, build_allowlist, is_safe_method
 from fxcomp.export.values import decode, encode
 from fxcomp.plugin.host import Plugins, load_plugins
@@ -179,6 +180,8 @@ def _encode_graph(gm: fx.GraphModule, allow: AllowList, table: _TensorTable) -> 
             }
         else:
             attributes[node.target] = {"value": encode(value, f"attribute '{node.target}'")}
+    if has_exits(gm):
+        modules[HEADS] = _encode_module(gm.get_submodule(HEADS), HEADS, allow, table)
     codegen = gm.graph._codegen
     pytree_info = None
     if isinstance(codegen, fx.graph._PyTreeCodeGen):
@@ -208,17 +211,21 @@ def _encode_graph(gm: fx.GraphModule, allow: AllowList, table: _TensorTable) -> 
         "nodes": [_encode_node(node, allow) for node in gm.graph.nodes],
         "pytree_info": pytree_info,
         "inputs": inputs,
+        "exits": gm.meta[EXITS] if has_exits(gm) else None,
     }
 
 
-def save(module: fx.GraphModule, path: str | os.PathLike, *, plugins: Plugins | None = None) -> None:
-    """Write ``module`` (a GraphModule, e.g. ``compress(...).model``) to ``path``.
+def save(module: fx.GraphModule | EarlyExitModel, path: str | os.PathLike, *, plugins: Plugins | None = None) -> None:
+    """Write ``module`` (a GraphModule or an EarlyExitModel, e.g. ``compress(...).model``) to ``path``.
 
     The file stores the graph, the modules it calls with their attributes, and the
-    tensors; never pickled code. Raises :class:`fxcomp.SaveError` when the graph
+    tensors; never pickled code. An early-exit model's heads, exit points, criterion
+    and thresholds are stored too. Raises :class:`fxcomp.SaveError` when the graph
     calls something :func:`load` would refuse (extend the allow-list through the
     ``fxcomp_register_serializables`` hook).
     """
+    if isinstance(module, EarlyExitModel):
+        module = module.model
     if not isinstance(module, fx.GraphModule):
         raise SaveError(
             f"fxcomp.save takes a torch.fx.GraphModule, got {type(module).__name__}; "
@@ -284,7 +291,7 @@ class _Loader:
         non_persistent = _expect(spec.get("non_persistent", []), list, f"buffers of '{path}'")
         module._non_persistent_buffers_set = {self._name(n, path) for n in non_persistent}
         for name, child in _expect(spec.get("children", {}), dict, f"children of '{path}'").items():
-            module._modules[self._name(name, path)] = self.module(child, f"{path}.{name}")
+            module._modules[self._child_name(name, path)] = self.module(child, f"{path}.{name}")
         for name, chain in _expect(spec.get("parametrizations", {}), dict, f"parametrizations of '{path}'").items():
             self.parametrize(module, self._name(name, path), chain, f"{path}.{name}")
         return module
@@ -315,6 +322,13 @@ class _Loader:
             holder._parameters["original"] = original
         else:
             holder._buffers["original"] = original
+
+    @staticmethod
+    def _child_name(name: Any, path: str) -> str:
+        """A submodule's name: an identifier, or an index inside a Sequential / ModuleList."""
+        if isinstance(name, str) and name.isdecimal() and name.isascii():
+            return name
+        return _Loader._name(name, path)
 
     @staticmethod
     def _name(name: Any, path: str) -> str:
@@ -435,8 +449,22 @@ def is_safe_attribute(name: str) -> bool:
     return name.isidentifier() and not name.startswith("_")
 
 
-def load(path: str | os.PathLike, *, plugins: Plugins | None = None) -> fx.GraphModule:
-    """Load a GraphModule written by :func:`save`.
+def _exit_plan(spec: Any) -> dict[str, Any]:
+    spec = _expect(spec, dict, "exit plan")
+    at = _expect(spec.get("at"), list, "exit points")
+    thresholds = spec.get("thresholds")
+    valid = (
+        all(isinstance(name, str) and _IDENTIFIER.match(name) for name in at)
+        and spec.get("criterion") in CRITERIA
+        and (thresholds is None or (isinstance(thresholds, list) and all(isinstance(t, (int, float)) for t in thresholds)))
+    )
+    if not valid or set(spec) != {"at", "criterion", "thresholds"}:
+        raise _malformed("exit plan")
+    return {"at": list(at), "criterion": spec["criterion"], "thresholds": thresholds}
+
+
+def load(path: str | os.PathLike, *, plugins: Plugins | None = None) -> fx.GraphModule | EarlyExitModel:
+    """Load a GraphModule written by :func:`save` (an :class:`fxcomp.EarlyExitModel` if it has exits).
 
     Nothing in the file is executed: tensors are read with ``torch.load(weights_only=True)``,
     and every module class and function the graph names must be on the allow-list.
@@ -478,4 +506,13 @@ def load(path: str | os.PathLike, *, plugins: Plugins | None = None) -> fx.Graph
     inputs = loader.example_inputs()
     if inputs is not None:
         propagate(gm, inputs)
-    return gm
+    if graph.get("exits") is None:
+        return gm
+    if HEADS not in root._modules or inputs is None:
+        raise _malformed("early exits without heads or input shapes")
+    gm.add_submodule(HEADS, root.get_submodule(HEADS))
+    gm.meta[EXITS] = _exit_plan(graph["exits"])
+    try:
+        return EarlyExitModel(gm)
+    except ExitError as error:
+        raise _malformed(f"its exits do not fit its graph: {error}") from error

@@ -12,6 +12,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from fxcomp.dynamic.model import EarlyExitModel, has_exits
 from fxcomp.errors import FxcompError, PassError
 from fxcomp.passes.base import Pass, PassContext, PassResult
 from fxcomp.passes.recipe import RecipeLike, load_recipe
@@ -27,13 +28,14 @@ class CompressionResult:
     """The outcome of :func:`compress`.
 
     Attributes:
-        model: the rewritten ``GraphModule`` (with ``dry_run``, the traced, unrewritten one).
+        model: the rewritten ``GraphModule`` (with ``dry_run``, the traced, unrewritten one);
+            an :class:`fxcomp.EarlyExitModel` over it when the recipe added early exits.
         report: per-layer and total figures before and after; ``str(report)`` renders tables.
         plan: one JSON-serializable record per pass: its name, options, what it decided
             and, unless ``dry_run``, whether it modified the graph and its statistics.
     """
 
-    model: fx.GraphModule
+    model: fx.GraphModule | EarlyExitModel
     report: CompressionReport
     plan: list[dict[str, Any]]
 
@@ -53,7 +55,7 @@ def _working_copy(
     leaf_modules: Sequence[LeafSpec],
     concrete_args: dict[str, Any] | None,
 ) -> fx.GraphModule:
-    working = copy.deepcopy(model)
+    working = copy.deepcopy(model.model if isinstance(model, EarlyExitModel) else model)
     if isinstance(working, fx.GraphModule):
         propagate(working, inputs)
         return working
@@ -132,5 +134,6 @@ def compress(
         before_totals=before_totals,
         after_totals=totals(gm),
         passes=records,
+        exits=EarlyExitModel(gm).exit_plan() if has_exits(gm) else None,
     )
-    return CompressionResult(model=gm, report=report, plan=records)
+    return CompressionResult(model=EarlyExitModel(gm) if has_exits(gm) else gm, report=report, plan=records)

@@ -5,15 +5,18 @@
   :class:`RelationalKDLoss`, :class:`SimilarityPreservingLoss`) work in any loop;
 * :func:`mutual_learning`, :func:`teacher_assistant_chain` and :func:`born_again` are
   multi-model schemes built on the same loop;
+* :class:`ExitTraining` (from an ``exits`` spec) is the joint loss of an early-exit model's exits;
 * :func:`with_features` exposes intermediate values of an fx graph by node name.
 """
 
+from fxcomp.recovery.exits import ExitTraining, exit_training
 from fxcomp.recovery.features import rename_through, with_features
 from fxcomp.recovery.loop import (
     EpochRecord,
     RecoveryResult,
     born_again,
     evaluate,
+    evaluate_outputs,
     mutual_learning,
     recover,
     teacher_assistant_chain,
@@ -32,6 +35,7 @@ from fxcomp.recovery.objective import Objective, objective
 __all__ = [
     "AttentionTransferLoss",
     "EpochRecord",
+    "ExitTraining",
     "HintLoss",
     "KDLoss",
     "Objective",
@@ -41,6 +45,8 @@ __all__ = [
     "attention_map",
     "born_again",
     "evaluate",
+    "evaluate_outputs",
+    "exit_training",
     "mutual_learning",
     "mutual_loss",
     "objective",

@@ -11,28 +11,31 @@ import copy
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
 import torch
-import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from fxcomp.data.batches import Batches, loader, pair
 from fxcomp.data.splits import Splits
+from fxcomp.dynamic.model import EarlyExitModel
 from fxcomp.errors import DataError, UsageError
+from fxcomp.recovery.exits import exit_training
 from fxcomp.recovery.features import as_graph, with_features
 from fxcomp.recovery.losses import mutual_loss
 from fxcomp.recovery.objective import OUTPUT, Objective, objective
 
-Batches = Iterable[Any]
-
 
 @dataclass(frozen=True)
 class EpochRecord:
-    """One epoch of training: mean training loss and accuracy, validation loss and accuracy, time."""
+    """One epoch of training: mean training loss and accuracy, validation loss and accuracy, time.
+
+    For an early-exit model the accuracies and the validation loss are means over its exits,
+    and ``val_exit_accuracies`` gives each exit's validation accuracy (the final output last).
+    """
 
     epoch: int
     lr: float
@@ -41,6 +44,7 @@ class EpochRecord:
     val_loss: float | None
     val_accuracy: float | None
     seconds: float
+    val_exit_accuracies: list[float] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,60 +66,35 @@ class RecoveryResult:
         return self.history[self.best_epoch - 1].val_accuracy
 
 
-class _TensorBatches:
-    """Batches sliced straight from a ``TensorDataset``'s tensors (a DataLoader would index item by item).
-
-    Shuffled batches draw a new permutation each pass from a generator seeded once.
-    """
-
-    def __init__(self, data: TensorDataset, batch_size: int, shuffle: bool, seed: int) -> None:
-        self.tensors, self.batch_size, self.shuffle = data.tensors, batch_size, shuffle
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.tensors[0]) / self.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        count = len(self.tensors[0])
-        order = torch.randperm(count, generator=self.generator) if self.shuffle else torch.arange(count)
-        for index in order.split(self.batch_size):
-            yield tuple(t[index] for t in self.tensors)
-
-
-def loader(data: Any, batch_size: int, *, shuffle: bool, seed: int = 0) -> Batches:
-    """Batches of ``(inputs, target)`` from a DataLoader / iterable of batches, or a Dataset."""
-    if isinstance(data, Splits):
-        data = data.train
-    if isinstance(data, TensorDataset):
-        return _TensorBatches(data, batch_size, shuffle, seed)
-    if isinstance(data, Dataset) and hasattr(data, "__len__"):
-        generator = torch.Generator().manual_seed(seed) if shuffle else None
-        return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator)
-    if isinstance(data, Iterable) and not isinstance(data, torch.Tensor):
-        return data
-    raise DataError(f"training data must be a Dataset, a DataLoader or a list of (inputs, target) batches; got {type(data).__name__}")
-
-
-def _pair(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    if not isinstance(batch, (tuple, list)) or len(batch) != 2 or not all(isinstance(b, torch.Tensor) for b in batch):
-        raise DataError("recovery needs labelled batches: each batch must be (inputs, target)")
-    return batch[0], batch[1]
-
-
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Any, *, batch_size: int = 256) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy (0–1) of ``model`` on labelled ``data``."""
+def evaluate_outputs(model: nn.Module, data: Any, *, batch_size: int = 256) -> tuple[list[float], list[float]]:
+    """Mean cross-entropy and accuracy (0–1) of each of ``model``'s outputs on labelled ``data``.
+
+    A plain model has one output; an early-exit model has one per exit, the final output last.
+    """
     model.eval()
-    total, loss, correct = 0, 0.0, 0
+    run = model.all_exits if isinstance(model, EarlyExitModel) else lambda x: [model(x)]
+    total, losses, correct = 0, None, None
     for batch in loader(data, batch_size, shuffle=False):
-        x, y = _pair(batch)
-        logits = model(x)
-        loss += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += int((logits.argmax(1) == y).sum())
+        x, y = pair(batch)
+        outputs = run(x)
+        batch_losses = [F.cross_entropy(logits, y, reduction="sum").item() for logits in outputs]
+        batch_correct = [int((logits.argmax(1) == y).sum()) for logits in outputs]
+        losses = batch_losses if losses is None else [a + b for a, b in zip(losses, batch_losses)]
+        correct = batch_correct if correct is None else [a + b for a, b in zip(correct, batch_correct)]
         total += len(y)
-    if total == 0:
+    if total == 0 or losses is None or correct is None:
         raise DataError("the evaluation data holds no examples")
-    return loss / total, correct / total
+    return [loss / total for loss in losses], [right / total for right in correct]
+
+
+def evaluate(model: nn.Module, data: Any, *, batch_size: int = 256) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy (0–1) of ``model`` on labelled ``data``.
+
+    For an early-exit model, the means over its exits (each sample scored at every exit).
+    """
+    losses, accuracies = evaluate_outputs(model, data, batch_size=batch_size)
+    return sum(losses) / len(losses), sum(accuracies) / len(accuracies)
 
 
 class _Progress:
@@ -159,7 +138,7 @@ def _optimizer(name: str, parameters: list[nn.Parameter], lr: float, momentum: f
 def _fit(
     students: Sequence[nn.Module],
     extra: list[nn.Parameter],
-    step_loss: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, list[torch.Tensor]]],
+    step_loss: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, list[Any]]],
     train: Batches,
     val: Batches | None,
     *,
@@ -172,7 +151,11 @@ def _fit(
     patience: int | None,
     progress: bool,
 ) -> list[tuple[list[EpochRecord], int | None]]:
-    """Train ``students`` together on ``step_loss``; per student its history and restored best epoch."""
+    """Train ``students`` together on ``step_loss``; per student its history and restored best epoch.
+
+    ``step_loss`` returns the batch's loss and, per student, its logits (a list of them for an
+    early-exit model, whose training accuracy is the mean over its exits).
+    """
     if epochs < 1 or lr <= 0:
         raise UsageError("recovery needs epochs >= 1 and lr > 0")
     if schedule not in ("cosine", "constant"):
@@ -192,12 +175,12 @@ def _fit(
     stale = 0
     for epoch in range(1, epochs + 1):
         start, seen, loss_sum = time.perf_counter(), 0, 0.0
-        correct = [0] * len(students)
+        correct = [0.0] * len(students)
         current_lr = optim.param_groups[0]["lr"]
         for s in students:
             s.train()
         for index, batch in enumerate(train, 1):
-            x, y = _pair(batch)
+            x, y = pair(batch)
             loss, logits = step_loss(x, y)
             optim.zero_grad(set_to_none=True)
             loss.backward()
@@ -207,16 +190,22 @@ def _fit(
             seen += len(y)
             loss_sum += loss.item() * len(y)
             for i, out in enumerate(logits):
-                correct[i] += int((out.detach().argmax(1) == y).sum())
+                outs = out if isinstance(out, list) else [out]
+                correct[i] += sum(int((o.detach().argmax(1) == y).sum()) for o in outs) / len(outs)
             bar.step(epoch, index, total, loss_sum / seen)
         if seen == 0:
             raise DataError("the training data holds no examples")
         improved = False
         for i, s in enumerate(students):
-            val_loss, val_accuracy = evaluate(s, val) if val is not None else (None, None)
+            val_loss = val_accuracy = exit_accuracies = None
+            if val is not None:
+                losses, accuracies = evaluate_outputs(s, val)
+                val_loss, val_accuracy = sum(losses) / len(losses), sum(accuracies) / len(accuracies)
+                exit_accuracies = accuracies if isinstance(s, EarlyExitModel) else None
             record = EpochRecord(
-                epoch, current_lr, loss_sum / seen, correct[i] / seen, val_loss, val_accuracy, time.perf_counter() - start
-            )
+                epoch, current_lr, loss_sum / seen, correct[i] / seen, val_loss, val_accuracy,
+                time.perf_counter() - start, exit_accuracies,
+            )  # fmt: skip
             histories[i].append(record)
             if i == 0:
                 bar.end(record)
@@ -258,7 +247,7 @@ def _train_and_val(train_data: Any, val_data: Any, batch_size: int, seed: int) -
 
 def _first_inputs(data: Batches) -> torch.Tensor:
     for batch in data:
-        return _pair(batch)[0][:2]
+        return pair(batch)[0][:2]
     raise DataError("the training data holds no examples")
 
 
@@ -271,6 +260,7 @@ def recover(
     epochs: int = 3,
     lr: float = 0.01,
     distill: Any = None,
+    exits: Any = None,
     optimizer: str = "sgd",
     momentum: float = 0.9,
     weight_decay: float = 0.0,
@@ -292,6 +282,10 @@ def recover(
         teacher: the model to distill from (run in eval mode, never trained; its mode is restored).
         distill: a spec (see :mod:`fxcomp.recovery.objective`), e.g. ``{"kind": "kd", "T": 4,
             "alpha": 0.9}``; None trains on cross-entropy alone.
+        exits: for an :class:`fxcomp.EarlyExitModel`, how to train its exits (see
+            :mod:`fxcomp.recovery.exits`): ``{"weights": [...], "train": "joint" | "heads",
+            "distill": {"T": 3, "alpha": 0.5}}``. Every exit is trained, by default jointly with
+            equal weights; ``distill`` (teacher) then applies to the final output only.
         optimizer, momentum, weight_decay, schedule: ``sgd`` (Nesterov momentum) or ``adam``;
             ``cosine`` decays the rate to zero over all steps, ``constant`` keeps it.
         batch_size: used when the data is a Dataset.
@@ -305,6 +299,14 @@ def recover(
     goal: Objective = objective(distill)
     if goal.needs_teacher and teacher is None:
         raise UsageError("distillation needs a teacher: pass teacher= (a recipe's recover step uses the original model)")
+    staged = isinstance(student, EarlyExitModel)
+    if exits is not None and not staged:
+        raise UsageError("exits= trains the exits of an early-exit model; this model has none (run the early_exit pass)")
+    if staged and (goal.feature_names("student") or goal.feature_names("teacher")):
+        raise UsageError("feature distillation does not apply to early-exit models; use kind: kd or exits.distill")
+    joint = exit_training(exits) if staged else None
+    if joint is not None and joint.heads_only:
+        student.freeze_backbone(True)
     example = _first_inputs(train)
     student_run = _features(student, goal.feature_names("student"), example)
     teacher_run, teacher_was_training = None, teacher is not None and teacher.training
@@ -314,13 +316,15 @@ def recover(
         with torch.no_grad():
             goal.build(student_run(example), teacher_run(example))
 
-    def step_loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        values = student_run(x)
-        if teacher_run is None:
-            return goal(values, None, y), [values[OUTPUT]]
-        with torch.no_grad():
-            taught = teacher_run(x)
-        return goal(values, taught, y), [values[OUTPUT]]
+    def step_loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, list[Any]]:
+        values, taught = student_run(x), None
+        if teacher_run is not None:
+            with torch.no_grad():
+                taught = teacher_run(x)
+        if joint is None:
+            return goal(values, taught, y), [values[OUTPUT]]
+        outputs = values[OUTPUT]  # every exit's logits, the final output last
+        return joint.loss(outputs, goal({OUTPUT: outputs[-1]}, taught, y), y), [outputs]
 
     try:
         ((history, best_epoch),) = _fit(
@@ -331,6 +335,8 @@ def recover(
     finally:
         if teacher is not None:
             teacher.train(teacher_was_training)  # the caller's model keeps its mode
+    if joint is not None and joint.heads_only:
+        student.freeze_backbone(False)
     return RecoveryResult(student, history, best_epoch)
 
 
