@@ -3,9 +3,12 @@
 1. Train a ResNet-style CNN (stem + three stages of two basic blocks, 16/32/64 channels)
    on Fashion-MNIST (scikit-learn digits when it is absent): the original model.
 2. ``fxcomp.compress`` with ``early_exit`` (``--num-exits`` exits at even fractions of
-   the MACs, heads pooling to ``--head-pool``) and ``recover`` training the heads with
-   the backbone frozen (SDN-style), so the final output stays the original's.
-3. ``fxcomp.calibrate_exits`` on the validation split with ``--max-drop``; then, on the
+   the MACs, heads average-pooling to ``--head-pool``² and classifying linearly) and
+   ``recover`` training the heads with the backbone frozen (SDN-style), so the final
+   output stays the original's.
+3. ``fxcomp.calibrate_exits`` on the validation split with ``--max-drop`` (0.003 by
+   default: a margin below the 0.5 pp target, since thresholds fitted on 5,000
+   validation images lose a little on unseen ones); then, on the
    test split, accuracy, share of samples per exit and mean MACs per sample for the
    calibrated thresholds and for a sweep of one confidence threshold on every exit,
    each measured by running the early-exit model (``fxcomp.exit_statistics``).
@@ -85,9 +88,13 @@ def main() -> None:
     parser.add_argument("--data", default="fashion-mnist", choices=["fashion-mnist", "digits"])
     parser.add_argument("--epochs", type=int, default=6, help="training epochs of the original model")
     parser.add_argument("--head-epochs", type=int, default=4, help="training epochs of the exit heads")
-    parser.add_argument("--num-exits", type=int, default=2)
-    parser.add_argument("--head-pool", type=int, default=4, help="pool each exit's input to this size per axis")
-    parser.add_argument("--max-drop", type=float, default=0.005, help="accuracy drop allowed on validation data")
+    parser.add_argument("--num-exits", type=int, default=3)
+    parser.add_argument("--head-pool", type=int, default=7, help="pool each exit's input to this size per axis")
+    parser.add_argument("--head-hidden", type=int, default=0, help="hidden linear layer width in each head (0: none)")
+    parser.add_argument(
+        "--max-drop", type=float, default=0.003,
+        help="accuracy drop allowed on validation data (below the 0.005 target: a margin for the test split)",
+    )  # fmt: skip
     parser.add_argument("--latency-samples", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
@@ -106,7 +113,7 @@ def main() -> None:
 
     recipe = {
         "passes": [
-            {"pass": "early_exit", "num_exits": args.num_exits, "head_pool": args.head_pool},
+            {"pass": "early_exit", "num_exits": args.num_exits, "head_pool": args.head_pool, "head_hidden": args.head_hidden},
             {"pass": "recover", "epochs": args.head_epochs, "lr": 0.01, "optimizer": "adam", "exits": {"train": "heads"}},
         ]
     }

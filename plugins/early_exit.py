@@ -7,6 +7,7 @@ A recipe step::
       num_exits: 2        # with auto: exits at 1/3 and 2/3 of the model's MACs
       head_conv: 0        # channels of a 3×3 conv + BatchNorm + ReLU before pooling (0: none)
       head_pool: 1        # average-pool to this size per spatial axis (1: global; 4: 4×4 as in SDN)
+      head_hidden: 0      # width of a hidden linear layer + ReLU before the classifier (0: none)
       criterion: confidence
 
 Exits go only at cut points, where one tensor carries all live state (not inside a
@@ -15,7 +16,8 @@ residual block; see :func:`fxcomp.dynamic.cut_problems`). With ``auto``, exit *j
 model's (among equal ones, the last: after the block's activation); the plan lists the
 nearer points it rejected and why. A head is average pooling (global, or to
 ``head_pool`` per axis) and a linear layer, optionally after a small conv, for a
-(batch, channels, …) tensor; a linear layer for a (batch, features) one. The graph itself is unchanged, so the pass promises exact
+(batch, channels, …) tensor; a linear layer for a (batch, features) one. ``head_hidden``
+puts a hidden linear layer and a ReLU before the classifier. The graph itself is unchanged, so the pass promises exact
 outputs; ``compress`` returns an :class:`fxcomp.EarlyExitModel`. Train the heads with a
 ``recover`` step (``exits: {train: heads}`` keeps the backbone frozen), then pick
 thresholds with :func:`fxcomp.calibrate_exits`.
@@ -62,20 +64,28 @@ def _head_problem(spec: Any) -> str | None:
     return None
 
 
-def build_head(shape: tuple[int, ...], classes: int, conv_channels: int = 0, pool: int = 1) -> nn.Sequential:
-    """A default exit head for a tensor of ``shape``: [conv → BN → ReLU →] average pool to ``pool`` → linear."""
-    if len(shape) == 2:
-        return nn.Sequential(nn.Linear(shape[1], classes))
-    rank, channels, layers = len(shape), shape[1], []
-    if conv_channels:
-        layers += [
-            _CONVS[rank](channels, conv_channels, 3, padding=1, bias=False),
-            _NORMS[rank](conv_channels),
-            nn.ReLU(inplace=True),
-        ]
-        channels = conv_channels
-    features = channels * pool ** (rank - 2)
-    return nn.Sequential(*layers, _POOLS[rank](pool), nn.Flatten(), nn.Linear(features, classes))
+def build_head(
+    shape: tuple[int, ...], classes: int, conv_channels: int = 0, pool: int = 1, hidden: int = 0
+) -> nn.Sequential:
+    """A default exit head for a tensor of ``shape``:
+    [conv → BN → ReLU →] average pool to ``pool`` → flatten → [linear → ReLU →] linear."""
+    layers: list[nn.Module] = []
+    features = shape[1]
+    if len(shape) > 2:
+        rank = len(shape)
+        if conv_channels:
+            layers += [
+                _CONVS[rank](features, conv_channels, 3, padding=1, bias=False),
+                _NORMS[rank](conv_channels),
+                nn.ReLU(inplace=True),
+            ]
+            features = conv_channels
+        layers += [_POOLS[rank](pool), nn.Flatten()]
+        features *= pool ** (rank - 2)
+    if hidden:
+        layers += [nn.Linear(features, hidden), nn.ReLU(inplace=True)]
+        features = hidden
+    return nn.Sequential(*layers, nn.Linear(features, classes))
 
 
 def _describe(head: nn.Sequential) -> str:
@@ -92,6 +102,7 @@ class EarlyExit(Pass):
         "num_exits": Option(integer(1), default=2, doc="with at: auto, how many exits (evenly spaced in MACs)"),
         "head_conv": Option(integer(0), default=0, doc="channels of a 3×3 conv + BN + ReLU in each head (0: none)"),
         "head_pool": Option(integer(1), default=1, doc="average-pool size per spatial axis before the linear layer"),
+        "head_hidden": Option(integer(0), default=0, doc="width of a hidden linear layer + ReLU in each head (0: none)"),
         "criterion": Option(choice(*CRITERIA), default="confidence", doc="max softmax probability, or entropy"),
         "seed": Option(integer(0), default=0, doc="seeds the heads' initial weights"),
     }
@@ -118,7 +129,7 @@ class EarlyExit(Pass):
         exits = []
         for node in chosen:
             shape = tuple(node_info(node).output.shape)
-            head = build_head(shape, spec.shape[1], self.options["head_conv"], self.options["head_pool"])
+            head = self._head(shape, spec.shape[1])
             exits.append(
                 {
                     "at": qualname(node),
@@ -156,6 +167,10 @@ class EarlyExit(Pass):
             chosen.append(best)
         return chosen, rejected
 
+    def _head(self, shape: tuple[int, ...], classes: int) -> nn.Sequential:
+        options = self.options
+        return build_head(shape, classes, options["head_conv"], options["head_pool"], options["head_hidden"])
+
     def apply(self, gm: fx.GraphModule, plan: dict[str, Any], context: PassContext) -> PassResult:
         nodes = {node.name: node for node in gm.graph.nodes}
         heads = []
@@ -163,7 +178,7 @@ class EarlyExit(Pass):
             torch.manual_seed(self.options["seed"])
             for entry in plan["exits"]:
                 shape = tuple(node_info(nodes[entry["node"]]).output.shape)
-                heads.append(build_head(shape, plan["classes"], self.options["head_conv"], self.options["head_pool"]))
+                heads.append(self._head(shape, plan["classes"]))
         add_exits(gm, [entry["node"] for entry in plan["exits"]], heads, criterion=plan["criterion"])
         head_params = sum(p.numel() for head in heads for p in head.parameters())
         return PassResult(gm, modified=True, stats={"exits": len(heads), "head_params": head_params})

@@ -130,6 +130,9 @@ def test_module_names_mean_the_module_output_and_conv_heads_are_built(trained, e
         "Conv2d", "BatchNorm2d", "ReLU", "AdaptiveAvgPool2d", "Flatten", "Linear",
     ]  # fmt: skip
     assert model.heads[0][0].out_channels == 8
+    mlp = _exits(trained, example, at=["layer1"], head_pool=2, head_hidden=32).model.heads[0]
+    assert [type(m).__name__ for m in mlp] == ["AdaptiveAvgPool2d", "Flatten", "Linear", "ReLU", "Linear"]
+    assert (mlp[2].in_features, mlp[2].out_features, mlp[4].in_features) == (16 * 2 * 2, 32, 32)
 
 
 def test_errors_say_what_to_change(trained, example, data) -> None:
@@ -385,3 +388,15 @@ def test_any_set_of_cut_points_splits_into_stages_that_compose_bitwise(kinds, da
         for index, stage in enumerate(split_stages(gm, cuts)):
             value = stage(value)
         assert torch.equal(value, model(x))
+
+
+def test_cli_compress_saves_an_early_exit_model(tmp_path, capsys) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("passes:\n  - pass: early_exit\n    at: [conv1]\n    head_pool: 2\n")
+    out = tmp_path / "model.fxc"
+    argv = ["compress", "tests.conftest:SmallCNN", "--recipe", str(recipe), "--input-shape", "2,3,8,8", "--out", str(out)]
+    assert main(argv) == 0
+    assert "conv1" in capsys.readouterr().out
+    loaded = fxcomp.load(out)
+    assert isinstance(loaded, EarlyExitModel) and loaded.exit_names == ["conv1"]
+    assert loaded.heads[0][-1].in_features == 16 * 2 * 2
