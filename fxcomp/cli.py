@@ -76,7 +76,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> None:
-    if os.path.isfile(args.model):
+    if os.path.isfile(args.model) or (":" not in args.model and not args.input_shape):
         loaded = load(args.model)
         gm = loaded.model if isinstance(loaded, EarlyExitModel) else loaded
     elif not args.input_shape:

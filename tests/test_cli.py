@@ -82,6 +82,8 @@ def test_compress_dry_run_writes_no_model(tmp_path, capsys) -> None:
         (["inspect", "nowhere_module:x", "--input-shape", "1,3"], "error: cannot import module 'nowhere_module'"),
         (["inspect", "torchvision.models", "--input-shape", "1,3"], "must look like MODULE:CALLABLE"),
         (["inspect", "torchvision.models:nope", "--input-shape", "1,3"], "has no attribute 'nope'"),
+        (["inspect", "missing.fxc"], "error: no such file 'missing.fxc'"),
+        (["inspect", "tests.conftest:SmallCNN"], "error: inspecting MODULE:CALLABLE needs --input-shape"),
         (["inspect", "torchvision.models:resnet18", "--input-shape", "1,5,32,32"], "error: cannot compute the shapes of node 'conv1'"),
         (
             ["compress", "tests.conftest:SmallCNN", "--recipe", "passes: [{pass: nope}]", "--input-shape", "1,3,8,8"],
