@@ -34,7 +34,7 @@ from fxcomp.recovery import evaluate, evaluate_outputs
 from fxcomp.report import exit_table
 from fxcomp.timing import interleaved_latency
 
-from benchmark_data import benchmark_data  # benchmarks/ is the script's directory, so on sys.path
+from benchmark_data import add_data_arguments, benchmark_setup  # benchmarks/ is on sys.path
 
 
 class BasicBlock(nn.Module):
@@ -85,7 +85,6 @@ def _batch1_latency(original: nn.Module, early: fxcomp.EarlyExitModel, images: t
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="fashion-mnist", choices=["fashion-mnist", "digits"])
     parser.add_argument("--epochs", type=int, default=6, help="training epochs of the original model")
     parser.add_argument("--head-epochs", type=int, default=4, help="training epochs of the exit heads")
     parser.add_argument("--num-exits", type=int, default=3)
@@ -97,11 +96,9 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--latency-samples", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
+    add_data_arguments(parser)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    data = benchmark_data(args.data)
+    data = benchmark_setup(args)
     example = data.test.tensors[0][:8]
 
     torch.manual_seed(args.seed)

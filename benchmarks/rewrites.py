@@ -32,6 +32,7 @@ from fxcomp.recovery import evaluate, recover
 from fxcomp.timing import interleaved_latency
 
 from benchmark_data import benchmark_data  # benchmarks/ is the script's directory, so on sys.path
+from benchmark_models import LeNet300
 
 
 def _block(inputs: int, outputs: int) -> list[nn.Module]:
@@ -52,17 +53,6 @@ class VGGSmall(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.pool(self.features(x)))
-
-
-class LeNet300(nn.Module):
-    """LeNet-300-100: 784 → 300 → 100 → 10, ReLU."""
-
-    def __init__(self, pixels: int, classes: int = 10) -> None:
-        super().__init__()
-        self.fc1, self.fc2, self.fc3 = nn.Linear(pixels, 300), nn.Linear(300, 100), nn.Linear(100, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(torch.flatten(x, 1))))))
 
 
 def _latency_rows(original: nn.Module, rewritten: nn.Module, shape: tuple[int, ...], batches: tuple[int, ...], args) -> list[list[str]]:

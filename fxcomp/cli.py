@@ -119,7 +119,9 @@ def _cmd_compress(args: argparse.Namespace) -> None:
             json.dump(result.plan, handle, indent=2)
         print(f"\nwrote the plan to {args.plan}")
     if args.out and not args.dry_run:
-        save(result.model, args.out)
+        codec_report = result.save(args.out)
+        if codec_report is not None:
+            print(f"\n{codec_report}")
         print(f"\nsaved the compressed model to {args.out}")
 
 

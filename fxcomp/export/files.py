@@ -15,6 +15,8 @@ chain again, so masks keep working, also in training.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import os
 import re
@@ -29,8 +31,10 @@ from torch.utils import _pytree as pytree
 
 from fxcomp.dynamic.model import CRITERIA, EXITS, HEADS, EarlyExitModel, has_exits
 from fxcomp.errors import ExitError, LoadError, SaveError
+from fxcomp.export.deep import CodecError, CodecReport, codable, decode_tensor, encode_tensor
 from fxcomp.export.allowlist import AllowList, build_allowlist, is_safe_method
 from fxcomp.export.values import decode, encode
+from fxcomp.passes.masks import class_before_parametrizations, strip_masks
 from fxcomp.plugin.host import Plugins, load_plugins
 from fxcomp.tracing import TensorSpec, propagate, qualname
 from fxcomp.tracing.names import QUALNAME
@@ -54,12 +58,15 @@ class _TensorTable:
 
     def __init__(self) -> None:
         self.tensors: dict[str, torch.Tensor] = {}
+        self.names: dict[str, str] = {}
         self._keys: dict[int, str] = {}
 
-    def add(self, tensor: torch.Tensor) -> str:
+    def add(self, tensor: torch.Tensor, name: str) -> str:
+        """The key of ``tensor`` (stored under its first ``name``, for reports)."""
         key = self._keys.get(id(tensor))
         if key is None:
             key = self._keys[id(tensor)] = f"t{len(self._keys)}"
+            self.names[key] = name
             self.tensors[key] = tensor.detach().cpu()
         return key
 
@@ -81,7 +88,7 @@ def _encode_parametrizations(
             )
         encoded[name] = {
             "original": {
-                "tensor": table.add(stored),
+                "tensor": table.add(stored, f"{path}.{name}"),
                 "parameter": isinstance(stored, nn.Parameter),
                 "requires_grad": stored.requires_grad,
             },
@@ -96,7 +103,7 @@ def _encode_parametrizations(
 
 def _encode_module(module: nn.Module, path: str, allow: AllowList, table: _TensorTable) -> dict[str, Any]:
     parametrized = parametrize.is_parametrized(module)
-    cls = parametrize.type_before_parametrizations(module)
+    cls = class_before_parametrizations(module)
     class_name = allow.class_name(cls)
     if class_name is None:
         raise SaveError(
@@ -112,7 +119,7 @@ def _encode_module(module: nn.Module, path: str, allow: AllowList, table: _Tenso
         if key not in _MODULE_INTERNALS
     }
     parameters = {
-        name: None if p is None else {"tensor": table.add(p), "requires_grad": p.requires_grad}
+        name: None if p is None else {"tensor": table.add(p, f"{path}.{name}"), "requires_grad": p.requires_grad}
         for name, p in module._parameters.items()
     }
     encoded = {
@@ -120,7 +127,7 @@ def _encode_module(module: nn.Module, path: str, allow: AllowList, table: _Tenso
         "training": module.training,
         "attrs": attrs,
         "parameters": parameters,
-        "buffers": {name: None if b is None else table.add(b) for name, b in module._buffers.items()},
+        "buffers": {name: None if b is None else table.add(b, f"{path}.{name}") for name, b in module._buffers.items()},
         "non_persistent": sorted(module._non_persistent_buffers_set),
         "children": {
             name: _encode_module(child, f"{path}.{name}", allow, table)
@@ -174,7 +181,7 @@ def _encode_graph(gm: fx.GraphModule, allow: AllowList, table: _TensorTable) -> 
             modules[node.target] = _encode_module(value, node.target, allow, table)
         elif isinstance(value, torch.Tensor):
             attributes[node.target] = {
-                "tensor": table.add(value),
+                "tensor": table.add(value, node.target),
                 "parameter": isinstance(value, nn.Parameter),
                 "requires_grad": value.requires_grad,
             }
@@ -215,7 +222,14 @@ def _encode_graph(gm: fx.GraphModule, allow: AllowList, table: _TensorTable) -> 
     }
 
 
-def save(module: fx.GraphModule | EarlyExitModel, path: str | os.PathLike, *, plugins: Plugins | None = None) -> None:
+def save(
+    module: fx.GraphModule | EarlyExitModel,
+    path: str | os.PathLike,
+    *,
+    plugins: Plugins | None = None,
+    codec: str | None = None,
+    index_bits: int = 5,
+) -> CodecReport | None:
     """Write ``module`` (a GraphModule or an EarlyExitModel, e.g. ``compress(...).model``) to ``path``.
 
     The file stores the graph, the modules it calls with their attributes, and the
@@ -223,7 +237,19 @@ def save(module: fx.GraphModule | EarlyExitModel, path: str | os.PathLike, *, pl
     and thresholds are stored too. Raises :class:`fxcomp.SaveError` when the graph
     calls something :func:`load` would refuse (extend the allow-list through the
     ``fxcomp_register_serializables`` hook).
+
+    ``codec="deep"`` stores every weight (floating point, two or more dimensions) with
+    the Deep Compression codec (:mod:`fxcomp.export.deep`): sparse positions as
+    ``index_bits``-bit differences, values as codebook indices, both Huffman-coded.
+    Masks and shared weights are baked in first, so the file holds plain weights that
+    load back bit-identical. It returns the :class:`~fxcomp.export.deep.CodecReport`
+    (per weight: kept entries, bits, bytes and compression vs float, before and after
+    Huffman coding); without a codec it returns None.
     """
+    if codec not in (None, "deep"):
+        raise SaveError(f"codec {codec!r} is not one of: deep (or None for plain tensors)")
+    if not 1 <= index_bits <= 16:
+        raise SaveError(f"index_bits must be between 1 and 16, got {index_bits}")
     if isinstance(module, EarlyExitModel):
         module = module.model
     if not isinstance(module, fx.GraphModule):
@@ -231,10 +257,42 @@ def save(module: fx.GraphModule | EarlyExitModel, path: str | os.PathLike, *, pl
             f"fxcomp.save takes a torch.fx.GraphModule, got {type(module).__name__}; "
             "trace the model first with fxcomp.trace(model, example_inputs)"
         )
+    if codec == "deep" and isinstance(module, fx.GraphModule):
+        module = strip_masks(copy.deepcopy(module))
     allow = _allowlist(plugins)
     table = _TensorTable()
     graph = _encode_graph(module, allow, table)
+    report = _deep_code(table, graph, index_bits) if codec == "deep" else None
     torch.save({"format": FORMAT, "version": VERSION, "graph": json.dumps(graph), "tensors": table.tensors}, path)
+    return report
+
+
+_CODED = "coded"  # the key of the one byte tensor holding every coded weight's streams
+
+
+def _deep_code(table: _TensorTable, graph: dict[str, Any], index_bits: int) -> CodecReport:
+    """Replace the table's weights by their Deep Compression coding, all in one byte tensor.
+
+    ``graph["encoded"]`` gets each weight's description, with where its parts lie in the bytes.
+    """
+    encoded, sizes, other, pieces, offset = {}, [], 0.0, [], 0
+    for key, tensor in list(table.tensors.items()):
+        if not codable(tensor):
+            other += tensor.numel() * tensor.element_size()
+            continue
+        meta, payload, size = encode_tensor(tensor, index_bits)
+        del table.tensors[key]
+        meta["parts"] = {}
+        for part, value in payload.items():
+            raw = value.contiguous().view(torch.uint8).reshape(-1)
+            meta["parts"][part] = [offset, raw.numel(), str(value.dtype).removeprefix("torch.")]
+            pieces.append(raw)
+            offset += raw.numel()
+        encoded[key] = meta
+        sizes.append(dataclasses.replace(size, name=table.names[key]))
+    table.tensors[_CODED] = torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.uint8)
+    graph["encoded"] = encoded
+    return CodecReport(sizes, other)
 
 
 # --- loading ---------------------------------------------------------------------------------------
@@ -444,6 +502,36 @@ class _Loader:
         return inputs
 
 
+_PART_TYPES = {"uint8": torch.uint8, "int16": torch.int16, "int32": torch.int32, "int64": torch.int64}
+
+
+def _decode_weights(encoded: Any, tensors: dict[str, torch.Tensor]) -> None:
+    """Put back, in ``tensors``, every weight the Deep Compression codec stored."""
+    encoded = _expect(encoded, dict, "encoded weights")
+    if not encoded:
+        return
+    coded = tensors.pop(_CODED, None)
+    if coded is None or coded.dtype != torch.uint8 or coded.dim() != 1:
+        raise _malformed("coded weights without their bytes")
+    for key, meta in encoded.items():
+        meta = _expect(meta, dict, "encoded weight")
+        payload = {}
+        for part, place in _expect(meta.get("parts"), dict, "coded parts").items():
+            if not (isinstance(place, list) and len(place) == 3 and place[2] in _PART_TYPES):
+                raise _malformed("coded part")
+            start, length, dtype = place
+            if not (isinstance(start, int) and isinstance(length, int) and 0 <= start <= start + length <= coded.numel()):
+                raise _malformed("coded part outside the bytes")
+            raw = coded[start : start + length].clone()  # a view needs an aligned start
+            if length % _PART_TYPES[dtype].itemsize:
+                raise _malformed("coded part of a partial element")
+            payload[part] = raw.view(_PART_TYPES[dtype])
+        try:
+            tensors[key] = decode_tensor(meta, payload)
+        except CodecError as error:
+            raise _malformed(f"coded weight {key!r:.20}: {error}") from error
+
+
 def is_safe_attribute(name: str) -> bool:
     """Whether a ``getattr`` call in a loaded graph may read attribute ``name`` (public ones only)."""
     return name.isidentifier() and not name.startswith("_")
@@ -491,6 +579,7 @@ def load(path: str | os.PathLike, *, plugins: Plugins | None = None) -> fx.Graph
         graph = json.loads(_expect(data.get("graph"), str, "graph description"))
     except json.JSONDecodeError as error:
         raise _malformed(f"graph description is not JSON: {error}") from error
+    _decode_weights(_expect(graph, dict, "graph description").get("encoded") or {}, tensors)
     loader = _Loader(_expect(graph, dict, "graph description"), tensors, _allowlist(plugins))
     root = loader.root()
     fx_graph = loader.fx_graph(root)

@@ -12,6 +12,7 @@ build on it and on the plugins.
 
 from fxcomp.passes.base import CheckContext, Pass, PassContext, PassResult, matches, selected_modules
 from fxcomp.passes.masks import Mask, add_mask
+from fxcomp.passes.sharing import SharedWeights, share_weights
 from fxcomp.passes.rewrite import (
     calls_per_module,
     chain_costs,
@@ -35,6 +36,7 @@ from fxcomp.passes.options import (
 
 __all__ = [
     "REQUIRED",
+    "SharedWeights",
     "CheckContext",
     "Mask",
     "Option",
@@ -55,6 +57,7 @@ __all__ = [
     "optional",
     "replace_with_chain",
     "selected_modules",
+    "share_weights",
     "string",
     "validate_options",
     "why_not_replaceable",

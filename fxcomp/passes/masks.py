@@ -57,18 +57,25 @@ def add_mask(module: nn.Module, name: str, keep: torch.Tensor) -> None:
             if isinstance(existing, Mask):
                 existing.mask = existing.mask & keep
                 return
-    if parametrize.is_parametrized(module):
-        # Copies of a parametrized module share its generated class, and registering adds a property to
-        # that class: give this module a class of its own first, so the copies are left alone.
-        shared = type(module)
-        module.__class__ = type(shared.__name__, (shared,), {"_fxcomp_own_class": True})
+    give_own_class(module)
     parametrize.register_parametrization(module, name, Mask(keep))
 
 
-def strip_masks(module: nn.Module) -> nn.Module:
-    """Bake every :class:`Mask` into the tensor it masks and remove it, in place; return ``module``.
+def give_own_class(module: nn.Module) -> None:
+    """Before registering a parametrization on an already parametrized ``module``: give it a class of its own.
 
-    Each masked tensor becomes a plain parameter holding the masked values (the
+    Copies of a parametrized module share its generated class, and registering adds a
+    property to that class; with a class of its own, the copies are left alone.
+    """
+    if parametrize.is_parametrized(module):
+        shared = type(module)
+        module.__class__ = type(shared.__name__, (shared,), {"_fxcomp_own_class": True})
+
+
+def strip_masks(module: nn.Module) -> nn.Module:
+    """Bake every :class:`Mask` (and shared weight, :mod:`fxcomp.passes.sharing`) into its tensor, in place.
+
+    Returns ``module``. Each masked tensor becomes a plain parameter holding the masked values (the
     same ``Parameter`` object, so optimizers stay valid) and its module gets its
     original class back, so the model no longer depends on fxcomp. From then on
     training may move the zeros. Raises :class:`fxcomp.FxcompError` if a masked
@@ -78,10 +85,10 @@ def strip_masks(module: nn.Module) -> nn.Module:
     for path, owner in list(module.named_modules()):
         if not parametrize.is_parametrized(owner):
             continue
-        if not any(isinstance(step, Mask) for chain in owner.parametrizations.values() for step in chain):
+        if not any(_ours(step) for chain in owner.parametrizations.values() for step in chain):
             continue
         for name, chain in list(owner.parametrizations.items()):
-            others = sorted({type(step).__name__ for step in chain if not isinstance(step, Mask)})
+            others = sorted({type(step).__name__ for step in chain if not _ours(step)})
             if others:
                 where = f"{path}.{name}" if path else name
                 raise FxcompError(
@@ -92,6 +99,18 @@ def strip_masks(module: nn.Module) -> nn.Module:
     return module
 
 
+def class_before_parametrizations(module: nn.Module) -> type[nn.Module]:
+    """``module``'s class without the classes parametrizing adds (torch's and :func:`give_own_class`'s)."""
+    cls = type(module)
+    while cls.__module__ == parametrize.__name__ or "_fxcomp_own_class" in vars(cls):
+        cls = cls.__bases__[0]
+    return cls
+
+
+def _ours(step: nn.Module) -> bool:
+    return isinstance(step, Mask) or getattr(step, "fxcomp_parametrization", False)
+
+
 @torch.no_grad()
 def _bake(owner: nn.Module) -> None:
     """Replace every (masked) parametrized tensor of ``owner`` by a plain one holding its value.
@@ -100,13 +119,12 @@ def _bake(owner: nn.Module) -> None:
     class, which deep copies of the module share; this restores the original class on
     this module alone.
     """
-    original_class = type(owner)
-    while original_class.__module__ == parametrize.__name__ or "_fxcomp_own_class" in vars(original_class):
-        original_class = original_class.__bases__[0]
+    original_class = class_before_parametrizations(owner)
     baked = {}
     for name, chain in owner.parametrizations.items():
         stored = chain.original
         stored.data = chain().detach().clone()
+        stored.requires_grad_(True)  # shared weights froze it while their centroids trained
         baked[name] = stored
     del owner._modules["parametrizations"]
     owner.__class__ = original_class

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -14,6 +15,8 @@ import torch.nn as nn
 
 from fxcomp.dynamic.model import EarlyExitModel, has_exits
 from fxcomp.errors import FxcompError, PassError
+from fxcomp.export.deep import CodecReport
+from fxcomp.export.files import save
 from fxcomp.passes.base import Pass, PassContext, PassResult
 from fxcomp.passes.recipe import RecipeLike, load_recipe
 from fxcomp.passes.verify import run_graph, verify
@@ -33,11 +36,17 @@ class CompressionResult:
         report: per-layer and total figures before and after; ``str(report)`` renders tables.
         plan: one JSON-serializable record per pass: its name, options, what it decided
             and, unless ``dry_run``, whether it modified the graph and its statistics.
+        save_options: the recipe's ``save`` section (e.g. ``{"codec": "deep"}``), used by :meth:`save`.
     """
 
     model: fx.GraphModule | EarlyExitModel
     report: CompressionReport
     plan: list[dict[str, Any]]
+    save_options: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path: str | os.PathLike, *, plugins: Plugins | None = None) -> CodecReport | None:
+        """``fxcomp.save`` the model to ``path`` as the recipe's ``save`` section says; its codec report, if any."""
+        return save(self.model, path, plugins=plugins, **self.save_options)
 
 
 def _run_pass_step(label: str, step: Callable[..., Any], *args: Any) -> Any:
@@ -95,7 +104,8 @@ def compress(
     promised tolerance. Any failure raises :class:`fxcomp.PassError` naming the pass.
     """
     plugins = plugins if plugins is not None else load_plugins()
-    passes: list[Pass] = load_recipe(recipe, plugins)
+    loaded = load_recipe(recipe, plugins)
+    passes: list[Pass] = loaded.passes
     inputs = as_input_tuple(example_inputs)
     gm = _working_copy(model, inputs, leaf_modules, concrete_args)
     unrewritten = copy.deepcopy(gm) if dry_run else None
@@ -136,4 +146,5 @@ def compress(
         passes=records,
         exits=EarlyExitModel(gm).exit_plan() if has_exits(gm) else None,
     )
-    return CompressionResult(model=EarlyExitModel(gm) if has_exits(gm) else gm, report=report, plan=records)
+    model = EarlyExitModel(gm) if has_exits(gm) else gm
+    return CompressionResult(model=model, report=report, plan=records, save_options=loaded.save)

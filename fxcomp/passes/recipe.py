@@ -6,12 +6,16 @@ A recipe has the form::
       - pass: fold_bn
       - pass: prune
         ratio: 0.5
+    save:                # optional: how CompressionResult.save (and the CLI's --out) writes the model
+      codec: deep        # the Deep Compression codec of fxcomp.save
+      index_bits: 5
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,22 +64,43 @@ def _build(entry: Any, index: int, plugins: Plugins) -> Pass:
     return pass_class(**validate_options(pass_class.schema, options, path))
 
 
-def load_recipe(recipe: RecipeLike, plugins: Plugins) -> list[Pass]:
-    """Turn ``recipe`` (a YAML path or string, a dict, or a list of Pass objects) into passes.
+@dataclass
+class Recipe:
+    """A loaded recipe: its passes, and the options to save the result with (``fxcomp.save``'s)."""
+
+    passes: list[Pass]
+    save: dict[str, Any] = field(default_factory=dict)
+
+
+def _save_options(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or set(value) - {"codec", "index_bits"}:
+        raise RecipeError(f"save: expected a mapping with keys among codec, index_bits; got {value!r}")
+    if value.get("codec") not in (None, "deep"):
+        raise RecipeError(f"save.codec: expected deep (or nothing for plain tensors), got {value.get('codec')!r}")
+    bits = value.get("index_bits", 5)
+    if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= 16:
+        raise RecipeError(f"save.index_bits: expected a whole number in [1, 16], got {bits!r}")
+    return dict(value)
+
+
+def load_recipe(recipe: RecipeLike, plugins: Plugins) -> Recipe:
+    """Turn ``recipe`` (a YAML path or string, a dict, or a list of Pass objects) into passes and save options.
 
     Raises :class:`fxcomp.RecipeError` naming the path of the first bad field.
     """
     if isinstance(recipe, (list, tuple)) and all(isinstance(p, Pass) for p in recipe):
-        return list(recipe)
+        return Recipe(list(recipe))
     data = _read(recipe) if isinstance(recipe, (str, os.PathLike)) else recipe
     if not isinstance(data, Mapping):
         raise RecipeError(
             f"recipe: expected a mapping with a `passes` list (or the path of a YAML file holding one), got {data!r}"
         )
-    unknown = sorted(set(data) - {"passes"})
+    unknown = sorted(set(data) - {"passes", "save"})
     if unknown:
-        raise RecipeError(f"{unknown[0]}: unknown top-level field; a recipe has only `passes`")
+        raise RecipeError(f"{unknown[0]}: unknown top-level field; a recipe has `passes` and optionally `save`")
     entries = data.get("passes")
     if not isinstance(entries, list):
         raise RecipeError(f"passes: expected a list of {{pass: NAME, ...options}}, got {entries!r}")
-    return [_build(entry, index, plugins) for index, entry in enumerate(entries)]
+    return Recipe([_build(entry, index, plugins) for index, entry in enumerate(entries)], _save_options(data.get("save")))

@@ -1,0 +1,236 @@
+"""Weight sharing (cluster pass), Huffman coding and the Deep Compression codec of fxcomp.save."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fxcomp
+from fxcomp import LoadError, RecipeError, SaveError
+from fxcomp.export.deep import CodecError, decode_tensor, encode_tensor
+from fxcomp.export.huffman import HuffmanError, code_lengths, decode, encode
+from fxcomp.passes import SharedWeights, share_weights
+from tests.conftest import SmallCNN
+
+
+@pytest.fixture
+def sparse_shared() -> tuple[fxcomp.CompressionResult, torch.Tensor]:
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 8, 8)
+    recipe = {"passes": [{"pass": "sparsify", "sparsity": 0.8}, {"pass": "cluster", "bits": {"conv": 4, "linear": 3}}]}
+    return fxcomp.compress(SmallCNN().eval(), x, recipe), x
+
+
+# -- cluster ---------------------------------------------------------------------------------------
+
+
+def test_cluster_keeps_zeros_and_at_most_2_to_the_bits_values(sparse_shared) -> None:
+    result, _ = sparse_shared
+    model = result.model
+    for name, bits in (("conv1", 4), ("conv2", 4), ("fc", 3)):
+        weight = model.get_submodule(name).weight.detach()
+        assert weight[weight != 0].unique().numel() <= 2**bits
+        assert (weight == 0).float().mean().item() == pytest.approx(0.8, abs=0.01)
+    plan = {entry["layer"]: entry for entry in result.plan[1]["plan"]["layers"]}
+    assert plan["fc"] == {"layer": "fc", "bits": 3, "numel": 320, "nonzero": 64, "clusters": 8}
+    assert set(result.plan[1]["stats"]["relative_error"]) == {"conv1", "conv2", "fc"}
+
+
+def test_kmeans_uses_linear_initialization_and_converges_to_interval_means() -> None:
+    from fxcomp_plugins.cluster import kmeans_1d
+
+    values = torch.tensor([0.0, 0.1, 0.2, 5.0, 5.1, 9.9, 10.0])
+    centroids, labels = kmeans_1d(values, 3)
+    torch.testing.assert_close(centroids, torch.tensor([0.1, 5.05, 9.95], dtype=torch.float64))
+    assert labels.tolist() == [0, 0, 0, 1, 1, 2, 2]
+    few, labels = kmeans_1d(torch.tensor([1.0, 1.0, 3.0]), 8)  # empty clusters are dropped
+    assert few.tolist() == [1.0, 3.0] and labels.tolist() == [0, 0, 1]
+
+
+def test_centroid_gradient_is_the_sum_of_its_members_gradients() -> None:
+    layer = nn.Linear(6, 4)
+    assignment = torch.tensor([[0, 1, 2, -1, 0, 1]] * 4)
+    share_weights(layer, "weight", torch.tensor([0.5, -1.0, 2.0]), assignment)
+    upstream = torch.randn(4, 6)
+    (layer.weight * upstream).sum().backward()
+    shared = layer.parametrizations.weight[0]
+    expected = torch.stack([upstream[assignment == k].sum() for k in range(3)])
+    torch.testing.assert_close(shared.centroids.grad, expected)
+    assert layer.parametrizations.weight.original.grad is None  # only the codebook trains
+    assert torch.equal(layer.weight[:, 3], torch.zeros(4))
+
+
+def test_recover_moves_centroids_but_not_the_assignment_or_the_zeros(sparse_shared) -> None:
+    result, x = sparse_shared
+    data = [(torch.randn(16, 3, 8, 8), torch.randint(0, 10, (16,))) for _ in range(4)]
+    trained = fxcomp.recover(result.model, data, epochs=2, lr=0.1, progress=False).model
+    before = result.model.conv2.parametrizations.weight[1]
+    after = trained.conv2.parametrizations.weight[1]
+    assert torch.equal(before.assignment, after.assignment)
+    assert not torch.equal(before.centroids, after.centroids)
+    old, new = result.model.conv2.weight.detach(), trained.conv2.weight.detach()
+    assert torch.equal(old == 0, new == 0)
+    assert new[new != 0].unique().numel() <= 16
+
+
+def test_cluster_options_are_checked() -> None:
+    with pytest.raises(RecipeError, match=r"passes\[0\].bits.conv: expected a number of bits in \[1, 16\]"):
+        fxcomp.compress(SmallCNN(), torch.randn(1, 3, 8, 8), {"passes": [{"pass": "cluster", "bits": {"conv": 0}}]})
+    with pytest.raises(RecipeError, match="bits: expected a number of bits or a mapping"):
+        fxcomp.compress(SmallCNN(), torch.randn(1, 3, 8, 8), {"passes": [{"pass": "cluster", "bits": {"rnn": 4}}]})
+
+
+def test_shared_weights_round_trip_through_save_and_load(sparse_shared, tmp_path) -> None:
+    result, x = sparse_shared
+    path = tmp_path / "shared.fxc"
+    fxcomp.save(result.model, path)
+    loaded = fxcomp.load(path)
+    assert isinstance(loaded.conv2.parametrizations.weight[1], SharedWeights)
+    assert torch.equal(loaded(x), result.model(x))
+
+
+# -- Huffman ---------------------------------------------------------------------------------------
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(0, 40), min_size=0, max_size=400))
+def test_huffman_round_trips_any_symbols(symbols) -> None:
+    symbols = np.array(symbols, dtype=np.int64)
+    lengths = code_lengths(np.bincount(symbols, minlength=41))
+    data, bits = encode(symbols, lengths)
+    assert np.array_equal(decode(data, bits, lengths, len(symbols)), symbols)
+
+
+def test_huffman_codes_skewed_data_near_its_entropy_and_limits_lengths() -> None:
+    rng = np.random.default_rng(0)
+    symbols = rng.geometric(0.5, size=20_000) - 1
+    frequencies = np.bincount(symbols)
+    lengths = code_lengths(frequencies)
+    _, bits = encode(symbols, lengths)
+    p = frequencies[frequencies > 0] / len(symbols)
+    entropy = -(p * np.log2(p)).sum() * len(symbols)
+    assert entropy <= bits <= entropy * 1.05
+    assert code_lengths(np.array([2**i for i in range(40)])).max() <= 24
+
+
+def test_huffman_refuses_truncated_or_garbled_streams() -> None:
+    symbols = np.array([0, 1, 2, 2, 2, 3, 0, 1])
+    lengths = code_lengths(np.bincount(symbols))
+    data, bits = encode(symbols, lengths)
+    with pytest.raises(HuffmanError):
+        decode(data, bits - 1, lengths, len(symbols))
+    with pytest.raises(HuffmanError, match="prefix code"):
+        decode(data, bits, np.array([1, 1, 1, 1]), len(symbols))
+
+
+# -- the codec -------------------------------------------------------------------------------------
+
+
+def _bits(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.view({torch.float32: torch.int32, torch.float16: torch.int16, torch.float64: torch.int64}[tensor.dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+def test_codec_restores_bit_identical_tensors_with_filler_zeros(dtype) -> None:
+    torch.manual_seed(0)
+    weight = torch.randn(40, 50).to(dtype)
+    weight[torch.rand(40, 50) < 0.97] = 0
+    weight[0, 0], weight[39, 49], weight[10, 10] = -0.0, float("nan"), float("inf")
+    weight[20:35] = 0  # a gap of 750 positions: many fillers at 2 index bits
+    meta, payload, size = encode_tensor(weight, index_bits=2)
+    assert meta["entries"] > size.nonzero  # filler zeros were needed
+    assert torch.equal(_bits(decode_tensor(meta, payload)), _bits(weight))
+
+
+def test_codec_of_shared_weights_uses_the_codebook_bits() -> None:
+    torch.manual_seed(0)
+    weight = torch.randn(8)[torch.randint(0, 8, (100, 300))]
+    weight[torch.rand(100, 300) < 0.9] = 0
+    meta, payload, size = encode_tensor(weight, index_bits=5)
+    assert size.value_bits == 4  # 8 centroids and the filler zero
+    nonzero = int((weight != 0).sum())
+    assert size.coded_bytes == pytest.approx((meta["entries"] * (4 + 5) + 8 * 32) / 8)
+    assert size.huffman_bytes < size.coded_bytes
+    assert size.dense_bytes / size.huffman_bytes > 25 and size.nonzero == nonzero
+
+
+def test_deep_save_reports_sizes_and_loads_bit_identical(sparse_shared, tmp_path) -> None:
+    result, x = sparse_shared
+    path = tmp_path / "deep.fxc"
+    report = fxcomp.save(result.model, path, codec="deep", index_bits=4)
+    assert {layer.name for layer in report.layers} == {"conv1.weight", "conv2.weight", "fc.weight"}
+    assert report.ratio > 8 and report.ratio_before_huffman > 8
+    assert "ratio (Huffman)" in str(report)
+    loaded = fxcomp.load(path)
+    assert type(loaded.conv2) is nn.Conv2d  # masks and shared weights were baked in
+    for name in ("conv1", "conv2", "fc"):
+        assert torch.equal(_bits(loaded.get_submodule(name).weight), _bits(result.model.get_submodule(name).weight.detach()))
+    assert torch.equal(loaded(x), result.model(x))
+    assert fxcomp.save(result.model, tmp_path / "plain.fxc") is None
+    assert path.stat().st_size < (tmp_path / "plain.fxc").stat().st_size / 2
+
+
+def test_corrupted_or_truncated_codec_files_are_refused(sparse_shared, tmp_path) -> None:
+    result, _ = sparse_shared
+    path = tmp_path / "deep.fxc"
+    fxcomp.save(result.model, path, codec="deep")
+    data = torch.load(path, weights_only=True)
+    data["tensors"]["coded"][40] ^= 0x10
+    corrupted = tmp_path / "corrupted.fxc"
+    torch.save(data, corrupted)
+    with pytest.raises(LoadError, match="malformed"):
+        fxcomp.load(corrupted)
+    raw = path.read_bytes()
+    truncated = tmp_path / "truncated.fxc"
+    truncated.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(LoadError):
+        fxcomp.load(truncated)
+    data = torch.load(path, weights_only=True)
+    del data["tensors"]["coded"]
+    torch.save(data, corrupted)
+    with pytest.raises(LoadError, match="coded weights without their bytes"):
+        fxcomp.load(corrupted)
+    with pytest.raises(CodecError):
+        decode_tensor({"dtype": "float32", "shape": [2, 2], "index_bits": 2, "entries": 3}, {})
+    assert zipfile.is_zipfile(path)
+
+
+def test_save_refuses_unknown_codecs(sparse_shared, tmp_path) -> None:
+    result, _ = sparse_shared
+    with pytest.raises(SaveError, match="codec 'zip' is not one of: deep"):
+        fxcomp.save(result.model, tmp_path / "m.fxc", codec="zip")
+    with pytest.raises(SaveError, match="index_bits must be between 1 and 16"):
+        fxcomp.save(result.model, tmp_path / "m.fxc", codec="deep", index_bits=0)
+
+
+def test_a_recipe_save_section_sets_how_the_result_is_saved(tmp_path) -> None:
+    recipe = {"passes": [{"pass": "sparsify", "sparsity": 0.9}], "save": {"codec": "deep", "index_bits": 3}}
+    result = fxcomp.compress(SmallCNN().eval(), torch.randn(1, 3, 8, 8), recipe)
+    assert result.save_options == {"codec": "deep", "index_bits": 3}
+    report = result.save(tmp_path / "m.fxc")
+    assert report is not None and {layer.index_bits for layer in report.layers} == {3}
+    with pytest.raises(RecipeError, match="save.codec: expected deep"):
+        fxcomp.compress(SmallCNN(), torch.randn(1, 3, 8, 8), {"passes": [], "save": {"codec": "gzip"}})
+
+
+def test_the_shipped_deep_compression_recipe_runs_end_to_end(tmp_path) -> None:
+    from fxcomp.data import digits
+
+    data = digits()
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    trained = fxcomp.recover(model, data, epochs=3, lr=0.05, progress=False).model.eval()
+    recipe = Path(__file__).resolve().parent.parent / "examples" / "recipes" / "deep_compression.yaml"
+    result = fxcomp.compress(trained, data.test.tensors[0][:4], recipe, train_data=data.train, val_data=data.val)
+    assert [record["pass"] for record in result.plan][-2:] == ["cluster", "recover"]
+    report = result.save(tmp_path / "deep.fxc")
+    assert report.ratio > 10
+    weights = fxcomp.load(tmp_path / "deep.fxc").get_submodule("1").weight
+    assert (weights == 0).float().mean() == pytest.approx(0.93, abs=0.02)
+    assert weights[weights != 0].unique().numel() <= 32
