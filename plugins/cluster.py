@@ -24,7 +24,6 @@ from typing import Any
 import torch
 import torch.fx as fx
 import torch.nn as nn
-from torch.nn.utils import parametrize
 
 from fxcomp import RecipeError, hookimpl
 from fxcomp.passes import (
@@ -34,6 +33,7 @@ from fxcomp.passes import (
     PassResult,
     SharedWeights,
     globs,
+    has_parametrization,
     integer,
     selected_modules,
     share_weights,
@@ -79,12 +79,6 @@ def _kind(module: nn.Module) -> str:
     return next(kind for kind, cls in _KINDS.items() if isinstance(module, cls))
 
 
-def _already_shared(module: nn.Module) -> bool:
-    return parametrize.is_parametrized(module, "weight") and any(
-        isinstance(step, SharedWeights) for step in module.parametrizations["weight"]
-    )
-
-
 class Cluster(Pass):
     """Share each conv / linear weight's values among 2**bits k-means centroids (Deep Compression)."""
 
@@ -100,7 +94,7 @@ class Cluster(Pass):
         layers, skipped = [], []
         types = tuple(_KINDS.values())
         for _node, name, module in selected_modules(gm, types, self.options["include"], self.options["exclude"]):
-            if _already_shared(module):
+            if has_parametrization(module, "weight", SharedWeights):
                 skipped.append({"layer": name, "reason": "its weight is already shared"})
                 continue
             weight = module.weight.detach()

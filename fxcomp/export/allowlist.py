@@ -3,7 +3,8 @@
 A file names module classes and functions by string; loading resolves those
 strings only through these tables, never through ``importlib``. The tables
 hold the ``torch.nn`` layer classes, fxcomp's own parametrization
-(:class:`fxcomp.passes.Mask`, :class:`fxcomp.passes.SharedWeights`), the tensor operators of ``torch``,
+(:class:`fxcomp.passes.Mask`, :class:`fxcomp.passes.SharedWeights`,
+:class:`fxcomp.passes.WeightQuant`), the tensor operators of ``torch``,
 ``torch.nn.functional``, ``torch.fft``, ``torch.linalg``, ``torch.special``,
 ``operator`` and ``math``, and whatever plugins register through the
 ``fxcomp_register_serializables`` hook. Anything that reads files or calls an
@@ -26,6 +27,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from fxcomp.passes.masks import Mask
+from fxcomp.passes.quantization import WeightQuant
 from fxcomp.passes.sharing import SharedWeights
 
 _FUNCTION_TYPES = (types.FunctionType, types.BuiltinFunctionType, types.BuiltinMethodType)
@@ -113,6 +115,7 @@ def build_allowlist(extra: Iterable[Any] = ()) -> AllowList:
     classes = _torch_nn_classes()
     classes[qualified_name(Mask)] = Mask
     classes[qualified_name(SharedWeights)] = SharedWeights
+    classes[qualified_name(WeightQuant)] = WeightQuant
     functions = _builtin_functions()
     for obj in extra:
         if isinstance(obj, type) and issubclass(obj, nn.Module):

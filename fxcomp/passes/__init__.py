@@ -11,7 +11,8 @@ build on it and on the plugins.
 """
 
 from fxcomp.passes.base import CheckContext, Pass, PassContext, PassResult, matches, selected_modules
-from fxcomp.passes.masks import Mask, add_mask
+from fxcomp.passes.masks import Mask, add_mask, has_parametrization
+from fxcomp.passes.quantization import WeightQuant, fake_quantize, quantize_parameter, quantize_weight
 from fxcomp.passes.sharing import SharedWeights, share_weights
 from fxcomp.passes.rewrite import (
     calls_per_module,
@@ -37,6 +38,7 @@ from fxcomp.passes.options import (
 __all__ = [
     "REQUIRED",
     "SharedWeights",
+    "WeightQuant",
     "CheckContext",
     "Mask",
     "Option",
@@ -49,12 +51,16 @@ __all__ = [
     "chain_costs",
     "choice",
     "cost_change",
+    "fake_quantize",
     "globs",
+    "has_parametrization",
     "integer",
     "matches",
     "no_gain_reason",
     "number",
     "optional",
+    "quantize_parameter",
+    "quantize_weight",
     "replace_with_chain",
     "selected_modules",
     "share_weights",

@@ -61,6 +61,11 @@ def add_mask(module: nn.Module, name: str, keep: torch.Tensor) -> None:
     parametrize.register_parametrization(module, name, Mask(keep))
 
 
+def has_parametrization(module: nn.Module, name: str, kind: type[nn.Module]) -> bool:
+    """Whether ``module``'s tensor ``name`` is parametrized by a ``kind`` (a Mask, SharedWeights …)."""
+    return parametrize.is_parametrized(module, name) and any(isinstance(s, kind) for s in module.parametrizations[name])
+
+
 def give_own_class(module: nn.Module) -> None:
     """Before registering a parametrization on an already parametrized ``module``: give it a class of its own.
 
@@ -124,7 +129,8 @@ def _bake(owner: nn.Module) -> None:
     for name, chain in owner.parametrizations.items():
         stored = chain.original
         stored.data = chain().detach().clone()
-        stored.requires_grad_(True)  # shared weights froze it while their centroids trained
+        if any(getattr(step, "freezes_original", False) for step in chain):
+            stored.requires_grad_(True)  # shared weights froze it while their centroids trained
         baked[name] = stored
     del owner._modules["parametrizations"]
     owner.__class__ = original_class

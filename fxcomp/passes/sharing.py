@@ -26,6 +26,7 @@ class SharedWeights(nn.Module):
     """
 
     fxcomp_parametrization = True  # fxcomp.strip_masks bakes it
+    freezes_original = True  # share_weights stops the stored tensor's gradients; baking restores them
 
     def __init__(self, centroids: torch.Tensor, assignment: torch.Tensor) -> None:
         super().__init__()

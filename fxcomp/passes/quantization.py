@@ -1,0 +1,111 @@
+"""Weight fake-quantization: a parametrization rounding a weight to a low-bit grid, trainable through it.
+
+:class:`WeightQuant` is a ``torch.nn.utils.parametrize`` parametrization like
+:class:`fxcomp.passes.Mask`: the module keeps its float weight and computes the
+quantized-then-dequantized one on every access, from scales taken from the
+current weight, so the model computes what an integer kernel would. Gradients
+pass the rounding unchanged (the straight-through estimator), which is
+quantization-aware training when ``recover`` trains the model. Schemes:
+
+* ``int8``: symmetric per output channel, ``scale = max|w| / 127``, integers in [−127, 127];
+* ``int4``: symmetric per group of ``group_size`` consecutive input weights of an output
+  channel, ``scale = max|w| / 7``, integers in [−7, 7];
+* ``binary`` (XNOR-Net): ``α · sign(w)`` per output channel, ``α = mean|w|``;
+* ``ternary`` (TWN): ``α · sign(w)`` where ``|w| > Δ``, else 0, per output channel, with
+  ``Δ = 0.7 · mean|w|`` and ``α`` the mean of the ``|w|`` above ``Δ``.
+
+Zeros stay zero under ``int8``, ``int4`` and ``ternary``; ``binary`` has no zero.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torch.nn.utils import parametrize
+
+from fxcomp.passes.masks import give_own_class
+
+SCHEMES = ("int8", "int4", "binary", "ternary")
+_LEVELS = {"int8": 127, "int4": 7}
+
+
+def _per_row(weight: torch.Tensor, group_size: int | None) -> tuple[torch.Tensor, int]:
+    """``weight`` as rows (one per output channel, or per group) zero-padded to full groups; the padding."""
+    rows = weight.reshape(weight.shape[0], -1)
+    if group_size is None:
+        return rows, 0
+    padding = -rows.shape[1] % group_size
+    if padding:
+        rows = torch.nn.functional.pad(rows, (0, padding))
+    return rows.reshape(-1, group_size), padding
+
+
+def _from_rows(rows: torch.Tensor, padding: int, weight: torch.Tensor) -> torch.Tensor:
+    rows = rows.reshape(weight.shape[0], -1)
+    if padding:
+        rows = rows[:, : rows.shape[1] - padding]
+    return rows.reshape(weight.shape)
+
+
+def quantize_weight(weight: torch.Tensor, scheme: str, group_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(integers, scales)`` of ``weight`` under ``scheme``; ``integers * scales`` (per row) dequantizes.
+
+    The integers are a float tensor of whole numbers shaped like the weight's rows
+    (per output channel; per group for ``int4``); binary and ternary give −1/0/1.
+    """
+    if scheme not in SCHEMES:
+        raise ValueError(f"scheme {scheme!r} is not one of {', '.join(SCHEMES)}")
+    rows, _ = _per_row(weight, group_size if scheme == "int4" else None)
+    magnitude = rows.abs()
+    if scheme in _LEVELS:
+        levels = _LEVELS[scheme]
+        scales = magnitude.amax(1, keepdim=True) / levels
+        scales = torch.where(scales > 0, scales, torch.ones_like(scales))
+        return torch.clamp(torch.round(rows / scales), -levels, levels), scales
+    if scheme == "binary":
+        signs = torch.where(rows >= 0, 1.0, -1.0).to(rows.dtype)
+        return signs, magnitude.mean(1, keepdim=True)
+    threshold = 0.7 * magnitude.mean(1, keepdim=True)
+    kept = magnitude > threshold
+    count = kept.sum(1, keepdim=True).clamp(min=1)
+    scales = (magnitude * kept).sum(1, keepdim=True) / count
+    return torch.sign(rows) * kept, scales
+
+
+def fake_quantize(weight: torch.Tensor, scheme: str, group_size: int | None = None) -> torch.Tensor:
+    """``weight`` quantized and dequantized under ``scheme``, with straight-through gradients."""
+    _, padding = _per_row(weight.detach(), group_size if scheme == "int4" else None)
+    integers, scales = quantize_weight(weight.detach(), scheme, group_size)
+    dequantized = _from_rows(integers * scales, padding, weight)
+    return weight + (dequantized - weight).detach()
+
+
+class WeightQuant(nn.Module):
+    """A parametrization returning its input fake-quantized under ``scheme`` (see the module docstring)."""
+
+    fxcomp_parametrization = True  # fxcomp.strip_masks bakes it
+
+    def __init__(self, scheme: str, group_size: int | None = None) -> None:
+        super().__init__()
+        if scheme not in SCHEMES:
+            raise ValueError(f"scheme {scheme!r} is not one of {', '.join(SCHEMES)}")
+        if scheme == "int4" and (group_size is None or group_size < 1):
+            raise ValueError("int4 needs a group_size of at least 1")
+        self.scheme = scheme
+        self.group_size = group_size if scheme == "int4" else None
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return fake_quantize(weight, self.scheme, self.group_size)
+
+    def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
+        """What to store when the weight is assigned: the float value."""
+        return weight
+
+    def extra_repr(self) -> str:
+        return f"scheme={self.scheme}" + (f", group_size={self.group_size}" if self.group_size else "")
+
+
+def quantize_parameter(module: nn.Module, name: str, scheme: str, group_size: int | None = None) -> None:
+    """Fake-quantize ``module``'s tensor ``name`` (a weight) under ``scheme`` from now on, masks kept."""
+    give_own_class(module)
+    parametrize.register_parametrization(module, name, WeightQuant(scheme, group_size))

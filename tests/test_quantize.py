@@ -1,0 +1,111 @@
+"""Weight fake-quantization: error bounds per scheme, straight-through gradients, QAT, the quantize pass."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+import fxcomp
+from fxcomp import RecipeError
+from fxcomp.passes import WeightQuant, fake_quantize, quantize_parameter, quantize_weight
+from tests.conftest import SmallCNN
+
+
+@pytest.fixture
+def weight() -> torch.Tensor:
+    return torch.randn(6, 12, generator=torch.Generator().manual_seed(0))
+
+
+def test_int8_is_per_channel_symmetric_within_half_a_step(weight) -> None:
+    integers, scales = quantize_weight(weight, "int8")
+    assert scales.shape == (6, 1)
+    torch.testing.assert_close(scales.squeeze(1), weight.abs().amax(1) / 127)
+    assert integers.abs().max() <= 127 and torch.equal(integers, integers.round())
+    error = (fake_quantize(weight, "int8") - weight).abs()
+    assert (error <= scales / 2 + 1e-7).all()
+
+
+def test_int4_groups_pad_the_last_group_and_stay_within_half_a_step(weight) -> None:
+    integers, scales = quantize_weight(weight, "int4", group_size=5)  # 12 inputs: groups of 5, 5 and 2
+    assert scales.shape == (6 * 3, 1) and integers.abs().max() <= 7
+    dequantized = fake_quantize(weight, "int4", group_size=5)
+    step = scales.reshape(6, 3).repeat_interleave(5, dim=1)[:, :12]
+    assert ((dequantized - weight).abs() <= step / 2 + 1e-7).all()
+    for row in range(6):
+        for start in (0, 5, 10):
+            assert dequantized[row, start : start + 5].unique().numel() <= 15
+
+
+def test_binary_is_the_mean_magnitude_times_the_sign(weight) -> None:
+    binary = fake_quantize(weight, "binary")
+    alpha = weight.abs().mean(1, keepdim=True)
+    torch.testing.assert_close(binary, alpha * torch.where(weight >= 0, 1.0, -1.0))
+
+
+def test_ternary_zeroes_small_weights_and_scales_the_rest(weight) -> None:
+    ternary = fake_quantize(weight, "ternary")
+    delta = 0.7 * weight.abs().mean(1, keepdim=True)
+    kept = weight.abs() > delta
+    assert torch.equal(ternary == 0, ~kept)
+    alpha = (weight.abs() * kept).sum(1, keepdim=True) / kept.sum(1, keepdim=True)
+    torch.testing.assert_close(ternary, alpha * torch.sign(weight) * kept)
+
+
+def test_gradients_pass_the_rounding_unchanged(weight) -> None:
+    layer = nn.Linear(12, 6)
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+    quantize_parameter(layer, "weight", "int4", group_size=4)
+    upstream = torch.randn(6, 12)
+    (layer.weight * upstream).sum().backward()
+    torch.testing.assert_close(layer.parametrizations.weight.original.grad, upstream)
+
+
+def test_zero_weights_stay_zero_under_a_mask() -> None:
+    x = torch.randn(2, 3, 8, 8)
+    recipe = {"passes": [{"pass": "sparsify", "sparsity": 0.7}, {"pass": "quantize", "scheme": "int8_weight_only"}]}
+    model = fxcomp.compress(SmallCNN().eval(), x, recipe).model
+    assert fxcomp.sparsity(model)["conv2.weight"] == pytest.approx(0.7, abs=0.01)
+
+
+@pytest.mark.parametrize("scheme", ["int8_weight_only", "int4_weight_only", "binary", "ternary"])
+def test_quantize_pass_plans_applies_and_round_trips(scheme, tmp_path) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    result = fxcomp.compress(SmallCNN().eval(), x, {"passes": [{"pass": "quantize", "scheme": scheme, "group_size": 16}]})
+    plan = {entry["layer"]: entry for entry in result.plan[0]["plan"]["layers"]}
+    assert set(plan) == {"conv1", "conv2", "fc"}
+    if scheme == "int4_weight_only":
+        assert plan["conv2"]["scales"] == 32 * 9  # 144 inputs per channel in groups of 16
+    errors = result.plan[0]["stats"]["relative_error"]
+    assert all(0 < error < (0.02 if scheme.startswith("int8") else 1.0) for error in errors.values())
+    path = tmp_path / "q.fxc"
+    fxcomp.save(result.model, path)
+    loaded = fxcomp.load(path)
+    assert isinstance(loaded.conv2.parametrizations.weight[0], WeightQuant)
+    assert torch.equal(loaded(x), result.model(x))
+
+
+def test_quantization_aware_training_keeps_weights_on_the_grid() -> None:
+    torch.manual_seed(0)
+    data = [(torch.randn(16, 3, 8, 8), torch.randint(0, 10, (16,))) for _ in range(4)]
+    x = data[0][0]
+    model = fxcomp.compress(SmallCNN(), x, {"passes": [{"pass": "quantize", "scheme": "ternary"}]}).model
+    result = fxcomp.recover(model, data, epochs=3, lr=0.05, progress=False)
+    history = result.history
+    assert history[-1].train_loss < history[0].train_loss
+    weight = result.model.conv2.weight.detach().reshape(32, -1)
+    assert all(row.unique().numel() <= 3 for row in weight)  # −α, 0, α per output channel
+    assert not torch.equal(result.model.conv2.parametrizations.weight.original, model.conv2.parametrizations.weight.original)
+
+
+def test_quantize_options_and_skips() -> None:
+    x = torch.randn(1, 3, 8, 8)
+    with pytest.raises(RecipeError, match="scheme"):
+        fxcomp.compress(SmallCNN(), x, {"passes": [{"pass": "quantize", "scheme": "int3"}]})
+    twice = {"passes": [{"pass": "quantize"}, {"pass": "quantize", "include": ["fc"]}]}
+    result = fxcomp.compress(SmallCNN(), x, twice)
+    assert result.plan[1]["plan"]["skipped"] == [{"layer": "fc", "reason": "its weight is already quantized"}]
+    baked = fxcomp.strip_masks(result.model)
+    assert type(baked.fc) is nn.Linear and baked.fc.weight.requires_grad
