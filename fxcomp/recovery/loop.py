@@ -8,6 +8,7 @@ restored at the end, early stopping, and a progress line on stderr.
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import sys
 import time
@@ -340,6 +341,15 @@ def recover(
     return RecoveryResult(student, history, best_epoch)
 
 
+_TRAINING_OPTIONS = ("epochs", "lr", "optimizer", "momentum", "weight_decay", "schedule", "patience", "progress")
+
+
+def _training_defaults() -> dict[str, Any]:
+    """:func:`recover`'s defaults for the options the training loop takes, for schemes built on the loop."""
+    parameters = inspect.signature(recover).parameters
+    return {name: parameters[name].default for name in _TRAINING_OPTIONS}
+
+
 def mutual_learning(peers: Sequence[nn.Module], train_data: Any, *, val_data: Any = None, **options: Any) -> list[RecoveryResult]:
     """Deep mutual learning (Zhang et al., 2018): peers trained together, each also matching the others.
 
@@ -361,9 +371,7 @@ def mutual_learning(peers: Sequence[nn.Module], train_data: Any, *, val_data: An
         )
         return loss, logits
 
-    settings = {"epochs": 3, "lr": 0.01, "optimizer": "sgd", "momentum": 0.9, "weight_decay": 0.0}
-    settings |= {"schedule": "cosine", "patience": None, "progress": True, **options}
-    fitted = _fit(students, [], step_loss, train, val, **settings)
+    fitted = _fit(students, [], step_loss, train, val, **{**_training_defaults(), **options})
     return [RecoveryResult(s, history, best) for s, (history, best) in zip(students, fitted)]
 
 
