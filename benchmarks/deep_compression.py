@@ -27,24 +27,9 @@ import fxcomp
 from fxcomp.recovery import evaluate
 
 from benchmark_data import add_data_arguments, benchmark_setup  # benchmarks/ is on sys.path
-from benchmark_models import LeNet300
+from benchmark_models import LeNet5, LeNet300
 
 RECIPE = Path(__file__).resolve().parent.parent / "examples" / "recipes" / "deep_compression.yaml"
-
-
-class LeNet5(nn.Module):
-    """LeNet-5 as in the Deep Compression paper (Caffe's): conv 20 and 50 filters of 5×5, fc 500, fc 10."""
-
-    def __init__(self, side: int, classes: int = 10) -> None:
-        super().__init__()
-        self.conv1, self.conv2 = nn.Conv2d(1, 20, 5), nn.Conv2d(20, 50, 5)
-        flat = 50 * (((side - 4) // 2 - 4) // 2) ** 2
-        self.fc1, self.fc2 = nn.Linear(flat, 500), nn.Linear(500, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = nn.functional.max_pool2d(self.conv1(x), 2)
-        x = nn.functional.max_pool2d(self.conv2(x), 2)
-        return self.fc2(torch.relu(self.fc1(torch.flatten(x, 1))))
 
 
 def run(name: str, model: nn.Module, data, args) -> None:

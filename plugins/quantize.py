@@ -1,18 +1,23 @@
-"""Built-in plugin ``quantize``: fake-quantize conv and linear weights (weight-only schemes).
+"""Built-in plugin ``quantize``: fake-quantize conv and linear layers.
 
 A recipe step::
 
     - pass: quantize
-      scheme: int4_weight_only   # int8_weight_only | int4_weight_only | binary | ternary
+      scheme: int8               # int8 | int8_weight_only | int4_weight_only | binary | ternary
+      observer: percentile       # int8: minmax | moving_average | percentile
       group_size: 32             # int4: consecutive input weights of an output channel sharing a scale
       exclude: [fc]              # qualified-name globs (binary / ternary nets usually keep the first and last layers)
 
 Each selected weight gets a :class:`fxcomp.passes.WeightQuant` parametrization: the
 model computes with the quantized-then-dequantized weight (per-channel symmetric
-int8, group-wise symmetric int4, XNOR-Net binary or TWN ternary), and training
-through ``recover`` is quantization-aware (straight-through gradients). The plan
-lists each layer's scheme and scale count; the statistics its relative weight
-error ‖W − Ŵ‖/‖W‖.
+int8, group-wise symmetric int4, XNOR-Net binary or TWN ternary). ``int8`` also
+quantizes every selected layer's input: a :class:`fxcomp.passes.ActivationQuant`
+stub (per-tensor affine, 8 bits) is inserted in the graph before the layer, and
+its range is calibrated by running ``calib_data`` through the model. Training
+through ``recover`` is quantization-aware (straight-through gradients; activation
+ranges stay as calibrated). The plan lists each layer's scheme and scale count;
+the statistics give its relative weight error ‖W − Ŵ‖/‖W‖ and, for ``int8``, its
+input's calibrated range.
 """
 
 from __future__ import annotations
@@ -23,8 +28,10 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from fxcomp import hookimpl
+from fxcomp import CalibrationError, hookimpl
 from fxcomp.passes import (
+    OBSERVERS,
+    ActivationQuant,
     Option,
     Pass,
     PassContext,
@@ -37,8 +44,16 @@ from fxcomp.passes import (
     quantize_parameter,
     selected_modules,
 )
+from fxcomp.passes.calibration import calibration_batches
+from fxcomp.tracing import eval_mode
 
-_SCHEMES = {"int8_weight_only": "int8", "int4_weight_only": "int4", "binary": "binary", "ternary": "ternary"}
+_SCHEMES = {
+    "int8": "int8",
+    "int8_weight_only": "int8",
+    "int4_weight_only": "int4",
+    "binary": "binary",
+    "ternary": "ternary",
+}
 _LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
 
 
@@ -49,11 +64,16 @@ class Quantize(Pass):
     schema = {
         "scheme": Option(choice(*_SCHEMES), default="int8_weight_only", doc="how weights are quantized"),
         "group_size": Option(integer(1), default=32, doc="int4: input weights per scale"),
+        "observer": Option(choice(*OBSERVERS), default="minmax", doc="int8: how activation ranges are observed"),
         "include": Option(globs(), default=("*",), doc="qualified-name globs of layers to quantize"),
         "exclude": Option(globs(), default=(), doc="qualified-name globs of layers to keep in float"),
     }
 
     def plan(self, gm: fx.GraphModule, context: PassContext) -> dict[str, Any]:
+        if self.options["scheme"] == "int8" and context.calib_data is None:
+            raise CalibrationError(
+                "quantize.scheme: int8 calibrates activation ranges; pass calib_data=[batch, ...] to fxcomp.compress"
+            )
         scheme = _SCHEMES[self.options["scheme"]]
         layers, skipped = [], []
         for _node, name, module in selected_modules(gm, _LAYERS, self.options["include"], self.options["exclude"]):
@@ -67,15 +87,46 @@ class Quantize(Pass):
         return {"layers": layers, "skipped": skipped}
 
     def apply(self, gm: fx.GraphModule, plan: dict[str, Any], context: PassContext) -> PassResult:
-        modules = {name: module for _node, name, module in selected_modules(gm, _LAYERS, ["*"], [])}
-        errors = {}
+        selected = {name: (node, module) for node, name, module in selected_modules(gm, _LAYERS, ["*"], [])}
+        errors, stubs = {}, {}
         for entry in plan["layers"]:
-            module = modules[entry["layer"]]
+            node, module = selected[entry["layer"]]
             before = module.weight.detach().double()
             quantize_parameter(module, "weight", entry["scheme"], self.options["group_size"])
             after = module.weight.detach().double()
             errors[entry["layer"]] = round(float(torch.linalg.vector_norm(after - before) / torch.linalg.vector_norm(before)), 6)
-        return PassResult(gm, modified=bool(plan["layers"]), stats={"layers": len(errors), "relative_error": errors})
+            if self.options["scheme"] == "int8":
+                stubs[entry["layer"]] = _insert_input_stub(gm, node, ActivationQuant(self.options["observer"]))
+        stats: dict[str, Any] = {"layers": len(errors), "relative_error": errors}
+        if stubs:
+            gm.recompile()
+            _calibrate(gm, list(stubs.values()), context)
+            stats["input_range"] = {name: [round(float(s.low), 6), round(float(s.high), 6)] for name, s in stubs.items()}
+        return PassResult(gm, modified=bool(plan["layers"]), stats=stats)
+
+
+def _insert_input_stub(gm: fx.GraphModule, node: fx.Node, stub: ActivationQuant) -> ActivationQuant:
+    """Put ``stub`` on the first input of the layer ``node`` calls, as a module of its own beside the layer."""
+    path = f"{node.target}_input_quant"
+    gm.add_submodule(path, stub)
+    with gm.graph.inserting_before(node):
+        quantized = gm.graph.call_module(path, (node.args[0],))
+    node.args = (quantized, *node.args[1:])
+    return stub
+
+
+@torch.no_grad()
+def _calibrate(gm: fx.GraphModule, stubs: list[ActivationQuant], context: PassContext) -> None:
+    """Run the calibration batches through ``gm`` (eval mode) with the stubs observing."""
+    for stub in stubs:
+        stub.calibrating = True
+    try:
+        with eval_mode(gm):
+            for batch in calibration_batches(gm, context.calib_data, "quantize.scheme: int8"):
+                gm(*batch.inputs)
+    finally:
+        for stub in stubs:
+            stub.calibrating = False
 
 
 @hookimpl

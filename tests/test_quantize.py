@@ -8,7 +8,7 @@ import torch.nn as nn
 
 import fxcomp
 from fxcomp import RecipeError
-from fxcomp.passes import WeightQuant, fake_quantize, quantize_parameter, quantize_weight
+from fxcomp.passes import ActivationQuant, WeightQuant, fake_quantize, quantize_parameter, quantize_weight
 from tests.conftest import SmallCNN
 
 
@@ -109,3 +109,65 @@ def test_quantize_options_and_skips() -> None:
     assert result.plan[1]["plan"]["skipped"] == [{"layer": "fc", "reason": "its weight is already quantized"}]
     baked = fxcomp.strip_masks(result.model)
     assert type(baked.fc) is nn.Linear and baked.fc.weight.requires_grad
+
+
+# -- activations -----------------------------------------------------------------------------------
+
+
+def _observed(observer: str, *batches: torch.Tensor) -> ActivationQuant:
+    stub = ActivationQuant(observer)
+    stub.calibrating = True
+    for batch in batches:
+        assert torch.equal(stub(batch), batch)  # calibrating passes values through
+    stub.calibrating = False
+    return stub
+
+
+def test_observers_learn_their_ranges() -> None:
+    first, second = torch.tensor([-1.0, 2.0]), torch.tensor([0.5, 3.0])
+    minmax = _observed("minmax", first, second)
+    assert (float(minmax.low), float(minmax.high)) == (-1.0, 3.0)
+    moving = _observed("moving_average", first, second)
+    assert float(moving.high) == pytest.approx(2.0 + 0.1 * (3.0 - 2.0))
+    outlier = torch.cat([torch.linspace(-1, 1, 100_000), torch.tensor([1000.0])])
+    percentile = _observed("percentile", outlier)
+    assert float(percentile.high) < 1.01 and float(minmax.high) == 3.0
+
+
+def test_activation_fake_quantization_is_within_half_a_step_and_exact_at_zero() -> None:
+    stub = _observed("minmax", torch.tensor([-1.0, 3.0]))
+    scale, zero_point = stub.qparams()
+    x = torch.linspace(-1, 3, 1001, requires_grad=True)
+    y = stub(x)
+    assert ((y - x).abs() <= scale / 2 + 1e-6).all()
+    assert float(stub(torch.zeros(1))) == 0.0
+    assert float(stub(torch.tensor([10.0]))) == pytest.approx(float((255 - zero_point) * scale))  # clamped
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.ones(1001))  # straight through
+    with pytest.raises(RuntimeError, match="never calibrated"):
+        ActivationQuant()(x)
+
+
+@pytest.mark.parametrize("observer", ["minmax", "moving_average", "percentile"])
+def test_int8_inserts_calibrated_stubs_before_every_layer(observer, tmp_path) -> None:
+    torch.manual_seed(0)
+    model, x = SmallCNN().eval(), torch.randn(4, 3, 8, 8)
+    calib = [torch.randn(16, 3, 8, 8) for _ in range(4)]
+    result = fxcomp.compress(model, x, {"passes": [{"pass": "quantize", "scheme": "int8", "observer": observer}]}, calib_data=calib)
+    quantized = result.model
+    stubs = [n.target for n in quantized.graph.nodes if n.op == "call_module" and isinstance(quantized.get_submodule(n.target), ActivationQuant)]
+    assert stubs == ["conv1_input_quant", "conv2_input_quant", "fc_input_quant"]
+    ranges = result.plan[0]["stats"]["input_range"]
+    assert ranges["conv2"][0] == 0.0 and ranges["conv2"][1] > 0  # after a ReLU
+    with torch.no_grad():
+        error = (quantized(x) - model(x)).abs().max() / model(x).abs().max()
+    assert 0 < error < 0.02
+    path = tmp_path / "int8.fxc"
+    fxcomp.save(quantized, path)
+    loaded = fxcomp.load(path)
+    assert torch.equal(loaded(x), quantized(x))
+
+
+def test_int8_needs_calibration_data() -> None:
+    with pytest.raises(fxcomp.CalibrationError, match="pass calib_data"):
+        fxcomp.compress(SmallCNN(), torch.randn(1, 3, 8, 8), {"passes": [{"pass": "quantize", "scheme": "int8"}]})

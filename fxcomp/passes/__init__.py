@@ -12,7 +12,14 @@ build on it and on the plugins.
 
 from fxcomp.passes.base import CheckContext, Pass, PassContext, PassResult, matches, selected_modules
 from fxcomp.passes.masks import Mask, add_mask, has_parametrization
-from fxcomp.passes.quantization import WeightQuant, fake_quantize, quantize_parameter, quantize_weight
+from fxcomp.passes.quantization import (
+    OBSERVERS,
+    ActivationQuant,
+    WeightQuant,
+    fake_quantize,
+    quantize_parameter,
+    quantize_weight,
+)
 from fxcomp.passes.sharing import SharedWeights, share_weights
 from fxcomp.passes.rewrite import (
     calls_per_module,
@@ -36,6 +43,8 @@ from fxcomp.passes.options import (
 )
 
 __all__ = [
+    "OBSERVERS",
+    "ActivationQuant",
     "REQUIRED",
     "SharedWeights",
     "WeightQuant",

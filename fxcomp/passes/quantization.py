@@ -15,6 +15,14 @@ quantization-aware training when ``recover`` trains the model. Schemes:
   ``Δ = 0.7 · mean|w|`` and ``α`` the mean of the ``|w|`` above ``Δ``.
 
 Zeros stay zero under ``int8``, ``int4`` and ``ternary``; ``binary`` has no zero.
+
+:class:`ActivationQuant` is a module (a quantize/dequantize stub in the graph) that
+fake-quantizes a tensor per-tensor affine to unsigned 8 bits, with a range its
+observer learnt while calibrating: ``minmax`` (the extremes seen),
+``moving_average`` (an exponential average of each batch's extremes) or
+``percentile`` (the average of each batch's 0.01 and 99.99 percentiles, so rare
+outliers do not stretch the grid). The range always includes zero, so zero is
+exact.
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ from torch.nn.utils import parametrize
 from fxcomp.passes.masks import give_own_class
 
 SCHEMES = ("int8", "int4", "binary", "ternary")
+OBSERVERS = ("minmax", "moving_average", "percentile")
+_PERCENTILE_SAMPLE = 1 << 20  # values per batch the percentile observer looks at
 _LEVELS = {"int8": 127, "int4": 7}
 
 
@@ -109,3 +119,65 @@ def quantize_parameter(module: nn.Module, name: str, scheme: str, group_size: in
     """Fake-quantize ``module``'s tensor ``name`` (a weight) under ``scheme`` from now on, masks kept."""
     give_own_class(module)
     parametrize.register_parametrization(module, name, WeightQuant(scheme, group_size))
+
+
+class ActivationQuant(nn.Module):
+    """Fake-quantizes its input per tensor to 8-bit affine integers, with a range learnt by an observer.
+
+    While :attr:`calibrating` it observes its inputs and passes them through unchanged;
+    afterwards it returns ``(clamp(round(x / scale) + zero_point, 0, 255) − zero_point) · scale``
+    with straight-through gradients. Running it uncalibrated is an error.
+    """
+
+    def __init__(self, observer: str = "minmax", *, momentum: float = 0.1, percentile: float = 99.99) -> None:
+        super().__init__()
+        if observer not in OBSERVERS:
+            raise ValueError(f"observer {observer!r} is not one of {', '.join(OBSERVERS)}")
+        self.observer, self.momentum, self.percentile = observer, momentum, percentile
+        self.calibrating = False
+        self.calibrated = False
+        self.register_buffer("low", torch.zeros(()))
+        self.register_buffer("high", torch.zeros(()))
+        self.register_buffer("batches", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def observe(self, x: torch.Tensor) -> None:
+        """Update the range with one batch ``x``."""
+        values = x.detach().float().reshape(-1)
+        if self.observer == "percentile":
+            if values.numel() > _PERCENTILE_SAMPLE:
+                values = values[torch.linspace(0, values.numel() - 1, _PERCENTILE_SAMPLE).long()]
+            low, high = torch.quantile(values, torch.tensor([1 - self.percentile / 100, self.percentile / 100]))
+        else:
+            low, high = values.min(), values.max()
+        count = int(self.batches)
+        if count == 0:
+            self.low.fill_(low), self.high.fill_(high)
+        elif self.observer == "minmax":
+            self.low.fill_(torch.minimum(self.low, low)), self.high.fill_(torch.maximum(self.high, high))
+        elif self.observer == "moving_average":
+            self.low.lerp_(low, self.momentum), self.high.lerp_(high, self.momentum)
+        else:  # percentile: the running mean of the batches' percentiles
+            self.low.add_((low - self.low) / (count + 1)), self.high.add_((high - self.high) / (count + 1))
+        self.batches.add_(1)
+        self.calibrated = True
+
+    def qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(scale, zero_point)`` of the observed range widened to include zero."""
+        low, high = torch.clamp(self.low, max=0), torch.clamp(self.high, min=0)
+        scale = torch.clamp((high - low) / 255, min=torch.finfo(torch.float32).tiny)
+        zero_point = torch.clamp(torch.round(-low / scale), 0, 255)
+        return scale, zero_point
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.calibrating:
+            self.observe(x)
+            return x
+        if not self.calibrated:
+            raise RuntimeError("this activation quantizer was never calibrated; run calibration data through it first")
+        scale, zero_point = self.qparams()
+        integers = torch.clamp(torch.round(x.detach() / scale) + zero_point, 0, 255)
+        return x + ((integers - zero_point) * scale - x).detach()
+
+    def extra_repr(self) -> str:
+        return f"observer={self.observer}, range=[{float(self.low):.4g}, {float(self.high):.4g}]"
