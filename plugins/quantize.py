@@ -15,7 +15,9 @@ quantizes every selected layer's input: a :class:`fxcomp.passes.ActivationQuant`
 stub (per-tensor affine, 8 bits) is inserted in the graph before the layer, and
 its range is calibrated by running ``calib_data`` through the model. Training
 through ``recover`` is quantization-aware (straight-through gradients; activation
-ranges stay as calibrated). The plan lists each layer's scheme and scale count;
+ranges stay as calibrated). A later ``convert`` step stores each fake-quantized
+weight as its integers and scales (int8, or int4 packed two per byte; binary and
+ternary as int8), exactly the same weights, so ``fxcomp.save`` files shrink. The plan lists each layer's scheme and scale count;
 the statistics give its relative weight error ‖W − Ŵ‖/‖W‖ and, for ``int8``, its
 input's calibrated range.
 """
@@ -27,6 +29,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 import torch.nn as nn
+from torch.nn.utils import parametrize
 
 from fxcomp import CalibrationError, hookimpl
 from fxcomp.passes import (
@@ -38,6 +41,7 @@ from fxcomp.passes import (
     PassResult,
     WeightQuant,
     choice,
+    convert,
     globs,
     has_parametrization,
     integer,
@@ -129,7 +133,32 @@ def _calibrate(gm: fx.GraphModule, stubs: list[ActivationQuant], context: PassCo
             stub.calibrating = False
 
 
+class Convert(Pass):
+    """Store every fake-quantized weight as integers and scales (int8; int4 packed two per byte)."""
+
+    name = "convert"
+    tolerance = 0.0  # the stored integers give back exactly the fake-quantized weights
+
+    def plan(self, gm: fx.GraphModule, context: PassContext) -> dict[str, Any]:
+        layers = [name for _node, name, module in selected_modules(gm, _LAYERS, ["*"], []) if _fake_quantized(module)]
+        return {"layers": layers}
+
+    def apply(self, gm: fx.GraphModule, plan: dict[str, Any], context: PassContext) -> PassResult:
+        converted = convert(gm)
+        stored = {
+            name: int(tensor.numel() * tensor.element_size())
+            for name, tensor in gm.named_parameters()
+            if not tensor.is_floating_point()
+        }
+        return PassResult(gm, modified=bool(converted), stats={"tensors": len(converted), "integer_bytes": sum(stored.values())})
+
+
+def _fake_quantized(module: nn.Module) -> bool:
+    return parametrize.is_parametrized(module, "weight") and isinstance(module.parametrizations["weight"][-1], WeightQuant)
+
+
 @hookimpl
 def fxcomp_register_passes(register: Any) -> None:
-    """Register the ``quantize`` pass."""
+    """Register the ``quantize`` and ``convert`` passes."""
     register(Quantize)
+    register(Convert)

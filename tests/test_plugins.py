@@ -84,7 +84,7 @@ def test_disable_environment_variable_blocks_a_plugin(install_plugin, small_cnn,
     plugins = fxcomp.load_plugins()
     assert "scaler3" not in {i.name for i in plugins.infos}
     assert plugins.blocked == ("scaler3", "other")
-    with pytest.raises(fxcomp.RecipeError, match=r"passes\[0\]\.pass: unknown pass 'scale_output'; registered passes: cluster, early_exit, fold_bn"):
+    with pytest.raises(fxcomp.RecipeError, match=r"passes\[0\]\.pass: unknown pass 'scale_output'; registered passes: cluster, convert, early_exit, fold_bn"):
         fxcomp.compress(small_cnn, image, "passes: [{pass: scale_output}]", plugins=plugins)
 
 

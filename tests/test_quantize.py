@@ -8,7 +8,16 @@ import torch.nn as nn
 
 import fxcomp
 from fxcomp import RecipeError
-from fxcomp.passes import ActivationQuant, WeightQuant, fake_quantize, quantize_parameter, quantize_weight
+from fxcomp.passes import (
+    ActivationQuant,
+    WeightQuant,
+    fake_quantize,
+    integer_forward,
+    pack_int4,
+    quantize_parameter,
+    quantize_weight,
+    unpack_int4,
+)
 from tests.conftest import SmallCNN
 
 
@@ -171,3 +180,49 @@ def test_int8_inserts_calibrated_stubs_before_every_layer(observer, tmp_path) ->
 def test_int8_needs_calibration_data() -> None:
     with pytest.raises(fxcomp.CalibrationError, match="pass calib_data"):
         fxcomp.compress(SmallCNN(), torch.randn(1, 3, 8, 8), {"passes": [{"pass": "quantize", "scheme": "int8"}]})
+
+
+# -- integer storage -------------------------------------------------------------------------------
+
+
+def test_int4_packs_two_per_byte_and_unpacks_exactly() -> None:
+    values = torch.arange(-8, 8).repeat(3)[:-1]  # an odd count
+    packed = pack_int4(values)
+    assert packed.dtype == torch.uint8 and packed.numel() == (values.numel() + 1) // 2
+    assert torch.equal(unpack_int4(packed, values.numel()).long(), values)
+
+
+@pytest.mark.parametrize(("scheme", "stored_dtype"), [("int8_weight_only", torch.int8), ("int4_weight_only", torch.uint8), ("ternary", torch.int8)])
+def test_convert_stores_integers_exactly_and_shrinks_the_file(scheme, stored_dtype, tmp_path) -> None:
+    torch.manual_seed(0)
+    model, x = SmallCNN().eval(), torch.randn(4, 3, 8, 8)
+    recipe = {"passes": [{"pass": "sparsify", "sparsity": 0.5}, {"pass": "quantize", "scheme": scheme, "group_size": 16}]}
+    fake = fxcomp.compress(model, x, recipe).model
+    converted = fxcomp.compress(fake, x, {"passes": [{"pass": "convert"}]})  # the pipeline holds it to exactness
+    integer = converted.model
+    stored = integer.conv2.parametrizations.weight.original
+    assert stored.dtype == stored_dtype and not stored.requires_grad
+    assert stored.numel() == (32 * 16 * 9 // 2 if scheme.startswith("int4") else 32 * 16 * 9)
+    assert torch.equal(integer(x), fake(x))
+    assert converted.plan[0]["stats"]["integer_bytes"] == sum(
+        p.numel() * p.element_size() for p in integer.parameters() if not p.is_floating_point()
+    )
+    floats, packed = tmp_path / "fake.fxc", tmp_path / "int.fxc"
+    fxcomp.save(fake, floats)
+    fxcomp.save(integer, packed)
+    assert packed.stat().st_size < floats.stat().st_size - 32 * 16 * 9 * 2
+    assert torch.equal(fxcomp.load(packed)(x), fake(x))
+
+
+def test_integer_reference_matches_the_fake_quantized_int8_model() -> None:
+    torch.manual_seed(0)
+    model, x = SmallCNN().eval(), torch.randn(4, 3, 8, 8)
+    calib = [torch.randn(16, 3, 8, 8) for _ in range(4)]
+    recipe = {"passes": [{"pass": "quantize", "scheme": "int8"}, {"pass": "convert"}]}
+    integer = fxcomp.compress(model, x, recipe, calib_data=calib).model
+    output, layers = integer_forward(integer, x)
+    assert layers == ["conv1", "conv2", "fc"]
+    with torch.no_grad():
+        fake = integer(x)
+    torch.testing.assert_close(output, fake, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(output, model(x))  # it is the quantized model, not the float one

@@ -27,7 +27,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from fxcomp.passes.masks import Mask
-from fxcomp.passes.quantization import ActivationQuant, WeightQuant
+from fxcomp.passes.quantization import ActivationQuant, PackedWeight, WeightQuant
 from fxcomp.passes.sharing import SharedWeights
 
 _FUNCTION_TYPES = (types.FunctionType, types.BuiltinFunctionType, types.BuiltinMethodType)
@@ -117,6 +117,7 @@ def build_allowlist(extra: Iterable[Any] = ()) -> AllowList:
     classes[qualified_name(SharedWeights)] = SharedWeights
     classes[qualified_name(WeightQuant)] = WeightQuant
     classes[qualified_name(ActivationQuant)] = ActivationQuant
+    classes[qualified_name(PackedWeight)] = PackedWeight
     functions = _builtin_functions()
     for obj in extra:
         if isinstance(obj, type) and issubclass(obj, nn.Module):

@@ -27,7 +27,10 @@ exact.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+import torch.fx as fx
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
@@ -181,3 +184,151 @@ class ActivationQuant(nn.Module):
 
     def extra_repr(self) -> str:
         return f"observer={self.observer}, range=[{float(self.low):.4g}, {float(self.high):.4g}]"
+
+
+def pack_int4(integers: torch.Tensor) -> torch.Tensor:
+    """Whole numbers in [−8, 7] packed two per byte (uint8, low nibble first), flattened."""
+    nibbles = (integers.reshape(-1).to(torch.int16) + 8).to(torch.uint8)
+    if nibbles.numel() % 2:
+        nibbles = torch.cat([nibbles, nibbles.new_zeros(1)])
+    return nibbles[0::2] | (nibbles[1::2] << 4)
+
+
+def unpack_int4(packed: torch.Tensor, count: int) -> torch.Tensor:
+    """The first ``count`` whole numbers :func:`pack_int4` packed, as int8."""
+    nibbles = torch.stack([packed & 15, packed >> 4], dim=1).reshape(-1)[:count]
+    return nibbles.to(torch.int8) - 8
+
+
+class PackedWeight(nn.Module):
+    """A parametrization whose stored tensor is the quantized weight's integers: int8, or int4 packed two
+    per byte (uint8). It returns ``integers · scales``, bitwise the weight :class:`WeightQuant` computed."""
+
+    fxcomp_parametrization = True
+
+    def __init__(self, scheme: str, group_size: int | None, shape: torch.Size, scales: torch.Tensor) -> None:
+        super().__init__()
+        self.scheme, self.group_size, self.shape = scheme, group_size, list(shape)
+        self.register_buffer("scales", scales.detach().clone())
+
+    def _rows(self) -> tuple[int, int, int]:
+        """Rows, columns (per row) and padding of the weight's integer matrix."""
+        channels, per_channel = self.shape[0], max(1, int(torch.Size(self.shape)[1:].numel()))
+        if self.group_size is None:
+            return channels, per_channel, 0
+        padding = -per_channel % self.group_size
+        return channels * (per_channel + padding) // self.group_size, self.group_size, padding
+
+    def forward(self, stored: torch.Tensor) -> torch.Tensor:
+        rows, columns, padding = self._rows()
+        integers = unpack_int4(stored, rows * columns) if self.scheme == "int4" else stored
+        dequantized = integers.to(self.scales.dtype).reshape(rows, columns) * self.scales
+        return _from_rows(dequantized, padding, torch.empty(self.shape, device="meta"))
+
+    def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
+        """The integers to store for a float ``weight`` (stored integers are kept as they are)."""
+        if not weight.is_floating_point():
+            return weight
+        integers, _ = quantize_weight(weight, self.scheme, self.group_size)
+        return pack_int4(integers) if self.scheme == "int4" else integers.to(torch.int8)
+
+    def extra_repr(self) -> str:
+        return f"scheme={self.scheme}, shape={tuple(self.shape)}" + (f", group_size={self.group_size}" if self.group_size else "")
+
+
+def convert(module: nn.Module) -> list[str]:
+    """Store every fake-quantized weight of ``module`` as integers and scales (:class:`PackedWeight`), in place.
+
+    A weight whose last parametrization is a :class:`WeightQuant` (after a mask, say) is
+    replaced by the integers it quantizes to; the module computes exactly the same
+    weight, training no longer changes it, and ``fxcomp.save`` stores one byte per
+    int8 weight, half a byte per int4 one. Returns the converted tensors' names.
+    """
+    converted = []
+    for path, owner in list(module.named_modules()):
+        if not parametrize.is_parametrized(owner):
+            continue
+        for name, chain in list(owner.parametrizations.items()):
+            if not isinstance(chain[-1], WeightQuant):
+                continue
+            quant = chain[-1]
+            with torch.no_grad():
+                value = chain.original
+                for step in list(chain)[:-1]:
+                    value = step(value)
+                value = value.detach().clone()
+                _, scales = quantize_weight(value, quant.scheme, quant.group_size)
+            packed = PackedWeight(quant.scheme, quant.group_size, value.shape, scales)
+            # Swap the chain's contents in place: torch's remove_parametrizations would edit the
+            # generated class that copies of the module share.
+            chain._parameters["original"] = nn.Parameter(packed.right_inverse(value), requires_grad=False)
+            for index in reversed(range(len(chain))):
+                del chain[index]
+            chain.append(packed)
+            chain.unsafe = True
+            converted.append(f"{path}.{name}" if path else name)
+    return converted
+
+
+class IntegerReference(fx.Interpreter):
+    """Runs a converted ``int8`` graph with integer arithmetic where the integers allow it.
+
+    A conv or linear layer whose weight is stored as int8 (:func:`convert`) and whose
+    input comes through an :class:`ActivationQuant` stub is computed as an integer
+    kernel would: ``acc = Σ (x_q − zero_point) · w_q`` accumulated exactly (in float64,
+    whose 53-bit mantissa holds every int8 × uint8 sum of such layers exactly), then
+    ``acc · scale_x · scale_w + bias``. Every other node runs as usual. The output
+    matches the fake-quantized model up to float32 rounding. :attr:`integer_layers`
+    lists the layers computed in integers.
+    """
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm, garbage_collect_values=False)  # a layer reads its stub's input
+        self.integer_layers: list[str] = []
+
+    def run_node(self, node: fx.Node) -> Any:
+        if node.op == "call_module":
+            layer = self.module.get_submodule(node.target)
+            source = node.args[0] if node.args else None
+            if _integer_layer(layer) and isinstance(source, fx.Node) and source.op == "call_module":
+                stub = self.module.get_submodule(source.target)
+                if isinstance(stub, ActivationQuant):
+                    self.integer_layers.append(str(node.target))
+                    return _integer_layer_output(layer, stub, self.env[source.args[0]])
+        return super().run_node(node)
+
+
+def _integer_layer(layer: nn.Module) -> bool:
+    if not isinstance(layer, (nn.Linear, nn.modules.conv._ConvNd)) or not parametrize.is_parametrized(layer, "weight"):
+        return False
+    chain = layer.parametrizations["weight"]
+    return len(chain) == 1 and isinstance(chain[0], PackedWeight) and chain[0].scheme == "int8"
+
+
+def _integer_layer_output(layer: nn.Module, stub: ActivationQuant, x: torch.Tensor) -> torch.Tensor:
+    scale, zero_point = stub.qparams()
+    x_q = torch.clamp(torch.round(x / scale) + zero_point, 0, 255) - zero_point
+    packed = layer.parametrizations["weight"][0]
+    w_q = layer.parametrizations["weight"].original.to(torch.float64).reshape(packed.shape)
+    if isinstance(layer, nn.Linear):
+        acc = torch.nn.functional.linear(x_q.double(), w_q)
+        channel_axis = -1
+    else:
+        if layer.padding_mode != "zeros":
+            raise ValueError("the integer reference computes zero-padded convolutions only")
+        conv = getattr(torch.nn.functional, f"conv{len(layer.kernel_size)}d")
+        acc = conv(x_q.double(), w_q, None, layer.stride, layer.padding, layer.dilation, layer.groups)
+        channel_axis = 1
+    shape = [1] * acc.dim()
+    shape[channel_axis] = -1
+    output = acc * (scale.double() * packed.scales.double().reshape(shape))
+    if layer.bias is not None:
+        output = output + layer.bias.double().reshape(shape)
+    return output.to(x.dtype)
+
+
+def integer_forward(gm: fx.GraphModule, *inputs: torch.Tensor) -> tuple[Any, list[str]]:
+    """Run ``gm`` with :class:`IntegerReference`; its output and the layers computed in integers."""
+    reference = IntegerReference(gm)
+    with torch.no_grad():
+        return reference.run(*inputs), reference.integer_layers
