@@ -9,12 +9,17 @@ and is evaluated on the test split:
 * ``ternary`` and ``binary`` weights (first and last layers kept in float), before and
   after ``--qat-epochs`` epochs of quantization-aware training through ``recover``.
 
+Every setting ends with ``convert`` (integers stored, exact) and is saved with
+``fxcomp.save``; the table gives the file size next to the float model's.
+
     python benchmarks/quantization.py [--data fashion-mnist|digits] [--epochs 10]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
 import time
 
 import torch
@@ -57,18 +62,26 @@ def main() -> None:
         ("binary (conv2, fc1)", {"scheme": "binary", "include": inner}, 0),
         (f"binary (conv2, fc1) + {args.qat_epochs} epochs QAT", {"scheme": "binary", "include": inner}, args.qat_epochs),
     ]
-    rows = []
+    directory = tempfile.mkdtemp()
+    float_path = os.path.join(directory, "float.fxc")
+    fxcomp.save(fxcomp.trace(original, example), float_path)
+    rows = [["float", f"{100 * base:.2f}", "", "", f"{os.path.getsize(float_path) / 1024:.1f}"]]
     for label, options, qat in settings:
         passes = [{"pass": "quantize", **options}]
         if qat:
             passes.append({"pass": "recover", "epochs": qat, "lr": 0.01})
+        passes.append({"pass": "convert"})
         result = fxcomp.compress(
             original, example, {"passes": passes}, calib_data=calib, train_data=data.train, val_data=data.val
         )
-        _, accuracy = evaluate(result.model, data.test)
+        path = os.path.join(directory, "quantized.fxc")
+        fxcomp.save(result.model, path)
+        _, accuracy = evaluate(fxcomp.load(path), data.test)
         errors = result.plan[0]["stats"]["relative_error"]
-        rows.append([label, f"{100 * accuracy:.2f}", f"{100 * (accuracy - base):+.2f}", f"{max(errors.values()):.4f}"])
-    print(tabulate(rows, headers=["setting", "test accuracy %", "vs float (pp)", "largest weight error"]))
+        size = f"{os.path.getsize(path) / 1024:.1f}"
+        rows.append([label, f"{100 * accuracy:.2f}", f"{100 * (accuracy - base):+.2f}", f"{max(errors.values()):.4f}", size])
+    headers = ["setting", "test accuracy %", "vs float (pp)", "largest weight error", "file KB"]
+    print(tabulate(rows, headers=headers))
     print(f"\nfloat: {100 * base:.2f}%; int8 calibrated on {len(images)} training images in batches of 128")
 
 
