@@ -85,12 +85,28 @@ def quantize_weight(weight: torch.Tensor, scheme: str, group_size: int | None = 
     return torch.sign(rows) * kept, scales
 
 
+class _StraightThrough(torch.autograd.Function):
+    """Returns ``rounded`` exactly; the gradient goes to ``value`` unchanged."""
+
+    @staticmethod
+    def forward(ctx: Any, value: torch.Tensor, rounded: torch.Tensor) -> torch.Tensor:
+        return rounded
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad, None
+
+
+def straight_through(value: torch.Tensor, rounded: torch.Tensor) -> torch.Tensor:
+    """``rounded`` (bitwise) in the forward pass, the identity for ``value`` in the backward pass."""
+    return _StraightThrough.apply(value, rounded.detach())
+
+
 def fake_quantize(weight: torch.Tensor, scheme: str, group_size: int | None = None) -> torch.Tensor:
     """``weight`` quantized and dequantized under ``scheme``, with straight-through gradients."""
     _, padding = _per_row(weight.detach(), group_size if scheme == "int4" else None)
     integers, scales = quantize_weight(weight.detach(), scheme, group_size)
-    dequantized = _from_rows(integers * scales, padding, weight)
-    return weight + (dequantized - weight).detach()
+    return straight_through(weight, _from_rows(integers * scales, padding, weight))
 
 
 class WeightQuant(nn.Module):
@@ -180,7 +196,7 @@ class ActivationQuant(nn.Module):
             raise RuntimeError("this activation quantizer was never calibrated; run calibration data through it first")
         scale, zero_point = self.qparams()
         integers = torch.clamp(torch.round(x.detach() / scale) + zero_point, 0, 255)
-        return x + ((integers - zero_point) * scale - x).detach()
+        return straight_through(x, (integers - zero_point) * scale)
 
     def extra_repr(self) -> str:
         return f"observer={self.observer}, range=[{float(self.low):.4g}, {float(self.high):.4g}]"
