@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -10,10 +11,12 @@ import fxcomp
 from fxcomp import RecipeError
 from fxcomp.passes import (
     ActivationQuant,
+    PackedWeight,
     WeightQuant,
     fake_quantize,
     integer_forward,
     pack_int4,
+    qdq_model,
     quantize_parameter,
     quantize_weight,
     unpack_int4,
@@ -226,3 +229,26 @@ def test_integer_reference_matches_the_fake_quantized_int8_model() -> None:
         fake = integer(x)
     torch.testing.assert_close(output, fake, rtol=1e-5, atol=1e-6)
     assert not torch.equal(output, model(x))  # it is the quantized model, not the float one
+
+
+@pytest.mark.parametrize("converted", [False, True])
+def test_int8_model_exports_to_onnx_with_quantize_dequantize_nodes(converted, tmp_path) -> None:
+    onnx = pytest.importorskip("onnx")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model, x = SmallCNN().eval(), torch.randn(4, 3, 8, 8)
+    calib = [torch.randn(16, 3, 8, 8) for _ in range(4)]
+    passes = [{"pass": "quantize", "scheme": "int8"}, *([{"pass": "convert"}] if converted else [])]
+    quantized = fxcomp.compress(model, x, {"passes": passes}, calib_data=calib).model
+    export = qdq_model(quantized)
+    with torch.no_grad():
+        expected = quantized(x)
+        assert torch.equal(export(x), expected)
+    path = tmp_path / "int8.onnx"
+    torch.onnx.export(export, (x,), str(path), dynamo=True)
+    operators = [node.op_type for node in onnx.load(str(path)).graph.node]
+    assert operators.count("QuantizeLinear") == operators.count("DequantizeLinear") == 6  # 3 inputs, 3 weights
+    session = onnxruntime.InferenceSession(str(path))
+    (output,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    np.testing.assert_allclose(output, expected.numpy(), rtol=1e-5, atol=1e-6)
+    assert isinstance(quantized.conv1.parametrizations.weight[-1], WeightQuant if not converted else PackedWeight)

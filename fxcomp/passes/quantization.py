@@ -27,6 +27,7 @@ exact.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -34,7 +35,7 @@ import torch.fx as fx
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
-from fxcomp.passes.masks import give_own_class
+from fxcomp.passes.masks import give_own_class, strip_masks
 
 SCHEMES = ("int8", "int4", "binary", "ternary")
 OBSERVERS = ("minmax", "moving_average", "percentile")
@@ -348,3 +349,71 @@ def integer_forward(gm: fx.GraphModule, *inputs: torch.Tensor) -> tuple[Any, lis
     reference = IntegerReference(gm)
     with torch.no_grad():
         return reference.run(*inputs), reference.integer_layers
+
+
+class QDQActivation(nn.Module):
+    """An :class:`ActivationQuant` for export: ``torch.fake_quantize_per_tensor_affine`` with its frozen range,
+    which exporters turn into ONNX QuantizeLinear / DequantizeLinear."""
+
+    def __init__(self, scale: float, zero_point: int) -> None:
+        super().__init__()
+        self.scale, self.zero_point = scale, zero_point
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, 0, 255)
+
+
+class QDQLayer(nn.Module):
+    """A conv / linear layer with int8 per-channel weights for export: its weight goes through
+    ``torch.fake_quantize_per_channel_affine`` (ONNX QuantizeLinear / DequantizeLinear)."""
+
+    def __init__(self, layer: nn.Module, scales: torch.Tensor) -> None:
+        super().__init__()
+        self.layer = layer
+        self.register_buffer("scales", scales.reshape(-1).float())
+        self.register_buffer("zero_points", torch.zeros(self.scales.numel(), dtype=torch.int32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = torch.fake_quantize_per_channel_affine(self.layer.weight, self.scales, self.zero_points, 0, -128, 127)
+        if isinstance(self.layer, nn.Linear):
+            return torch.nn.functional.linear(x, weight, self.layer.bias)
+        return self.layer._conv_forward(x, weight, self.layer.bias)
+
+
+def _int8_scales(layer: nn.Module) -> torch.Tensor | None:
+    """The per-channel scales of ``layer``'s weight when it is int8-quantized (fake or converted), else None."""
+    if not isinstance(layer, (nn.Linear, nn.modules.conv._ConvNd)) or not parametrize.is_parametrized(layer, "weight"):
+        return None
+    last = layer.parametrizations["weight"][-1]
+    if isinstance(last, PackedWeight) and last.scheme == "int8":
+        return last.scales
+    if isinstance(last, WeightQuant) and last.scheme == "int8":
+        return quantize_weight(layer.weight.detach(), "int8")[1]
+    return None
+
+
+def qdq_model(gm: fx.GraphModule) -> fx.GraphModule:
+    """A copy of the quantized ``gm`` for ONNX export, computing the same outputs with QDQ operators.
+
+    Activation stubs become ``fake_quantize_per_tensor_affine`` and int8 weights
+    ``fake_quantize_per_channel_affine`` (exported as QuantizeLinear / DequantizeLinear);
+    weights of other schemes are baked to their dequantized floats. ``gm`` is not changed.
+    """
+    copy_ = copy.deepcopy(gm)
+    for node in copy_.graph.nodes:
+        if node.op != "call_module":
+            continue
+        module = copy_.get_submodule(node.target)
+        if isinstance(module, ActivationQuant):
+            scale, zero_point = module.qparams()
+            replacement: nn.Module = QDQActivation(float(scale), int(zero_point))
+        else:
+            scales = _int8_scales(module)
+            if scales is None:
+                continue
+            replacement = QDQLayer(strip_masks(module), scales.detach().clone())
+        parent, _, name = str(node.target).rpartition(".")
+        setattr(copy_.get_submodule(parent) if parent else copy_, name, replacement)
+    strip_masks(copy_)
+    copy_.recompile()
+    return copy_
