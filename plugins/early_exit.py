@@ -38,7 +38,7 @@ import torch.nn as nn
 from fxcomp import CheckContext, RecipeError, hookimpl, node_info, qualname
 from fxcomp.dynamic import CRITERIA, EarlyExitModel, add_exits, cut_problems, has_exits, resolve_cuts
 from fxcomp.passes import Option, Pass, PassContext, PassResult, choice, integer
-from fxcomp.tracing import TensorSpec
+from fxcomp.tracing import TensorSpec, eval_mode
 
 _POOLS = {3: nn.AdaptiveAvgPool1d, 4: nn.AdaptiveAvgPool2d, 5: nn.AdaptiveAvgPool3d}
 _CONVS = {3: nn.Conv1d, 4: nn.Conv2d, 5: nn.Conv3d}
@@ -190,8 +190,8 @@ def exits_still_fit(gm: fx.GraphModule, context: CheckContext) -> list[str]:
         return []
     try:
         model = EarlyExitModel(gm)
-        with torch.no_grad():
-            outputs = model.eval().all_exits(*context.example_inputs)
+        with torch.no_grad(), eval_mode(model):  # the graph keeps its own mode
+            outputs = model.all_exits(*context.example_inputs)
     except Exception as error:  # noqa: BLE001 - any failure means the exits no longer fit the graph
         return [f"the early exits no longer fit the rewritten graph ({error}); run early_exit after this pass"]
     final = outputs[-1]

@@ -22,6 +22,7 @@ from tabulate import tabulate
 from fxcomp.data.batches import loader, pair
 from fxcomp.dynamic.model import EarlyExitModel
 from fxcomp.errors import ExitError
+from fxcomp.tracing import eval_mode
 
 
 @dataclass(frozen=True)
@@ -88,19 +89,15 @@ class ExitCalibration:
 @torch.no_grad()
 def _exit_figures(model: EarlyExitModel, data: Any, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Per exit (final last) and sample: the exit's score and whether its answer is right."""
-    was_training = model.training
-    model.eval()
     scores, correct = [], []
-    try:
+    with eval_mode(model):
         for batch in loader(data, batch_size, shuffle=False):
             x, y = pair(batch)
             outputs = model.all_exits(x)
             scores.append(torch.stack([model.scores(out) for out in outputs]))
             correct.append(torch.stack([out.argmax(1) == y for out in outputs]))
-    finally:
-        model.train(was_training)
     if not scores:
-        raise ExitError("the calibration data holds no examples")
+        raise ExitError("the calibration data holds no examples; give at least one (inputs, target) batch")
     return torch.cat(scores, 1).double().numpy(), torch.cat(correct, 1).numpy()
 
 
@@ -193,11 +190,9 @@ def _thin(path: list[ExitStatistics], count: int) -> list[ExitStatistics]:
 @torch.no_grad()
 def exit_statistics(model: EarlyExitModel, data: Any, *, batch_size: int = 256) -> ExitStatistics:
     """Run ``model`` as configured (eval mode, its thresholds) on labelled ``data``; what happened."""
-    was_training = model.training
-    model.eval()
     right = count = 0
     taken_counts = np.zeros(model.num_exits + 1)
-    try:
+    with eval_mode(model):
         for batch in loader(data, batch_size, shuffle=False):
             x, y = pair(batch)
             logits = model(x)
@@ -205,10 +200,8 @@ def exit_statistics(model: EarlyExitModel, data: Any, *, batch_size: int = 256) 
             count += len(y)
             taken = model.last_exits if model.last_exits is not None else torch.full((len(y),), model.num_exits)
             taken_counts += np.bincount(taken.numpy(), minlength=model.num_exits + 1)
-    finally:
-        model.train(was_training)
     if count == 0:
-        raise ExitError("the data holds no examples")
+        raise ExitError("the data holds no examples; give at least one (inputs, target) batch")
     shares = taken_counts / count
     thresholds, model_macs = model.thresholds, model.model_macs_per_sample()
     mean = float(np.dot(shares, model.macs_per_sample(thresholds))) if thresholds is not None else model_macs

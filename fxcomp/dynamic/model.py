@@ -22,7 +22,7 @@ from fxcomp.dynamic.cuts import cut_problems, resolve_cuts
 from fxcomp.dynamic.stages import single_exit_graph, split_stages
 from fxcomp.errors import ExitError
 from fxcomp.report import totals
-from fxcomp.tracing import TensorSpec, node_info, propagate, qualname, trace
+from fxcomp.tracing import TensorSpec, eval_mode, node_info, propagate, qualname, trace
 
 EXITS = "fxcomp_exits"
 """The key of ``GraphModule.meta`` holding the exit plan."""
@@ -83,10 +83,8 @@ def add_exits(
     classes = node_info(_output_node(gm).args[0]).output.shape[1]
     for node, head in zip(nodes, heads):
         spec = node_info(node).output
-        with torch.no_grad():
-            was_training = head.training
-            produced = head.eval()(torch.zeros((2, *spec.shape[1:]), dtype=spec.dtype))
-            head.train(was_training)
+        with torch.no_grad(), eval_mode(head):
+            produced = head(torch.zeros((2, *spec.shape[1:]), dtype=spec.dtype))
         if not isinstance(produced, torch.Tensor) or tuple(produced.shape) != (2, classes):
             shape = tuple(produced.shape) if isinstance(produced, torch.Tensor) else type(produced).__name__
             raise ExitError(f"the head at '{qualname(node)}' gives {shape} for a batch of 2; it must give (2, {classes})")
@@ -119,12 +117,18 @@ class EarlyExitModel(nn.Module):
         by_name = {node.name: node for node in graph_module.graph.nodes}
         missing = [name for name in names if name not in by_name]
         if missing:
-            raise ExitError(f"exit point(s) {missing} are no longer in the graph; a later pass removed them")
+            raise ExitError(
+                f"exit point(s) {missing} are no longer in the graph (a later pass removed them); "
+                "put early_exit after the passes that rewrite the graph"
+            )
         self.cuts = [by_name[name] for name in names]
         problems = cut_problems(graph_module)
         for node in self.cuts:
             if problems.get(node) is not None:
-                raise ExitError(f"'{qualname(node)}' is no longer a cut point after rewriting: {problems[node]}")
+                raise ExitError(
+                    f"'{qualname(node)}' is no longer a cut point after rewriting ({problems[node]}); "
+                    "put early_exit after the passes that rewrite the graph"
+                )
         self.stages = split_stages(graph_module, self.cuts)
         self.last_exits: torch.Tensor | None = None
         self.backbone_frozen = False

@@ -138,13 +138,13 @@ def compress(
 
     if unrewritten is not None:
         gm = unrewritten
+    model = EarlyExitModel(gm) if has_exits(gm) else gm
     report = CompressionReport(
         before=before_rows,
         after=layer_rows(gm),
         before_totals=before_totals,
         after_totals=totals(gm),
         passes=records,
-        exits=EarlyExitModel(gm).exit_plan() if has_exits(gm) else None,
+        exits=model.exit_plan() if isinstance(model, EarlyExitModel) else None,
     )
-    model = EarlyExitModel(gm) if has_exits(gm) else gm
     return CompressionResult(model=model, report=report, plan=records, save_options=loaded.save)

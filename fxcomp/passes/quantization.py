@@ -43,12 +43,17 @@ _PERCENTILE_SAMPLE = 1 << 20  # values per batch the percentile observer looks a
 _LEVELS = {"int8": 127, "int4": 7}
 
 
+def _padding(per_channel: int, group_size: int | None) -> int:
+    """Zeros that complete the last group of an output channel's ``per_channel`` weights (0 without groups)."""
+    return 0 if group_size is None else -per_channel % group_size
+
+
 def _per_row(weight: torch.Tensor, group_size: int | None) -> tuple[torch.Tensor, int]:
     """``weight`` as rows (one per output channel, or per group) zero-padded to full groups; the padding."""
     rows = weight.reshape(weight.shape[0], -1)
     if group_size is None:
         return rows, 0
-    padding = -rows.shape[1] % group_size
+    padding = _padding(rows.shape[1], group_size)
     if padding:
         rows = torch.nn.functional.pad(rows, (0, padding))
     return rows.reshape(-1, group_size), padding
@@ -105,7 +110,7 @@ def straight_through(value: torch.Tensor, rounded: torch.Tensor) -> torch.Tensor
 
 def fake_quantize(weight: torch.Tensor, scheme: str, group_size: int | None = None) -> torch.Tensor:
     """``weight`` quantized and dequantized under ``scheme``, with straight-through gradients."""
-    _, padding = _per_row(weight.detach(), group_size if scheme == "int4" else None)
+    padding = _padding(weight[0].numel(), group_size if scheme == "int4" else None)
     integers, scales = quantize_weight(weight.detach(), scheme, group_size)
     return straight_through(weight, _from_rows(integers * scales, padding, weight))
 
@@ -233,7 +238,7 @@ class PackedWeight(nn.Module):
         channels, per_channel = self.shape[0], max(1, int(torch.Size(self.shape)[1:].numel()))
         if self.group_size is None:
             return channels, per_channel, 0
-        padding = -per_channel % self.group_size
+        padding = _padding(per_channel, self.group_size)
         return channels * (per_channel + padding) // self.group_size, self.group_size, padding
 
     def forward(self, stored: torch.Tensor) -> torch.Tensor:
@@ -253,6 +258,15 @@ class PackedWeight(nn.Module):
         return f"scheme={self.scheme}, shape={tuple(self.shape)}" + (f", group_size={self.group_size}" if self.group_size else "")
 
 
+@torch.no_grad()
+def _quantizer_input(chain: parametrize.ParametrizationList) -> torch.Tensor:
+    """The float weight the last parametrization of ``chain`` (a :class:`WeightQuant`) quantizes."""
+    value = chain.original
+    for step in list(chain)[:-1]:
+        value = step(value)
+    return value.detach().clone()
+
+
 def convert(module: nn.Module) -> list[str]:
     """Store every fake-quantized weight of ``module`` as integers and scales (:class:`PackedWeight`), in place.
 
@@ -269,12 +283,8 @@ def convert(module: nn.Module) -> list[str]:
             if not isinstance(chain[-1], WeightQuant):
                 continue
             quant = chain[-1]
-            with torch.no_grad():
-                value = chain.original
-                for step in list(chain)[:-1]:
-                    value = step(value)
-                value = value.detach().clone()
-                _, scales = quantize_weight(value, quant.scheme, quant.group_size)
+            value = _quantizer_input(chain)
+            _, scales = quantize_weight(value, quant.scheme, quant.group_size)
             packed = PackedWeight(quant.scheme, quant.group_size, value.shape, scales)
             # Swap the chain's contents in place: torch's remove_parametrizations would edit the
             # generated class that copies of the module share.
@@ -388,7 +398,7 @@ def _int8_scales(layer: nn.Module) -> torch.Tensor | None:
     if isinstance(last, PackedWeight) and last.scheme == "int8":
         return last.scales
     if isinstance(last, WeightQuant) and last.scheme == "int8":
-        return quantize_weight(layer.weight.detach(), "int8")[1]
+        return quantize_weight(_quantizer_input(layer.parametrizations["weight"]), "int8")[1]
     return None
 
 
