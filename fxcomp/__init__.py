@@ -10,6 +10,8 @@ The data flows one way: trace → analyze → plan → rewrite → verify → lo
 * :func:`recover` fine-tunes or distills a compressed model back to accuracy (:mod:`fxcomp.recovery`,
   data sets in :mod:`fxcomp.data`);
 * :func:`sparsity` reads how many weights are zero; :func:`strip_masks` bakes pruning masks in;
+* :func:`lower` runs a rewritten graph on a backend: as it is, compiled by inductor, or with
+  kernels plugins register as :class:`Lowering` s (the built-in ones are Triton kernels);
 * :func:`save` / :func:`load` store a rewritten graph in a format that never runs code on load;
 * :func:`layer_table` and :func:`to_dot` show a graph.
 """
@@ -22,6 +24,7 @@ from fxcomp.errors import (
     ExitError,
     FxcompError,
     LoadError,
+    LoweringError,
     PassError,
     PluginError,
     RecipeError,
@@ -29,6 +32,7 @@ from fxcomp.errors import (
     TraceError,
 )
 from fxcomp.export import load, save, to_dot
+from fxcomp.lowering import Declined, Lowering, LoweringReport, LoweringResult, Matched, lower
 from fxcomp.passes import CheckContext, Option, Pass, PassContext, PassResult
 from fxcomp.passes.masks import Mask, sparsity, strip_masks
 from fxcomp.passes.pipeline import CompressionResult, compress
@@ -46,13 +50,19 @@ __all__ = [
     "CompressionReport",
     "CompressionResult",
     "DataError",
+    "Declined",
     "EarlyExitModel",
     "ExitCalibration",
     "ExitError",
     "ExitStatistics",
     "FxcompError",
     "LoadError",
+    "Lowering",
+    "LoweringError",
+    "LoweringReport",
+    "LoweringResult",
     "Mask",
+    "Matched",
     "Member",
     "NodeInfo",
     "Option",
@@ -62,9 +72,9 @@ __all__ = [
     "PassResult",
     "PluginError",
     "PluginInfo",
-    "RecoveryResult",
     "Plugins",
     "RecipeError",
+    "RecoveryResult",
     "SaveError",
     "TensorSpec",
     "TraceError",
@@ -76,6 +86,7 @@ __all__ = [
     "layer_table",
     "load",
     "load_plugins",
+    "lower",
     "node_info",
     "propagate",
     "qualname",

@@ -114,6 +114,8 @@ def _cmd_compress(args: argparse.Namespace) -> None:
         dry_run=args.dry_run,
     )
     print(result.report)
+    if result.lowered is not None:
+        print(f"\n{result.lowered.report}")
     if args.plan:
         with open(args.plan, "w", encoding="utf-8") as handle:
             json.dump(result.plan, handle, indent=2)
@@ -125,11 +127,16 @@ def _cmd_compress(args: argparse.Namespace) -> None:
         print(f"\nsaved the compressed model to {args.out}")
 
 
+def _short(kind: str, keys: list[str]) -> list[str]:
+    """Registry keys as the plugins table shows them: allow-listed classes by their bare names."""
+    return [key.rsplit(".", 1)[-1] for key in keys] if kind == "serializables" else keys
+
+
 def _cmd_plugins(args: argparse.Namespace) -> None:
     plugins = load_plugins()
     rows = []
     for info in sorted(plugins.infos, key=lambda i: i.name):
-        registered = "; ".join(f"{kind}: {', '.join(keys)}" for kind, keys in info.registered.items())
+        registered = "; ".join(f"{kind}: {', '.join(_short(kind, keys))}" for kind, keys in info.registered.items())
         rows.append([info.name, info.distribution or "-", info.version or "-", registered or "(nothing)"])
     print(tabulate(rows, headers=["plugin", "distribution", "version", "registers"]))
     if plugins.blocked:

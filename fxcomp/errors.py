@@ -49,3 +49,7 @@ class DataError(FxcompError):
 
 class ExitError(FxcompError):
     """An early exit cannot be placed where asked, or an early-exit model is used in a way it does not support."""
+
+
+class LoweringError(FxcompError):
+    """A model cannot be lowered to the requested backend, or a kernel disagrees with the graph it replaces."""

@@ -66,6 +66,15 @@ def test_compress_command_writes_model_and_plan(tmp_path, capsys) -> None:
     assert sum(p.numel() for p in loaded.parameters()) < sum(p.numel() for p in reference.parameters())
 
 
+def test_compress_command_prints_the_lowering_report(tmp_path, capsys) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("passes:\n  - pass: lowrank\n    rank: 4\n  - pass: lower\n    backend: triton\n")
+    argv = ["compress", "tests.conftest:SmallCNN", "--recipe", str(recipe), "--input-shape", "1,3,8,8"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "lowered to backend 'triton': 1 pattern occurrence(s)" in printed and "lowrank_linear  fc.0, fc.1" in printed
+
+
 def test_compress_dry_run_writes_no_model(tmp_path, capsys) -> None:
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("passes:\n  - pass: fold_bn\n")

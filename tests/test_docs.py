@@ -25,7 +25,7 @@ def _blocks(page: str) -> tuple[dict[str, str], list[str]]:
 
 def test_plugin_guide_example_installs_and_runs(install_plugin, capsys) -> None:
     files, runs = _blocks("writing-a-plugin.md")
-    assert set(files) == {"pyproject.toml", "fxcomp_strip_dropout.py"} and len(runs) == 1
+    assert set(files) == {"pyproject.toml", "fxcomp_strip_dropout.py"} and len(runs) == 2
     project = tomllib.loads(files["pyproject.toml"])["project"]
     ((entry_name, module_name),) = project["entry-points"]["fxcomp"].items()
     install_plugin(
@@ -41,6 +41,8 @@ def test_plugin_guide_example_installs_and_runs(install_plugin, capsys) -> None:
     )
     exec(compile(runs[0], "writing-a-plugin.md", "exec"), {})
     assert "strip_dropout  yes         removed=2" in capsys.readouterr().out
+    exec(compile(runs[1], "writing-a-plugin.md", "exec"), {})  # the lowering example asserts what it shows
+    assert "linear_relu" in capsys.readouterr().out
 
     shown = re.search(r"\$ fxcomp plugins\n(.*?)```", (DOCS / "writing-a-plugin.md").read_text(), re.DOTALL)[1]
     assert main(["plugins"]) == 0

@@ -124,7 +124,7 @@ def test_plugin_that_fails_to_import_is_named(install_plugin) -> None:
     [
         ("fxcomp_register_passes", lambda register: register(int), "not a subclass of fxcomp.Pass"),
         ("fxcomp_register_importance", lambda register: register("x", 3), "not callable"),
-        ("fxcomp_register_lowerings", lambda register: register("triton", 3, print), "must be strings"),
+        ("fxcomp_register_lowerings", lambda register: register("triton", 3, print), "must be non-empty strings"),
         ("fxcomp_register_serializables", lambda register: register(3), "nn.Module subclass or a function"),
     ],
 )

@@ -15,6 +15,7 @@ from fxcomp.passes.masks import Mask, add_mask, has_parametrization
 from fxcomp.passes.quantization import (
     OBSERVERS,
     ActivationQuant,
+    IntegerWeight,
     PackedWeight,
     QDQActivation,
     QDQLayer,
@@ -22,6 +23,7 @@ from fxcomp.passes.quantization import (
     convert,
     fake_quantize,
     integer_forward,
+    integer_weight,
     pack_int4,
     qdq_model,
     quantize_parameter,
@@ -53,6 +55,7 @@ from fxcomp.passes.options import (
 __all__ = [
     "OBSERVERS",
     "ActivationQuant",
+    "IntegerWeight",
     "REQUIRED",
     "SharedWeights",
     "WeightQuant",
@@ -77,6 +80,7 @@ __all__ = [
     "has_parametrization",
     "integer",
     "integer_forward",
+    "integer_weight",
     "matches",
     "no_gain_reason",
     "number",

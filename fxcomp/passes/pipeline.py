@@ -14,9 +14,10 @@ import torch.fx as fx
 import torch.nn as nn
 
 from fxcomp.dynamic.model import EarlyExitModel, has_exits
-from fxcomp.errors import FxcompError, PassError
+from fxcomp.errors import FxcompError, LoweringError, PassError
 from fxcomp.export.deep import CodecReport
 from fxcomp.export.files import save
+from fxcomp.lowering import LoweringResult, lower
 from fxcomp.passes.base import Pass, PassContext, PassResult
 from fxcomp.passes.recipe import RecipeLike, load_recipe
 from fxcomp.passes.verify import run_graph, verify
@@ -37,12 +38,15 @@ class CompressionResult:
         plan: one JSON-serializable record per pass: its name, options, what it decided
             and, unless ``dry_run``, whether it modified the graph and its statistics.
         save_options: the recipe's ``save`` section (e.g. ``{"codec": "deep"}``), used by :meth:`save`.
+        lowered: when the recipe ends with a ``lower`` step, :func:`fxcomp.lower`'s result for
+            ``model`` (the module to run and its report); ``model`` stays the graph to save and inspect.
     """
 
     model: fx.GraphModule | EarlyExitModel
     report: CompressionReport
     plan: list[dict[str, Any]]
     save_options: dict[str, Any] = field(default_factory=dict)
+    lowered: LoweringResult | None = None
 
     def save(self, path: str | os.PathLike, *, plugins: Plugins | None = None) -> CodecReport | None:
         """``fxcomp.save`` the model to ``path`` as the recipe's ``save`` section says; its codec report, if any."""
@@ -147,4 +151,9 @@ def compress(
         passes=records,
         exits=model.exit_plan() if isinstance(model, EarlyExitModel) else None,
     )
-    return CompressionResult(model=model, report=report, plan=records, save_options=loaded.save)
+    lowered = None
+    if loaded.lower is not None and not dry_run:
+        if isinstance(model, EarlyExitModel):
+            raise LoweringError("an early-exit model cannot be lowered yet; drop the recipe's `lower` step")
+        lowered = lower(gm, example_inputs=inputs, plugins=plugins, **loaded.lower)
+    return CompressionResult(model=model, report=report, plan=records, save_options=loaded.save, lowered=lowered)

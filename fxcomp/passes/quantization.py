@@ -28,6 +28,7 @@ exact.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -295,6 +296,49 @@ def convert(module: nn.Module) -> list[str]:
             chain.unsafe = True
             converted.append(f"{path}.{name}" if path else name)
     return converted
+
+
+@dataclass(frozen=True)
+class IntegerWeight:
+    """The whole numbers and scales a quantized weight is computed from.
+
+    ``integers`` (int8) has one row per output channel, ``weight[0].numel()`` columns;
+    ``scales`` has one row per output channel and one column per group of ``group_size``
+    columns (a single column without groups). The weight is ``integers · scales`` with
+    each entry taking its group's scale, bitwise as the module computes it.
+    """
+
+    scheme: str
+    group_size: int | None
+    integers: torch.Tensor
+    scales: torch.Tensor
+
+
+@torch.no_grad()
+def integer_weight(module: nn.Module, name: str = "weight") -> IntegerWeight | None:
+    """The :class:`IntegerWeight` of ``module``'s tensor ``name`` when it is quantized.
+
+    That is when its last parametrization is a :class:`WeightQuant` (fake-quantized)
+    or a :class:`PackedWeight` (after :func:`convert`); ``None`` otherwise.
+    """
+    if not parametrize.is_parametrized(module, name):
+        return None
+    chain = module.parametrizations[name]
+    last = chain[-1]
+    if isinstance(last, PackedWeight):
+        rows, columns, _ = last._rows()
+        stored = chain.original
+        integers = unpack_int4(stored, rows * columns) if last.scheme == "int4" else stored
+        integers, scales, shape = integers.reshape(rows, columns), last.scales, torch.Size(last.shape)
+    elif isinstance(last, WeightQuant):
+        value = _quantizer_input(chain)
+        integers, scales = quantize_weight(value, last.scheme, last.group_size)
+        shape = value.shape
+    else:
+        return None
+    channels, per_channel = shape[0], max(1, shape[1:].numel())
+    integers = integers.reshape(channels, -1)[:, :per_channel].to(torch.int8)
+    return IntegerWeight(last.scheme, last.group_size, integers, scales.reshape(channels, -1).clone())
 
 
 class IntegerReference(fx.Interpreter):

@@ -6,6 +6,8 @@ A recipe has the form::
       - pass: fold_bn
       - pass: prune
         ratio: 0.5
+      - pass: lower      # optional, last: fxcomp.lower the result (CompressionResult.lowered)
+        backend: inductor
     save:                # optional: how CompressionResult.save (and the CLI's --out) writes the model
       codec: deep        # the Deep Compression codec of fxcomp.save
       index_bits: 5
@@ -66,10 +68,12 @@ def _build(entry: Any, index: int, plugins: Plugins) -> Pass:
 
 @dataclass
 class Recipe:
-    """A loaded recipe: its passes, and the options to save the result with (``fxcomp.save``'s)."""
+    """A loaded recipe: its passes, the options to save the result with (``fxcomp.save``'s) and,
+    when it ends with a ``lower`` step, that step's options (``fxcomp.lower``'s ``backend`` and ``mode``)."""
 
     passes: list[Pass]
     save: dict[str, Any] = field(default_factory=dict)
+    lower: dict[str, Any] | None = None
 
 
 def _save_options(value: Any) -> dict[str, Any]:
@@ -83,6 +87,21 @@ def _save_options(value: Any) -> dict[str, Any]:
     if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= 16:
         raise RecipeError(f"save.index_bits: expected a whole number in [1, 16], got {bits!r}")
     return dict(value)
+
+
+def _lower_options(entry: Mapping[str, Any], index: int, count: int) -> dict[str, Any]:
+    path = f"passes[{index}]"
+    if index != count - 1:
+        raise RecipeError(f"{path}.pass: `lower` must be the last step of a recipe (it is step {index + 1} of {count})")
+    unknown = sorted(set(entry) - {"pass", "backend", "mode"})
+    if unknown:
+        raise RecipeError(f"{path}.{unknown[0]}: unknown option of `lower`; it takes backend and mode")
+    options = {"backend": entry.get("backend", "eager"), "mode": entry.get("mode")}
+    if not isinstance(options["backend"], str) or not options["backend"]:
+        raise RecipeError(f"{path}.backend: expected a backend name such as eager, inductor or triton, got {options['backend']!r}")
+    if options["mode"] is not None and not isinstance(options["mode"], str):
+        raise RecipeError(f"{path}.mode: expected a torch.compile mode name, got {options['mode']!r}")
+    return options
 
 
 def load_recipe(recipe: RecipeLike, plugins: Plugins) -> Recipe:
@@ -103,4 +122,10 @@ def load_recipe(recipe: RecipeLike, plugins: Plugins) -> Recipe:
     entries = data.get("passes")
     if not isinstance(entries, list):
         raise RecipeError(f"passes: expected a list of {{pass: NAME, ...options}}, got {entries!r}")
-    return Recipe([_build(entry, index, plugins) for index, entry in enumerate(entries)], _save_options(data.get("save")))
+    passes, lower = [], None
+    for index, entry in enumerate(entries):
+        if isinstance(entry, Mapping) and entry.get("pass") == "lower":
+            lower = _lower_options(entry, index, len(entries))
+        else:
+            passes.append(_build(entry, index, plugins))
+    return Recipe(passes, _save_options(data.get("save")), lower)

@@ -81,12 +81,13 @@ def fxcomp_register_channel_rules(register: Register) -> None:
 def fxcomp_register_lowerings(register: Register) -> None:
     """Contribute lowerings of graph patterns to kernels.
 
-    Call ``register(backend, name, lowering)``; ``backend`` is the lowering
-    backend's name (e.g. ``"triton"``) and ``name`` identifies the pattern.
-    A pattern with no lowering stays as it is and is listed in the report.
-
-    Status: lowerings are collected and listed; ``fxcomp.lower``, which applies
-    them, is not written yet (issue 8).
+    Call ``register(backend, name, lowering)``: ``backend`` names the backend the kernel
+    belongs to (e.g. ``"triton"``; ``"eager"`` and ``"inductor"`` are built in), ``name``
+    the pattern, and ``lowering`` is an :class:`fxcomp.Lowering` instance that matches the
+    pattern's occurrences and builds the kernel module replacing each.
+    ``fxcomp.lower(gm, backend=...)`` applies the backend's lowerings, checks every
+    replacement against the values it replaces, and reports the layers no lowering
+    matched (they stay as they are).
     """
 
 

@@ -14,6 +14,13 @@ from fxcomp.passes.base import Pass
 from fxcomp.plugin.hookspecs import HOOK_KINDS
 
 
+RESERVED_PASS_NAMES = ("lower",)
+"""Recipe step names that are not passes (``lower`` ends a recipe by lowering its result)."""
+
+BUILT_IN_BACKENDS = ("eager", "inductor")
+"""Lowering backends fxcomp provides itself (no registered lowerings)."""
+
+
 @dataclass(frozen=True)
 class Entry:
     """One registered thing and the plugin that registered it."""
@@ -67,6 +74,8 @@ class Registry:
             name = getattr(pass_class, "name", None)
             if not isinstance(name, str) or not name.isidentifier():
                 raise bad(f"class {pass_class.__name__} whose `name` is not an identifier: {name!r}")
+            if name in RESERVED_PASS_NAMES:
+                raise bad(f"class {pass_class.__name__} named {name!r}, which recipes reserve for their last step")
             self._add(kind, name, pass_class, plugin)
 
         def register_named(name: Any, value: Any) -> None:
@@ -85,8 +94,14 @@ class Registry:
             self._add(kind, target, rule, plugin)
 
         def register_lowering(backend: Any, name: Any, lowering: Any) -> None:
-            if not isinstance(backend, str) or not isinstance(name, str):
-                raise bad(f"backend {backend!r} and pattern {name!r}: both must be strings")
+            if not isinstance(backend, str) or not isinstance(name, str) or not backend or not name:
+                raise bad(f"backend {backend!r} and pattern {name!r}: both must be non-empty strings")
+            if backend in BUILT_IN_BACKENDS:
+                raise bad(f"backend {backend!r}, which is built in; register kernels under a backend of their own")
+            from fxcomp.lowering.base import Lowering  # here: fxcomp.lowering imports the plugin host
+
+            if not isinstance(lowering, Lowering):
+                raise bad(f"'{backend}/{name}' bound to {lowering!r}, which is not an fxcomp.Lowering instance")
             self._add(kind, (backend, name), lowering, plugin)
 
         def register_serializable(obj: Any) -> None:

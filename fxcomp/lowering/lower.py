@@ -1,0 +1,319 @@
+"""``lower``: run a rewritten graph on a backend — as it is, compiled by inductor, or with kernels.
+
+* ``eager``: the graph as it is (plain torch);
+* ``inductor``: ``torch.compile`` (on CPU inductor emits C++);
+* any other name: the lowerings plugins registered for that backend (``triton`` for the
+  built-in kernels) replace the patterns they match by kernel modules; every
+  replacement is checked against the values it replaces, then the whole model is run.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+from torch.nn.utils import parametrize
+
+from fxcomp.errors import LoweringError
+from fxcomp.lowering.base import Declined, Lowering
+from fxcomp.lowering.report import LoweringReport
+from fxcomp.passes.masks import class_before_parametrizations
+from fxcomp.passes.verify import relative_error, run_graph
+from fxcomp.plugin.host import DISABLE_ENV, Plugins, load_plugins
+from fxcomp.plugin.registry import BUILT_IN_BACKENDS
+from fxcomp.tracing import NodeInfo, TensorSpec, as_input_tuple, eval_mode, node_info, qualname
+from fxcomp.tracing.names import QUALNAME
+from fxcomp.tracing.shapes import INFO
+
+INDUCTOR_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+INDUCTOR_TOLERANCE = 1e-4
+"""The largest relative output change accepted from inductor (it reorders floating-point sums)."""
+
+KERNELS_PATH = "lowered"
+"""Where the kernel modules live in a graph lowered with pattern lowerings (``lowered.<node>``)."""
+
+
+@dataclass
+class LoweringResult:
+    """The outcome of :func:`lower`: the model to run (in eval mode) and what was done to it."""
+
+    module: nn.Module
+    report: LoweringReport
+
+
+def _example_inputs(gm: fx.GraphModule) -> tuple[torch.Tensor, ...]:
+    """Random inputs shaped like the ones ``gm`` was annotated with."""
+    inputs = []
+    for node in gm.graph.find_nodes(op="placeholder"):
+        spec = node_info(node).output if INFO in node.meta else None
+        if not isinstance(spec, TensorSpec):
+            raise LoweringError(
+                f"input '{node.name}' of the graph has no recorded shape; pass example_inputs to fxcomp.lower"
+            )
+        generator = torch.Generator().manual_seed(len(inputs))
+        if spec.dtype.is_floating_point:
+            inputs.append(torch.randn(spec.shape, generator=generator).to(spec.dtype))
+        else:
+            inputs.append(torch.zeros(spec.shape, dtype=spec.dtype))
+    return tuple(inputs)
+
+
+def _backend_lowerings(backend: str, plugins: Plugins) -> dict[str, Lowering]:
+    lowerings = {name: entry.value for (owner, name), entry in plugins.registry.lowerings.items() if owner == backend}
+    if backend in BUILT_IN_BACKENDS or lowerings:
+        return lowerings
+    registered = sorted({owner for owner, _ in plugins.registry.lowerings})
+    known = ", ".join([*BUILT_IN_BACKENDS, *registered])
+    hint = " (install the triton extra: pip install 'fxcomp[triton]')" if backend == "triton" else ""
+    raise LoweringError(f"unknown lowering backend {backend!r}; available: {known}{hint}")
+
+
+def lower(
+    gm: fx.GraphModule,
+    backend: str = "eager",
+    *,
+    example_inputs: torch.Tensor | Sequence[torch.Tensor] | None = None,
+    plugins: Plugins | None = None,
+    mode: str | None = None,
+) -> LoweringResult:
+    """Lower a copy of ``gm`` to ``backend`` for inference; ``gm`` is never modified.
+
+    Args:
+        gm: a ``GraphModule`` (e.g. ``fxcomp.compress(...).model``).
+        backend: ``"eager"``, ``"inductor"`` or a backend plugins registered lowerings for
+            (``"triton"``: the built-in Triton kernels).
+        example_inputs: inputs to check the lowered model with; by default random ones shaped
+            like those ``gm`` was traced with.
+        plugins: the plugins to take lowerings from; loaded from entry points when omitted.
+        mode: ``torch.compile``'s mode, for ``inductor`` only.
+
+    The lowered model's outputs are compared with ``gm``'s; with pattern lowerings each
+    replaced value is compared too, against the lowering's tolerance. Raises
+    :class:`fxcomp.LoweringError` for an unknown backend, kernels that cannot run on this
+    machine, or a kernel whose output disagrees with what it replaces.
+    """
+    if not isinstance(gm, fx.GraphModule):
+        raise LoweringError(
+            f"fxcomp.lower takes a torch.fx GraphModule, got {type(gm).__name__}; "
+            "trace the model with fxcomp.trace or lower fxcomp.compress(...).model"
+        )
+    if mode is not None and (backend != "inductor" or mode not in INDUCTOR_MODES):
+        raise LoweringError(f"mode {mode!r} needs backend 'inductor' and one of {', '.join(INDUCTOR_MODES)}")
+    plugins = plugins if plugins is not None else load_plugins()
+    lowerings = _backend_lowerings(backend, plugins)
+    inputs = as_input_tuple(example_inputs) if example_inputs is not None else _example_inputs(gm)
+    working = copy.deepcopy(gm).eval()
+    try:
+        reference = run_graph(working, inputs)
+    except RuntimeError as error:
+        raise LoweringError(f"the graph fails to run on the example inputs before lowering: {error}") from error
+    if backend == "eager":
+        return LoweringResult(working, LoweringReport(backend))
+    if backend == "inductor":
+        return _inductor(working, inputs, reference, mode)
+    return _with_lowerings(working, backend, lowerings, inputs, reference, plugins)
+
+
+def _inductor(working: fx.GraphModule, inputs: tuple[torch.Tensor, ...], reference: Any, mode: str | None) -> LoweringResult:
+    compiled = torch.compile(working, backend="inductor", mode=mode)
+    with torch.no_grad():
+        outputs = compiled(*inputs)
+    error, _ = relative_error(outputs, reference)
+    if error > INDUCTOR_TOLERANCE:
+        raise LoweringError(
+            f"the inductor-compiled model's outputs differ from the graph's by {error:.2e} (relative), "
+            f"more than {INDUCTOR_TOLERANCE:g}; lower with backend 'eager' instead"
+        )
+    return LoweringResult(compiled, LoweringReport("inductor", error=error))
+
+
+@dataclass
+class _Plan:
+    name: str
+    lowering: Lowering
+    nodes: list[fx.Node]
+
+
+def _external_inputs(nodes: Sequence[fx.Node]) -> list[fx.Node]:
+    """The nodes outside ``nodes`` whose values they read, in order of first reading."""
+    inside, seen = set(nodes), {}
+    for node in nodes:
+        for value in node.all_input_nodes:
+            if value not in inside:
+                seen.setdefault(value, None)
+    return list(seen)
+
+
+def _why_not(nodes: Sequence[fx.Node], first: fx.Node, claimed: set[fx.Node]) -> str | None:
+    """Why the node list a lowering returned cannot be replaced as one kernel, if it cannot."""
+    if not nodes or nodes[0] is not first:
+        return "the lowering returned a match that does not start at the node it was offered"
+    order = {node: index for index, node in enumerate(first.graph.nodes)}
+    if any(order[a] >= order[b] for a, b in zip(nodes, nodes[1:])):
+        return "the lowering returned nodes out of graph order"
+    if claimed.intersection(nodes):
+        return "it overlaps a pattern already lowered"
+    inside = set(nodes)
+    for node in nodes[:-1]:
+        outside = [user for user in node.users if user not in inside]
+        if outside:
+            return f"'{qualname(node)}' is also used by '{qualname(outside[0])}'"
+    return None
+
+
+def _plans(
+    gm: fx.GraphModule, lowerings: dict[str, Lowering]
+) -> tuple[list[_Plan], list[dict[str, Any]]]:
+    """The occurrences to lower (at each node, the longest match; ties by pattern name) and the declined ones."""
+    plans: list[_Plan] = []
+    declined: list[dict[str, Any]] = []
+    claimed: set[fx.Node] = set()
+    for node in list(gm.graph.nodes):
+        if node in claimed or node.op in ("placeholder", "get_attr", "output"):
+            continue
+        best: _Plan | None = None
+        reasons: list[dict[str, Any]] = []
+        for name in sorted(lowerings):
+            answer = lowerings[name].match(gm, node)
+            if answer is None:
+                continue
+            reason = answer.reason if isinstance(answer, Declined) else _why_not(answer.nodes, node, claimed)
+            if reason is not None:
+                reasons.append({"pattern": name, "nodes": [qualname(n) for n in answer.nodes], "reason": reason})
+            elif best is None or len(answer.nodes) > len(best.nodes):
+                best = _Plan(name, lowerings[name], list(answer.nodes))
+        if best is None:
+            declined.extend(reasons)
+        else:
+            plans.append(best)
+            claimed.update(best.nodes)
+    return plans, declined
+
+
+class _Recorder(fx.Interpreter):
+    """Runs a graph and keeps the values of chosen nodes."""
+
+    def __init__(self, gm: fx.GraphModule, wanted: Iterable[fx.Node]) -> None:
+        super().__init__(gm)
+        self.wanted, self.values = set(wanted), {}
+
+    def run_node(self, node: fx.Node) -> Any:
+        value = super().run_node(node)
+        if node in self.wanted:
+            self.values[node] = value
+        return value
+
+
+def _annotate(call: fx.Node, nodes: Sequence[fx.Node], path: str) -> None:
+    """Give the kernel's node the shapes and costs of the nodes it replaces (when they are annotated)."""
+    call.meta[QUALNAME] = path
+    if all(INFO in node.meta for node in nodes):
+        infos = [node_info(node) for node in nodes]
+        inputs = tuple(node_info(value).output for value in call.all_input_nodes if INFO in value.meta)
+        call.meta[INFO] = NodeInfo(
+            path, infos[-1].output, inputs, sum(info.macs for info in infos), sum(info.params for info in infos)
+        )
+
+
+def _replace(gm: fx.GraphModule, nodes: Sequence[fx.Node], kernel: nn.Module, inputs: list[fx.Node]) -> str:
+    """Put ``kernel`` in place of ``nodes`` (a call of it before the last node); return its module path."""
+    path = f"{KERNELS_PATH}.{qualname(nodes[0]).replace('.', '_')}"
+    gm.add_submodule(path, kernel)
+    last = nodes[-1]
+    with gm.graph.inserting_before(last):
+        call = gm.graph.call_module(path, tuple(inputs))
+    _annotate(call, nodes, path)
+    last.replace_all_uses_with(call)
+    targets = {str(node.target) for node in nodes if node.op == "call_module"}
+    for node in reversed(nodes):
+        gm.graph.erase_node(node)
+    still_used = {str(node.target) for node in gm.graph.nodes if node.op in ("call_module", "get_attr")}
+    for target in sorted(targets - still_used):
+        if not any(used.startswith(target + ".") for used in still_used):
+            gm.delete_submodule(target)
+    return path
+
+
+def _with_lowerings(
+    working: fx.GraphModule,
+    backend: str,
+    lowerings: dict[str, Lowering],
+    inputs: tuple[torch.Tensor, ...],
+    reference: Any,
+    plugins: Plugins,
+) -> LoweringResult:
+    for name, lowering in sorted(lowerings.items()):
+        problem = lowering.unavailable()
+        if problem is not None:
+            raise LoweringError(f"backend '{backend}' cannot run here (lowering '{name}'): {problem}")
+    plans, declined = _plans(working, lowerings)
+    wanted = [value for plan in plans for value in (*_external_inputs(plan.nodes), plan.nodes[-1])]
+    recorder = _Recorder(working, wanted)
+    with eval_mode(working), torch.no_grad():
+        recorder.run(*inputs)
+    # Read each match's values now: replacing one match rewires the inputs of the next.
+    values = [([recorder.values[n] for n in _external_inputs(plan.nodes)], recorder.values[plan.nodes[-1]]) for plan in plans]
+    lowered: list[dict[str, Any]] = []
+    paths: list[str] = []
+    for plan, (arguments, expected) in zip(plans, values):
+        nodes = [qualname(node) for node in plan.nodes]
+        where = f"lowering '{plan.name}' of backend '{backend}' (nodes {', '.join(nodes)})"
+        kernel = plan.lowering.build(working, plan.nodes).eval()
+        with torch.no_grad():
+            try:
+                value = kernel(*arguments)
+            except Exception as error:  # noqa: BLE001 - a failing kernel is reported with its lowering
+                raise LoweringError(f"{where} built a kernel that fails: {type(error).__name__}: {error}") from error
+        error, _ = relative_error(value, expected)
+        if error > plan.lowering.tolerance:
+            plugin = plugins.registry.lowerings[(backend, plan.name)].plugin
+            raise LoweringError(
+                f"{where} changed the value by {error:.2e} (relative), more than its tolerance "
+                f"{plan.lowering.tolerance:g}; report it to plugin '{plugin}' or block it with {DISABLE_ENV}={plugin}"
+            )
+        path = _replace(working, plan.nodes, kernel, _external_inputs(plan.nodes))
+        paths.append(path)
+        lowered.append({"pattern": plan.name, "nodes": nodes, "kernel": f"{path} ({type(kernel).__name__})", "error": error})
+    working.graph.lint()
+    working.recompile()
+    outputs = run_graph(working, inputs)
+    error, _ = relative_error(outputs, reference)
+    allowed = sum(plan.lowering.tolerance for plan in plans)
+    if error > allowed:
+        raise LoweringError(
+            f"the lowered model's outputs differ from the graph's by {error:.2e} (relative), more than the "
+            f"{allowed:g} its {len(plans)} kernel(s) allow; lower with backend 'eager' instead"
+        )
+    report = LoweringReport(backend, lowered, declined, _unlowered(working, paths), error)
+    return LoweringResult(working, report)
+
+
+def _storage(module: nn.Module) -> str:
+    """How ``module``'s parametrized tensors are computed, e.g. ``weight: Mask, WeightQuant(scheme=int8)``."""
+    if not parametrize.is_parametrized(module):
+        return ""
+    parts = []
+    for name, chain in module.parametrizations.items():
+        steps = [type(step).__name__ + (f"({step.extra_repr()})" if step.extra_repr() else "") for step in chain]
+        parts.append(f"{name}: {', '.join(steps)}")
+    return f" [{'; '.join(parts)}]"
+
+
+def _unlowered(gm: fx.GraphModule, kernels: Iterable[str]) -> list[dict[str, Any]]:
+    """The layers with weights left as they are, grouped by kind."""
+    kernels = set(kernels)
+    groups: dict[str, list[str]] = {}
+    for node in gm.graph.find_nodes(op="call_module"):
+        if str(node.target) in kernels:
+            continue
+        module = gm.get_submodule(str(node.target))
+        if not any(True for _ in module.parameters()):
+            continue
+        kind = class_before_parametrizations(module).__name__ + _storage(module)
+        groups.setdefault(kind, []).append(qualname(node))
+    return [{"kind": kind, "nodes": names} for kind, names in groups.items()]

@@ -1,0 +1,327 @@
+"""fxcomp.lower: backends, the built-in Triton patterns (in Triton's interpreter), the report, the hook."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import pytest
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+import fxcomp
+from fxcomp import Declined, Lowering, LoweringError, Matched, PluginError, RecipeError, hookimpl
+from fxcomp.lowering import module_at
+
+pytest.importorskip("triton")
+
+
+class MLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(40, 64), nn.Linear(64, 48), nn.Linear(48, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+
+
+class DepthwiseBlocks(nn.Module):
+    """A MobileNet block (dw → BN → ReLU → pw → BN → ReLU) and a plain 3×3 conv for ``separable``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.dw = nn.Conv2d(8, 16, 3, stride=2, padding=2, dilation=2, groups=8, bias=False)
+        self.dw_bn = nn.BatchNorm2d(16)
+        self.pw = nn.Conv2d(16, 12, 1)
+        self.pw_bn = nn.BatchNorm2d(12)
+        self.conv = nn.Conv2d(12, 10, 3, padding=1)
+        self.fc = nn.Linear(10, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        x = torch.relu(self.pw_bn(self.pw(torch.relu(self.dw_bn(self.dw(x))))))
+        x = self.conv(x).relu()
+        return self.fc(x.mean((2, 3)))
+
+
+def _model(cls: type[nn.Module]) -> nn.Module:
+    torch.manual_seed(0)
+    model = cls().eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.normal_()
+                module.running_var.uniform_(0.5, 1.5)
+                module.weight.normal_()
+                module.bias.normal_()
+    return model
+
+
+@pytest.fixture(scope="module")
+def plugins() -> fxcomp.Plugins:
+    return fxcomp.load_plugins()
+
+
+def _lowered(model: nn.Module, inputs: torch.Tensor, passes: list, plugins: fxcomp.Plugins):
+    compressed = fxcomp.compress(model, inputs, {"passes": passes}, plugins=plugins).model
+    result = fxcomp.lower(compressed, "triton", example_inputs=inputs, plugins=plugins)
+    with torch.no_grad():
+        expected, got = compressed(inputs), result.module(inputs)
+    return compressed, result, expected, got
+
+
+def _patterns(report: fxcomp.LoweringReport) -> list[str]:
+    return [row["pattern"] for row in report.lowered]
+
+
+def _kernel_classes(gm: fx.GraphModule) -> set[str]:
+    return {type(gm.get_submodule(str(n.target))).__name__ for n in gm.graph.find_nodes(op="call_module")}
+
+
+MLP_CASES = [
+    ([{"pass": "lowrank", "rank": 8}], "lowrank_linear", "LowRankLinearKernel"),
+    ([{"pass": "quantize", "scheme": "int8_weight_only"}], "int8_weight_linear", "Int8LinearKernel"),
+    ([{"pass": "quantize", "scheme": "int8_weight_only"}, {"pass": "convert"}], "int8_weight_linear", "Int8LinearKernel"),
+    ([{"pass": "quantize", "scheme": "ternary"}], "int8_weight_linear", "Int8LinearKernel"),
+    ([{"pass": "quantize", "scheme": "binary"}, {"pass": "convert"}], "int8_weight_linear", "Int8LinearKernel"),
+    ([{"pass": "quantize", "scheme": "int4_weight_only", "group_size": 7}], "int4_weight_linear", "Int4LinearKernel"),
+    ([{"pass": "quantize", "scheme": "int4_weight_only", "group_size": 16}, {"pass": "convert"}], "int4_weight_linear", "Int4LinearKernel"),
+    ([{"pass": "cluster", "bits": 3}], "codebook_linear", "CodebookLinearKernel"),
+    ([{"pass": "sparsify", "sparsity": 0.8}, {"pass": "cluster", "bits": 4}], "codebook_linear", "CodebookLinearKernel"),
+    ([{"pass": "sparsify", "sparsity": 0.85}], "sparse_linear", "CSRLinearKernel"),
+]
+
+
+@pytest.mark.parametrize(("passes", "pattern", "kernel"), MLP_CASES, ids=lambda v: v if isinstance(v, str) else None)
+def test_linear_patterns_lower_to_kernels_with_the_same_outputs(passes, pattern, kernel, plugins) -> None:
+    inputs = torch.randn(5, 40, generator=torch.Generator().manual_seed(3))
+    compressed, result, expected, got = _lowered(_model(MLP), inputs, passes, plugins)
+    assert _patterns(result.report) == [pattern] * 3
+    assert kernel in _kernel_classes(result.module)
+    assert not any(isinstance(m, nn.Linear) for m in result.module.modules())
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    assert result.report.error <= 1e-4
+    assert all(row["error"] <= 1e-4 for row in result.report.lowered)
+
+
+def test_a_low_rank_pair_whose_first_layer_has_a_bias_folds_it(plugins) -> None:
+    model = nn.Sequential(nn.Linear(30, 4), nn.Linear(4, 20)).eval()
+    inputs = torch.randn(2, 3, 30)  # three-dimensional: the kernel works on the last dimension
+    gm = fxcomp.trace(model, inputs)
+    result = fxcomp.lower(gm, "triton", example_inputs=inputs, plugins=plugins)
+    assert _patterns(result.report) == ["lowrank_linear"]
+    torch.testing.assert_close(result.module(inputs), model(inputs), rtol=1e-4, atol=1e-5)
+
+
+def test_depthwise_pointwise_blocks_fuse_with_batchnorm_and_relu(plugins) -> None:
+    inputs = torch.randn(2, 3, 11, 9, generator=torch.Generator().manual_seed(4))
+    passes = [{"pass": "separable", "include": ["conv"], "depth_multiplier": 2, "skip_no_gain": False}]
+    _compressed, result, expected, got = _lowered(_model(DepthwiseBlocks), inputs, passes, plugins)
+    assert _patterns(result.report) == ["separable_conv", "separable_conv"]
+    nodes = [row["nodes"] for row in result.report.lowered]
+    assert nodes[0] == ["dw", "dw_bn", "relu_1", "pw", "pw_bn", "relu_2"]
+    assert nodes[1][:2] == ["conv.0", "conv.1"] and len(nodes[1]) == 3  # the .relu() call is fused too
+    kernels = [m for m in result.module.modules() if type(m).__name__ == "SeparableConvKernel"]
+    assert [(k.mid_relu, k.relu) for k in kernels] == [(True, True), (False, True)]
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_layers_no_kernel_matches_stay_and_are_reported(plugins) -> None:
+    inputs = torch.randn(2, 3, 8, 8)
+    model = _model(DepthwiseBlocks)
+    passes = [{"pass": "quantize", "scheme": "int8_weight_only", "include": ["stem", "fc"]}]
+    _compressed, result, expected, got = _lowered(model, inputs, passes, plugins)
+    assert _patterns(result.report) == ["separable_conv", "int8_weight_linear"]
+    kinds = {row["kind"]: row["nodes"] for row in result.report.unlowered}
+    assert kinds == {"Conv2d [weight: WeightQuant(scheme=int8)]": ["stem"], "Conv2d": ["conv"]}
+    assert "left as they are" in str(result.report) and "stem" in str(result.report)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_recognized_pattern_that_cannot_be_lowered_is_declined_with_its_reason(plugins) -> None:
+    inputs = torch.randn(4, 40)
+    passes = [{"pass": "sparsify", "sparsity": 0.3}]
+    _compressed, result, expected, got = _lowered(_model(MLP), inputs, passes, plugins)
+    assert result.report.lowered == []
+    assert [row["pattern"] for row in result.report.declined] == ["sparse_linear"] * 3
+    assert "70% of its weights are nonzero" in result.report.declined[0]["reason"]
+    assert torch.equal(got, expected)
+
+
+def test_a_low_rank_intermediate_used_elsewhere_is_not_fused(plugins) -> None:
+    class Tap(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.v, self.u = nn.Linear(20, 3, bias=False), nn.Linear(3, 20)
+
+        def forward(self, x):
+            hidden = self.v(x)
+            return self.u(hidden), hidden
+
+    inputs = torch.randn(2, 20)
+    result = fxcomp.lower(fxcomp.trace(Tap().eval(), inputs), "triton", example_inputs=inputs, plugins=plugins)
+    assert result.report.lowered == []
+
+
+def test_lowering_leaves_the_given_graph_untouched(plugins) -> None:
+    inputs = torch.randn(3, 40)
+    compressed = fxcomp.compress(_model(MLP), inputs, {"passes": [{"pass": "lowrank", "rank": 6}]}, plugins=plugins).model
+    code, state = compressed.code, {k: v.clone() for k, v in compressed.state_dict().items()}
+    fxcomp.lower(compressed, "triton", plugins=plugins)  # example inputs made from the recorded shapes
+    assert compressed.code == code
+    assert all(torch.equal(v, state[k]) for k, v in compressed.state_dict().items())
+
+
+def test_eager_returns_the_graph_unchanged_and_inductor_compiles_it(plugins, small_cnn, image) -> None:
+    gm = fxcomp.trace(small_cnn, image)
+    eager = fxcomp.lower(gm, plugins=plugins)
+    assert eager.module is not gm and torch.equal(eager.module(image), gm(image))
+    assert eager.report.backend == "eager" and eager.report.lowered == []
+    compiled = fxcomp.lower(gm, "inductor", plugins=plugins)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled.module(image), gm(image), rtol=1e-4, atol=1e-5)
+    assert "compiled by torch.compile" in str(compiled.report)
+
+
+def test_unknown_backends_and_misplaced_options_are_refused(plugins, small_cnn, image) -> None:
+    gm = fxcomp.trace(small_cnn, image)
+    with pytest.raises(LoweringError, match="unknown lowering backend 'tpu'; available: eager, inductor, triton"):
+        fxcomp.lower(gm, "tpu", plugins=plugins)
+    with pytest.raises(LoweringError, match="mode 'max-autotune' needs backend 'inductor'"):
+        fxcomp.lower(gm, "eager", mode="max-autotune", plugins=plugins)
+    with pytest.raises(LoweringError, match="takes a torch.fx GraphModule"):
+        fxcomp.lower(small_cnn, plugins=plugins)
+    with pytest.raises(LoweringError, match="no recorded shape; pass example_inputs"):
+        fxcomp.lower(fx.symbolic_trace(small_cnn), plugins=plugins)
+
+
+def test_triton_without_cuda_or_the_interpreter_is_a_clear_error(plugins, monkeypatch) -> None:
+    monkeypatch.delenv("TRITON_INTERPRET")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for name in [name for name in sys.modules if name.startswith("fxcomp_plugins.triton_kernels.")]:
+        if name.rsplit(".", 1)[1] not in ("lowerings", "modules", "runtime"):
+            monkeypatch.delitem(sys.modules, name)
+    inputs = torch.randn(2, 40)
+    gm = fxcomp.trace(_model(MLP), inputs)
+    with pytest.raises(LoweringError, match="backend 'triton' cannot run here .*TRITON_INTERPRET=1"):
+        fxcomp.lower(gm, "triton", plugins=plugins)
+
+
+class _ReluKernel(nn.Module):
+    """A third party's 'kernel': clamp instead of relu (scaled by ``gain`` to test the checks)."""
+
+    def __init__(self, gain: float = 1.0) -> None:
+        super().__init__()
+        self.gain = gain
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp(min=0) * self.gain
+
+
+class _ReluLowering(Lowering):
+    def __init__(self, gain: float = 1.0) -> None:
+        self.gain = gain
+
+    def match(self, gm: fx.GraphModule, node: fx.Node) -> Matched | Declined | None:
+        if node.op == "call_function" and node.target is torch.relu:
+            return Matched([node])
+        if module_at(gm, node, nn.Linear) is not None and node.name == "fc3":
+            return Declined([node], "the last layer stays")
+        return None
+
+    def build(self, gm: fx.GraphModule, nodes: Sequence[fx.Node]) -> nn.Module:
+        return _ReluKernel(self.gain)
+
+
+def _third_party(lowering: Lowering, backend: str = "mine") -> object:
+    class Plugin:
+        @hookimpl
+        def fxcomp_register_lowerings(self, register):
+            register(backend, "relu", lowering)
+
+    return Plugin()
+
+
+def test_a_third_party_plugin_adds_a_backend_with_its_own_kernels() -> None:
+    plugins = fxcomp.load_plugins(extra={"mine": _third_party(_ReluLowering())})
+    inputs = torch.randn(3, 40)
+    gm = fxcomp.trace(_model(MLP), inputs)
+    result = fxcomp.lower(gm, "mine", plugins=plugins)
+    assert _patterns(result.report) == ["relu", "relu"]
+    assert result.report.declined == [{"pattern": "relu", "nodes": ["fc3"], "reason": "the last layer stays"}]
+    assert {row["kind"] for row in result.report.unlowered} == {"Linear"}
+    assert torch.equal(result.module(inputs), gm(inputs))
+
+
+def test_a_kernel_that_changes_the_values_is_refused_naming_its_plugin() -> None:
+    plugins = fxcomp.load_plugins(extra={"sloppy": _third_party(_ReluLowering(gain=1.01))})
+    gm = fxcomp.trace(_model(MLP), torch.randn(3, 40))
+    with pytest.raises(LoweringError, match=r"lowering 'relu' of backend 'mine' \(nodes relu\) changed the value by 1\.00e-02.*plugin 'sloppy'"):
+        fxcomp.lower(gm, "mine", plugins=plugins)
+
+
+@pytest.mark.parametrize(
+    ("backend", "lowering", "message"),
+    [
+        ("inductor", _ReluLowering(), "backend 'inductor', which is built in"),
+        ("mine", lambda gm, node: None, "which is not an fxcomp.Lowering instance"),
+        ("", _ReluLowering(), "both must be non-empty strings"),
+    ],
+)
+def test_bad_lowering_registrations_are_plugin_errors(backend, lowering, message) -> None:
+    with pytest.raises(PluginError, match=message):
+        fxcomp.load_plugins(entry_points=False, extra={"bad": _third_party(lowering, backend)})
+
+
+def test_a_recipe_ends_with_a_lower_step(plugins) -> None:
+    inputs = torch.randn(4, 40)
+    recipe = {"passes": [{"pass": "lowrank", "rank": 8}, {"pass": "lower", "backend": "triton"}]}
+    result = fxcomp.compress(_model(MLP), inputs, recipe, plugins=plugins)
+    assert isinstance(result.model, fx.GraphModule) and "LowRankLinearKernel" not in _kernel_classes(result.model)
+    assert _patterns(result.lowered.report) == ["lowrank_linear"] * 3
+    torch.testing.assert_close(result.lowered.module(inputs), result.model(inputs), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("passes", "message"),
+    [
+        ([{"pass": "lower"}, {"pass": "fold_bn"}], r"passes\[0\].pass: `lower` must be the last step"),
+        ([{"pass": "lower", "backend": "triton", "tiles": 64}], r"passes\[0\].tiles: unknown option of `lower`"),
+        ([{"pass": "lower", "backend": 3}], r"passes\[0\].backend: expected a backend name"),
+    ],
+)
+def test_bad_lower_steps_are_recipe_errors(passes, message, plugins, small_cnn, image) -> None:
+    with pytest.raises(RecipeError, match=message):
+        fxcomp.compress(small_cnn, image, {"passes": passes}, plugins=plugins)
+
+
+def test_no_plugin_may_register_a_pass_named_lower() -> None:
+    class Lower(fxcomp.Pass):
+        name = "lower"
+
+        def plan(self, gm, context):
+            return {}
+
+        def apply(self, gm, plan, context):
+            return fxcomp.PassResult(gm, False)
+
+    class Plugin:
+        @hookimpl
+        def fxcomp_register_passes(self, register):
+            register(Lower)
+
+    with pytest.raises(PluginError, match="named 'lower', which recipes reserve"):
+        fxcomp.load_plugins(entry_points=False, extra={"bad": Plugin()})
+
+
+def test_a_lowered_graph_saves_and_loads_with_its_kernels(plugins, tmp_path) -> None:
+    inputs = torch.randn(3, 40)
+    passes = [{"pass": "quantize", "scheme": "int4_weight_only", "group_size": 8}, {"pass": "convert"}]
+    _compressed, result, expected, got = _lowered(_model(MLP), inputs, passes, plugins)
+    path = tmp_path / "lowered.fxcomp"
+    fxcomp.save(result.module, path, plugins=plugins)
+    loaded = fxcomp.load(path, plugins=plugins)
+    assert _kernel_classes(loaded) == {"Int4LinearKernel"}
+    assert torch.equal(loaded(inputs), got)
