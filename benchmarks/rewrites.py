@@ -3,8 +3,8 @@
 (a) A VGG-style CNN trained on Fashion-MNIST (scikit-learn digits when it is absent):
     ``separable`` (depth multiplier 1) then ``recover`` (KD from the original). MACs of
     the converted layers and of the model, CPU latency at batch 1 and 32 (both models
-    with BatchNorm folded, as deployed), test accuracy of the original, right after
-    conversion and after recovery.
+    with BatchNorm folded, as deployed; in eager and both lowered to inductor), test accuracy
+    of the original, right after conversion and after recovery.
 (b) LeNet-300-100 trained the same way: ``lowrank`` at energy 0.9, then ``recover``.
 (c) torchvision vgg16 (weights=None, 224×224): ``lowrank`` on its classifier at a fixed
     rank; parameters and latency of the classifier and of the whole model.
@@ -55,16 +55,25 @@ class VGGSmall(nn.Module):
         return self.classifier(self.pool(self.features(x)))
 
 
-def _latency_rows(original: nn.Module, rewritten: nn.Module, shape: tuple[int, ...], batches: tuple[int, ...], args) -> list[list[str]]:
+def _latency_rows(
+    original: nn.Module, rewritten: nn.Module, shape: tuple[int, ...], batches: tuple[int, ...], args, *, inductor: bool = False
+) -> list[list[str]]:
+    """Per batch: both models' median latency and the speedup; with ``inductor`` also both lowered to
+    inductor (``fxcomp.lower``, compiled once per batch size) and timed in the same interleaved runs."""
     rows = []
     for batch in batches:
         x = torch.randn(batch, *shape)
-        medians = interleaved_latency(
-            {"original": lambda: original(x), "rewritten": lambda: rewritten(x)}, repeats=args.repeats, warmup=3, threads=args.threads
-        )
-        rows.append(
-            [batch, f"{1e3 * medians['original']:.2f}", f"{1e3 * medians['rewritten']:.2f}", f"{medians['original'] / medians['rewritten']:.2f}"]
-        )
+        runs = {"original": lambda: original(x), "rewritten": lambda: rewritten(x)}
+        if inductor:
+            compiled = {name: fxcomp.lower(model, "inductor", example_inputs=x).module for name, model in
+                        (("original inductor", original), ("rewritten inductor", rewritten))}
+            runs |= {name: (lambda module=module: module(x)) for name, module in compiled.items()}
+        medians = interleaved_latency(runs, repeats=args.repeats, warmup=3, threads=args.threads)
+        row = [batch, f"{1e3 * medians['original']:.2f}", f"{1e3 * medians['rewritten']:.2f}", f"{medians['original'] / medians['rewritten']:.2f}"]
+        if inductor:
+            original_ms, rewritten_ms = medians["original inductor"], medians["rewritten inductor"]
+            row += [f"{1e3 * original_ms:.2f}", f"{1e3 * rewritten_ms:.2f}", f"{original_ms / rewritten_ms:.2f}"]
+        rows.append(row)
     return rows
 
 
@@ -115,8 +124,9 @@ def separable_vgg(data: Splits, args) -> None:
     # Deployed, both fold their BatchNorms; timing them folded isolates what separable changed.
     example, fold = data.example_inputs(), {"passes": [{"pass": "fold_bn"}]}
     original, converted = (fxcomp.compress(m, example, fold).model.eval() for m in (model, recovered))
-    rows = _latency_rows(original, converted, tuple(example.shape[1:]), (1, 32), args)
-    print(tabulate(rows, headers=["batch", "original ms", "separable ms", "speedup"]))
+    rows = _latency_rows(original, converted, tuple(example.shape[1:]), (1, 32), args, inductor=True)
+    headers = ["batch", "original ms", "separable ms", "speedup", "original inductor ms", "separable inductor ms", "speedup (inductor)"]
+    print(tabulate(rows, headers=headers))
 
 
 def lowrank_lenet(data: Splits, args) -> None:
