@@ -325,3 +325,173 @@ def test_a_lowered_graph_saves_and_loads_with_its_kernels(plugins, tmp_path) -> 
     loaded = fxcomp.load(path, plugins=plugins)
     assert _kernel_classes(loaded) == {"Int4LinearKernel"}
     assert torch.equal(loaded(inputs), got)
+
+
+def _sparse_linear(features: int, outputs: int, density: float = 0.1) -> nn.Linear:
+    layer = nn.Linear(features, outputs)
+    with torch.no_grad():
+        layer.weight.mul_(torch.rand(layer.weight.shape, generator=torch.Generator().manual_seed(5)) < density)
+    return layer
+
+
+def test_an_in_place_op_after_a_match_does_not_spoil_the_check(plugins) -> None:
+    model = nn.Sequential(_sparse_linear(16, 16), nn.ReLU(inplace=True), nn.Linear(16, 4)).eval()
+    inputs = torch.randn(3, 16)
+    result = fxcomp.lower(fxcomp.trace(model, inputs), "triton", example_inputs=inputs, plugins=plugins)
+    assert _patterns(result.report) == ["sparse_linear"]
+    torch.testing.assert_close(result.module(inputs), model(inputs), rtol=1e-4, atol=1e-5)
+
+
+def test_layers_that_are_not_float32_are_declined(plugins) -> None:
+    model = nn.Sequential(_sparse_linear(16, 16), nn.ReLU(), _sparse_linear(16, 4)).double().eval()
+    inputs = torch.randn(3, 16, dtype=torch.float64)
+    result = fxcomp.lower(fxcomp.trace(model, inputs), "triton", example_inputs=inputs, plugins=plugins)
+    assert result.report.lowered == []
+    assert {row["reason"] for row in result.report.declined} == {"its weights are torch.float64, the kernel computes in float32"}
+    assert result.module(inputs).dtype == torch.float64
+
+
+def test_declines_of_the_built_in_patterns_give_their_reasons(plugins) -> None:
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.v, self.u = nn.Linear(400, 300, bias=False), nn.Linear(300, 400)  # rank 300 > 256
+            self.dw = nn.Conv2d(4, 4, 3, padding="same", groups=4)
+            self.pw = nn.Conv2d(4, 6, 1)
+            self.dw2 = nn.Conv2d(6, 6, 3, padding=1, padding_mode="reflect", groups=6)
+            self.pw2 = nn.Conv2d(6, 2, 1)
+            self.bn = nn.BatchNorm2d(2, track_running_stats=False)
+
+        def forward(self, x, image):
+            return self.u(self.v(x)), self.bn(self.pw2(self.dw2(self.pw(self.dw(image)))))
+
+    inputs = (torch.randn(2, 400), torch.randn(1, 4, 6, 6))
+    result = fxcomp.lower(fxcomp.trace(Model().eval(), inputs), "triton", example_inputs=inputs, plugins=plugins)
+    reasons = {(row["pattern"], row["nodes"][0]): row["reason"] for row in result.report.declined}
+    assert reasons == {
+        ("lowrank_linear", "v"): "rank 300 is above the 256 the kernel keeps on-chip",
+        ("separable_conv", "dw"): "'dw' has padding='same'; the kernel takes the padding as numbers",
+        ("separable_conv", "dw2"): "'dw2' pads with 'reflect'; the kernel pads with zeros",
+    }
+    assert result.report.lowered == []
+
+
+def test_an_unbatched_image_is_declined_by_the_conv_kernel(plugins) -> None:
+    model = nn.Sequential(nn.Conv2d(4, 4, 3, groups=4), nn.Conv2d(4, 5, 1)).eval()
+    image = torch.randn(4, 7, 7)
+    result = fxcomp.lower(fxcomp.trace(model, image), "triton", example_inputs=image, plugins=plugins)
+    assert result.report.declined == [
+        {"pattern": "separable_conv", "nodes": ["0", "1"], "reason": "its input has 3 dimensions, the kernel takes 4"}
+    ]
+
+
+def test_a_pattern_lowered_one_way_still_reports_why_not_another(plugins) -> None:
+    model = nn.Sequential(_sparse_linear(400, 300), nn.Linear(300, 400)).eval()
+    inputs = torch.randn(2, 400)
+    result = fxcomp.lower(fxcomp.trace(model, inputs), "triton", example_inputs=inputs, plugins=plugins)
+    assert _patterns(result.report) == ["sparse_linear"]
+    assert result.report.declined[0]["reason"] == (
+        "rank 300 is above the 256 the kernel keeps on-chip (lowered as 'sparse_linear' instead)"
+    )
+
+
+def test_a_module_called_inside_a_leaf_and_on_its_own_survives_lowering(plugins) -> None:
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = _sparse_linear(16, 16)
+
+        def forward(self, x):
+            return torch.relu(self.fc(x))
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.block = Block()
+
+        def forward(self, x):
+            return self.block(x) + self.block.fc(x)
+
+    inputs = torch.randn(2, 16)
+    model = Model().eval()
+    gm = fxcomp.trace(model, inputs, leaf_modules=[Block])
+    result = fxcomp.lower(gm, "triton", example_inputs=inputs, plugins=plugins)
+    assert _patterns(result.report) == ["sparse_linear"]
+    torch.testing.assert_close(result.module(inputs), model(inputs), rtol=1e-4, atol=1e-5)
+
+
+def test_kernel_paths_never_collide(plugins) -> None:
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Module()
+            self.a.b_c = _sparse_linear(8, 8)
+            self.a_b = nn.Module()
+            self.a_b.c = _sparse_linear(8, 8)
+
+        def forward(self, x):
+            return self.a.b_c(x) - self.a_b.c(x)
+
+    inputs = torch.randn(2, 8)
+    model = Model().eval()
+    result = fxcomp.lower(fxcomp.trace(model, inputs), "triton", example_inputs=inputs, plugins=plugins)
+    assert [row["kernel"].split()[0] for row in result.report.lowered] == ["lowered.a_b_c", "lowered.a_b_c_2"]
+    torch.testing.assert_close(result.module(inputs), model(inputs), rtol=1e-4, atol=1e-5)
+
+
+class _BadKernel(nn.Module):
+    def __init__(self, result: str) -> None:
+        super().__init__()
+        self.result = result
+
+    def forward(self, x):
+        return torch.full_like(x, float("nan")) if self.result == "nan" else x[:, :1].relu()
+
+
+class _BadLowering(_ReluLowering):
+    def build(self, gm, nodes):
+        return _BadKernel(self.gain)
+
+
+@pytest.mark.parametrize(
+    ("result", "message"),
+    [("nan", r"changed the value by inf \(relative\)"), ("narrow", r"whose output is \(3, 1\) torch.float32 instead of \(3, 64\)")],
+)
+def test_kernels_returning_nan_or_the_wrong_shape_are_refused(result, message) -> None:
+    plugins = fxcomp.load_plugins(extra={"broken": _third_party(_BadLowering(gain=result))})
+    gm = fxcomp.trace(_model(MLP), torch.randn(3, 40))
+    with pytest.raises(LoweringError, match=message + ".*plugin 'broken'"):
+        fxcomp.lower(gm, "mine", plugins=plugins)
+
+
+@pytest.mark.parametrize(
+    ("step", "message"),
+    [
+        ({"pass": "lower", "backend": "tpu"}, r"passes\[1\].backend: unknown backend 'tpu'; available: eager, inductor, triton"),
+        ({"pass": "lower", "backend": "triton", "mode": "max-autotune"}, r"passes\[1\].mode: expected one of .* with backend inductor"),
+    ],
+)
+def test_a_lower_step_is_checked_before_any_pass_runs(step, message, plugins, small_cnn, image) -> None:
+    class Boom(fxcomp.Pass):
+        name = "boom"
+
+        def plan(self, gm, context):
+            raise AssertionError("the recipe should have been refused before any pass ran")
+
+        def apply(self, gm, plan, context):
+            raise AssertionError
+
+    class Plugin:
+        @hookimpl
+        def fxcomp_register_passes(self, register):
+            register(Boom)
+
+    with_boom = fxcomp.load_plugins(extra={"boom": Plugin()})
+    with pytest.raises(RecipeError, match=message):
+        fxcomp.compress(small_cnn, image, {"passes": [{"pass": "boom"}, step]}, plugins=with_boom)
+
+
+def test_an_early_exit_model_is_refused_with_a_clear_message(plugins, small_cnn, image) -> None:
+    model = fxcomp.compress(small_cnn, image, {"passes": [{"pass": "early_exit", "at": ["bn1"]}]}, plugins=plugins).model
+    with pytest.raises(LoweringError, match="an early-exit model cannot be lowered yet"):
+        fxcomp.lower(model, plugins=plugins)

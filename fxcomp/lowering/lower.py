@@ -18,19 +18,20 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 from torch.nn.utils import parametrize
+from torch.utils import _pytree as pytree
 
+from fxcomp.dynamic.model import EarlyExitModel
 from fxcomp.errors import LoweringError
 from fxcomp.lowering.base import Declined, Lowering
 from fxcomp.lowering.report import LoweringReport
 from fxcomp.passes.masks import class_before_parametrizations
 from fxcomp.passes.verify import relative_error, run_graph
 from fxcomp.plugin.host import DISABLE_ENV, Plugins, load_plugins
-from fxcomp.plugin.registry import BUILT_IN_BACKENDS
+from fxcomp.plugin.registry import BUILT_IN_BACKENDS, INDUCTOR_MODES
 from fxcomp.tracing import NodeInfo, TensorSpec, as_input_tuple, eval_mode, node_info, qualname
 from fxcomp.tracing.names import QUALNAME
 from fxcomp.tracing.shapes import INFO
 
-INDUCTOR_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 INDUCTOR_TOLERANCE = 1e-4
 """The largest relative output change accepted from inductor (it reorders floating-point sums)."""
 
@@ -97,6 +98,8 @@ def lower(
     :class:`fxcomp.LoweringError` for an unknown backend, kernels that cannot run on this
     machine, or a kernel whose output disagrees with what it replaces.
     """
+    if isinstance(gm, EarlyExitModel):
+        raise LoweringError("an early-exit model cannot be lowered yet; lower a model without exits")
     if not isinstance(gm, fx.GraphModule):
         raise LoweringError(
             f"fxcomp.lower takes a torch.fx GraphModule, got {type(gm).__name__}; "
@@ -121,10 +124,15 @@ def lower(
 
 def _inductor(working: fx.GraphModule, inputs: tuple[torch.Tensor, ...], reference: Any, mode: str | None) -> LoweringResult:
     compiled = torch.compile(working, backend="inductor", mode=mode)
-    with torch.no_grad():
-        outputs = compiled(*inputs)
+    try:
+        with torch.no_grad():
+            outputs = compiled(*inputs)
+    except Exception as error:  # noqa: BLE001 - any compiler failure means: use another backend
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise LoweringError(f"inductor failed to compile the graph ({type(error).__name__}: {first}); "
+                            "lower with backend 'eager' instead") from error
     error, _ = relative_error(outputs, reference)
-    if error > INDUCTOR_TOLERANCE:
+    if not error <= INDUCTOR_TOLERANCE:
         raise LoweringError(
             f"the inductor-compiled model's outputs differ from the graph's by {error:.2e} (relative), "
             f"more than {INDUCTOR_TOLERANCE:g}; lower with backend 'eager' instead"
@@ -187,11 +195,12 @@ def _plans(
                 reasons.append({"pattern": name, "nodes": [qualname(n) for n in answer.nodes], "reason": reason})
             elif best is None or len(answer.nodes) > len(best.nodes):
                 best = _Plan(name, lowerings[name], list(answer.nodes))
-        if best is None:
-            declined.extend(reasons)
-        else:
+        if best is not None:
             plans.append(best)
             claimed.update(best.nodes)
+            for reason in reasons:
+                reason["reason"] += f" (lowered as '{best.name}' instead)"
+        declined.extend(reasons)
     return plans, declined
 
 
@@ -204,9 +213,23 @@ class _Recorder(fx.Interpreter):
 
     def run_node(self, node: fx.Node) -> Any:
         value = super().run_node(node)
-        if node in self.wanted:
-            self.values[node] = value
+        if node in self.wanted:  # copied: a later in-place op must not change what was recorded
+            self.values[node] = pytree.tree_map(lambda v: v.clone() if isinstance(v, torch.Tensor) else v, value)
         return value
+
+
+def _different_kind(value: Any, expected: Any) -> str | None:
+    """How ``value`` differs from ``expected`` in structure, shape or dtype, if it does."""
+    leaves, spec = pytree.tree_flatten(value)
+    expected_leaves, expected_spec = pytree.tree_flatten(expected)
+    if spec != expected_spec:
+        return f"has the structure {spec} instead of {expected_spec}"
+    for leaf, want in zip(leaves, expected_leaves):
+        if isinstance(want, torch.Tensor):
+            if not isinstance(leaf, torch.Tensor) or leaf.shape != want.shape or leaf.dtype != want.dtype:
+                got = f"{tuple(leaf.shape)} {leaf.dtype}" if isinstance(leaf, torch.Tensor) else type(leaf).__name__
+                return f"is {got} instead of {tuple(want.shape)} {want.dtype}"
+    return None
 
 
 def _annotate(call: fx.Node, nodes: Sequence[fx.Node], path: str) -> None:
@@ -222,7 +245,11 @@ def _annotate(call: fx.Node, nodes: Sequence[fx.Node], path: str) -> None:
 
 def _replace(gm: fx.GraphModule, nodes: Sequence[fx.Node], kernel: nn.Module, inputs: list[fx.Node]) -> str:
     """Put ``kernel`` in place of ``nodes`` (a call of it before the last node); return its module path."""
-    path = f"{KERNELS_PATH}.{qualname(nodes[0]).replace('.', '_')}"
+    base = f"{KERNELS_PATH}.{qualname(nodes[0]).replace('.', '_')}"
+    path, count = base, 1
+    while _exists(gm, path):
+        count += 1
+        path = f"{base}_{count}"
     gm.add_submodule(path, kernel)
     last = nodes[-1]
     with gm.graph.inserting_before(last):
@@ -234,9 +261,18 @@ def _replace(gm: fx.GraphModule, nodes: Sequence[fx.Node], kernel: nn.Module, in
         gm.graph.erase_node(node)
     still_used = {str(node.target) for node in gm.graph.nodes if node.op in ("call_module", "get_attr")}
     for target in sorted(targets - still_used):
-        if not any(used.startswith(target + ".") for used in still_used):
+        # keep a module a remaining call reaches through it (its child) or that it belongs to (its parent)
+        if not any(used.startswith(target + ".") or target.startswith(used + ".") for used in still_used):
             gm.delete_submodule(target)
     return path
+
+
+def _exists(gm: fx.GraphModule, path: str) -> bool:
+    try:
+        gm.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
 
 
 def _with_lowerings(
@@ -263,28 +299,35 @@ def _with_lowerings(
     for plan, (arguments, expected) in zip(plans, values):
         nodes = [qualname(node) for node in plan.nodes]
         where = f"lowering '{plan.name}' of backend '{backend}' (nodes {', '.join(nodes)})"
+        plugin = plugins.registry.lowerings[(backend, plan.name)].plugin
+        blame = f"report it to plugin '{plugin}' or block it with {DISABLE_ENV}={plugin}"
         kernel = plan.lowering.build(working, plan.nodes).eval()
         with torch.no_grad():
             try:
                 value = kernel(*arguments)
             except Exception as error:  # noqa: BLE001 - a failing kernel is reported with its lowering
-                raise LoweringError(f"{where} built a kernel that fails: {type(error).__name__}: {error}") from error
+                raise LoweringError(f"{where} built a kernel that fails ({type(error).__name__}: {error}); {blame}") from error
+        problem = _different_kind(value, expected)
+        if problem is not None:
+            raise LoweringError(f"{where} built a kernel whose output {problem}; {blame}")
         error, _ = relative_error(value, expected)
-        if error > plan.lowering.tolerance:
-            plugin = plugins.registry.lowerings[(backend, plan.name)].plugin
+        if not error <= plan.lowering.tolerance:
             raise LoweringError(
                 f"{where} changed the value by {error:.2e} (relative), more than its tolerance "
-                f"{plan.lowering.tolerance:g}; report it to plugin '{plugin}' or block it with {DISABLE_ENV}={plugin}"
+                f"{plan.lowering.tolerance:g}; {blame}"
             )
         path = _replace(working, plan.nodes, kernel, _external_inputs(plan.nodes))
         paths.append(path)
         lowered.append({"pattern": plan.name, "nodes": nodes, "kernel": f"{path} ({type(kernel).__name__})", "error": error})
     working.graph.lint()
     working.recompile()
-    outputs = run_graph(working, inputs)
+    try:
+        outputs = run_graph(working, inputs)
+    except RuntimeError as error:
+        raise LoweringError(f"the lowered graph fails to run: {error}; lower with backend 'eager' instead") from error
     error, _ = relative_error(outputs, reference)
     allowed = sum(plan.lowering.tolerance for plan in plans)
-    if error > allowed:
+    if not error <= allowed:
         raise LoweringError(
             f"the lowered model's outputs differ from the graph's by {error:.2e} (relative), more than the "
             f"{allowed:g} its {len(plans)} kernel(s) allow; lower with backend 'eager' instead"

@@ -99,7 +99,7 @@ def compress(
         train_data, val_data: labelled data for passes that train (``recover``): a Dataset,
             a DataLoader or a list of ``(inputs, target)`` batches.
         dry_run: plan every pass (applying each to a scratch copy so later plans see
-            earlier rewrites) but return the unrewritten model.
+            earlier rewrites) but return the unrewritten model; a ``lower`` step is not run.
         plugins: the plugins to take passes from; loaded from entry points when omitted.
         leaf_modules, concrete_args: as in :func:`fxcomp.trace`.
 

@@ -27,6 +27,7 @@ from fxcomp.errors import RecipeError
 from fxcomp.passes.base import Pass
 from fxcomp.passes.options import validate_options
 from fxcomp.plugin.host import Plugins
+from fxcomp.plugin.registry import BUILT_IN_BACKENDS, INDUCTOR_MODES
 
 RecipeLike = str | os.PathLike | Mapping[str, Any] | Sequence[Pass]
 
@@ -89,7 +90,7 @@ def _save_options(value: Any) -> dict[str, Any]:
     return dict(value)
 
 
-def _lower_options(entry: Mapping[str, Any], index: int, count: int) -> dict[str, Any]:
+def _lower_options(entry: Mapping[str, Any], index: int, count: int, plugins: Plugins) -> dict[str, Any]:
     path = f"passes[{index}]"
     if index != count - 1:
         raise RecipeError(f"{path}.pass: `lower` must be the last step of a recipe (it is step {index + 1} of {count})")
@@ -99,8 +100,11 @@ def _lower_options(entry: Mapping[str, Any], index: int, count: int) -> dict[str
     options = {"backend": entry.get("backend", "eager"), "mode": entry.get("mode")}
     if not isinstance(options["backend"], str) or not options["backend"]:
         raise RecipeError(f"{path}.backend: expected a backend name such as eager, inductor or triton, got {options['backend']!r}")
-    if options["mode"] is not None and not isinstance(options["mode"], str):
-        raise RecipeError(f"{path}.mode: expected a torch.compile mode name, got {options['mode']!r}")
+    backends = [*BUILT_IN_BACKENDS, *sorted({backend for backend, _ in plugins.registry.lowerings})]
+    if options["backend"] not in backends:
+        raise RecipeError(f"{path}.backend: unknown backend {options['backend']!r}; available: {', '.join(backends)}")
+    if options["mode"] is not None and (options["backend"] != "inductor" or options["mode"] not in INDUCTOR_MODES):
+        raise RecipeError(f"{path}.mode: expected one of {', '.join(INDUCTOR_MODES)} with backend inductor, got {options['mode']!r}")
     return options
 
 
@@ -125,7 +129,7 @@ def load_recipe(recipe: RecipeLike, plugins: Plugins) -> Recipe:
     passes, lower = [], None
     for index, entry in enumerate(entries):
         if isinstance(entry, Mapping) and entry.get("pass") == "lower":
-            lower = _lower_options(entry, index, len(entries))
+            lower = _lower_options(entry, index, len(entries), plugins)
         else:
             passes.append(_build(entry, index, plugins))
     return Recipe(passes, _save_options(data.get("save")), lower)

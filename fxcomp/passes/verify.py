@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -58,13 +59,31 @@ def output_nodes(gm: fx.GraphModule) -> list[str]:
     return [qualname(leaf) if isinstance(leaf, fx.Node) else repr(leaf) for leaf in leaves]
 
 
+def _tensor_error(value: torch.Tensor, reference: torch.Tensor) -> float:
+    """``max|a - b| / max|b|`` over the finite entries; infinite when shapes or non-finite entries disagree."""
+    value, reference = value.detach(), reference.detach()
+    if value.shape != reference.shape:
+        return math.inf
+    finite = torch.isfinite(reference)
+    same_nonfinite = torch.equal(value[~finite].nan_to_num(), reference[~finite].nan_to_num())
+    if not same_nonfinite or not torch.equal(torch.isfinite(value), finite):
+        return math.inf
+    if not finite.any():
+        return 0.0
+    scale = reference[finite].abs().max().item() or 1.0
+    return (value[finite] - reference[finite]).abs().max().item() / scale
+
+
 def relative_error(outputs: Any, reference: Any) -> tuple[float, int]:
-    """Largest ``max|a - b| / max|b|`` over the floating-point tensor outputs, and the output it occurs in."""
+    """Largest ``max|a - b| / max|b|`` over the floating-point tensor outputs, and the output it occurs in.
+
+    Entries that are not finite must agree exactly (a NaN where the reference has a number,
+    or the other way round, is an infinite error), and so must the shapes.
+    """
     worst, where = 0.0, 0
     for index, (value, ref) in enumerate(zip(pytree.tree_leaves(outputs), pytree.tree_leaves(reference))):
         if isinstance(value, torch.Tensor) and value.is_floating_point() and value.numel():
-            scale = ref.detach().abs().max().item() or 1.0
-            error = (value.detach() - ref.detach()).abs().max().item() / scale
+            error = _tensor_error(value, ref)
             if error > worst:
                 worst, where = error, index
     return worst, where

@@ -20,6 +20,9 @@ RESERVED_PASS_NAMES = ("lower",)
 BUILT_IN_BACKENDS = ("eager", "inductor")
 """Lowering backends fxcomp provides itself (no registered lowerings)."""
 
+INDUCTOR_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+"""The ``torch.compile`` modes the ``inductor`` backend accepts."""
+
 
 @dataclass(frozen=True)
 class Entry:

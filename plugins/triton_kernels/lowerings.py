@@ -13,7 +13,8 @@ Pattern (registered name)  → kernel module:
 * ``separable_conv``: a depthwise ``Conv2d`` [→ BatchNorm] [→ ReLU] → a pointwise 1×1 ``Conv2d``
   [→ BatchNorm] [→ ReLU] (``separable``'s output, MobileNet blocks) → :class:`SeparableConvKernel`.
 
-Every kernel runs in float32 and reproduces the layers up to the order of its sums.
+Every kernel computes in float32 and reproduces the layers up to the order of its sums;
+layers whose weights, inputs or outputs are not float32 are declined.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
+from fxcomp import TensorSpec, TraceError, node_info, qualname
 from fxcomp.lowering import Declined, Lowering, Matched, module_at, sole_user
 from fxcomp.passes import Mask, SharedWeights, integer_weight
 
@@ -65,14 +67,33 @@ def _chain_kinds(module: nn.Module, name: str = "weight") -> list[type]:
     return [type(step) for step in module.parametrizations[name]]
 
 
+def _values_problem(nodes: Sequence[fx.Node], dims: int | None = None) -> str | None:
+    """Why the kernel cannot take the matched nodes' input or give their output: not float32,
+    or an input without ``dims`` dimensions. Graphs without shape annotations are checked when lowered."""
+    try:
+        entering, leaving = node_info(nodes[0]).inputs[0], node_info(nodes[-1]).output
+    except (TraceError, IndexError):
+        return None
+    for role, spec in (("input", entering), ("output", leaving)):
+        if isinstance(spec, TensorSpec) and spec.dtype != torch.float32:
+            return f"its {role} is {spec.dtype}; the kernel computes in float32"
+    if dims is not None and isinstance(entering, TensorSpec) and len(entering.shape) != dims:
+        return f"its input has {len(entering.shape)} dimensions, the kernel takes {dims}"
+    return None
+
+
+def _float32_weight(module: nn.Module) -> str | None:
+    if module.weight.dtype != torch.float32:
+        return f"its weights are {module.weight.dtype}, the kernel computes in float32"
+    return None
+
+
 def _stored_as_is(module: nn.Module) -> str | None:
     """Why ``module``'s weights are not plain float32 tensors, if they are not."""
     if parametrize.is_parametrized(module):
         kinds = ", ".join(sorted({kind.__name__ for chain in module.parametrizations.values() for kind in map(type, chain)}))
         return f"its weights are computed ({kinds}); strip masks or lower them with their own kernel"
-    if module.weight.dtype != torch.float32:
-        return f"its weights are {module.weight.dtype}, the kernel computes in float32"
-    return None
+    return _float32_weight(module)
 
 
 class LowRankLinearLowering(TritonLowering):
@@ -88,7 +109,7 @@ class LowRankLinearLowering(TritonLowering):
         if rank >= min(first.in_features, second.out_features):
             return None
         nodes = [node, second_node]
-        problem = _stored_as_is(first) or _stored_as_is(second)
+        problem = _stored_as_is(first) or _stored_as_is(second) or _values_problem(nodes)
         if problem:
             return Declined(nodes, problem)
         if rank > MAX_RANK:
@@ -117,7 +138,8 @@ class IntegerLinearLowering(TritonLowering):
             return None
         if parametrize.is_parametrized(layer, "bias"):
             return Declined([node], "its bias is parametrized")
-        return Matched([node])
+        problem = _float32_weight(layer) or _values_problem([node])
+        return Declined([node], problem) if problem else Matched([node])
 
     def build(self, gm: fx.GraphModule, nodes: Sequence[fx.Node]) -> nn.Module:
         layer = gm.get_submodule(str(nodes[0].target))
@@ -144,6 +166,9 @@ class CodebookLinearLowering(TritonLowering):
         layer = _linear(gm, node)
         if layer is None or SharedWeights not in _chain_kinds(layer):
             return None
+        problem = _float32_weight(layer) or _values_problem([node])
+        if problem:
+            return Declined([node], problem)
         indices, codebook = _codebook_storage(layer)
         if not torch.equal(codebook[indices.long()], layer.weight.detach()):
             return Declined([node], "a parametrization after the weight sharing changes the shared values")
@@ -167,7 +192,8 @@ class SparseLinearLowering(TritonLowering):
         weight = layer.weight.detach()
         density = int(weight.count_nonzero()) / max(1, weight.numel())
         if density <= self.max_density:
-            return Matched([node])
+            problem = _float32_weight(layer) or _values_problem([node])
+            return Declined([node], problem) if problem else Matched([node])
         if Mask in _chain_kinds(layer):
             return Declined([node], f"{density:.0%} of its weights are nonzero; the sparse kernel pays off up to {self.max_density:.0%}")
         return None
@@ -257,17 +283,20 @@ class SeparableConvLowering(TritonLowering):
         walk = _walk(gm, node)
         if walk is None:
             return None
-        for role, step in walk.roles.items():
+        for step in walk.nodes:
             module = gm.get_submodule(str(step.target)) if step.op == "call_module" else None
             if isinstance(module, nn.Conv2d):
                 problem = _stored_as_is(module)
-                if problem is None and (isinstance(module.padding, str) or module.padding_mode != "zeros"):
-                    problem = f"'{role}' pads with {module.padding_mode} / {module.padding!r}; the kernel pads with zeros"
+                if problem is None and isinstance(module.padding, str):
+                    problem = f"'{qualname(step)}' has padding={module.padding!r}; the kernel takes the padding as numbers"
+                if problem is None and module.padding_mode != "zeros":
+                    problem = f"'{qualname(step)}' pads with {module.padding_mode!r}; the kernel pads with zeros"
                 if problem:
                     return Declined(walk.nodes, problem)
             if isinstance(module, nn.BatchNorm2d) and module.running_mean is None:
                 return Declined(walk.nodes, "a BatchNorm without running statistics cannot be folded")
-        return Matched(walk.nodes)
+        problem = _values_problem(walk.nodes, dims=4)
+        return Declined(walk.nodes, problem) if problem else Matched(walk.nodes)
 
     def build(self, gm: fx.GraphModule, nodes: Sequence[fx.Node]) -> nn.Module:
         roles = _walk(gm, nodes[0]).roles

@@ -23,8 +23,10 @@ def _launcher(kernel_module: str, name: str, x: torch.Tensor | None = None) -> C
     return getattr(importlib.import_module(f"{__package__}.{kernel_module}"), f"{name}_reference" if symbolic else name)
 
 
-def _rows(x: torch.Tensor, launch: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+def _rows(x: torch.Tensor, features: int, launch: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """``launch`` on ``x`` viewed as a matrix of feature rows, reshaped back to ``x``'s leading dimensions."""
+    if x.shape[-1] != features:  # the kernels do not bound-check their loads against the weights
+        raise ValueError(f"expected inputs with {features} features in the last dimension, got shape {tuple(x.shape)}")
     out = launch(x.reshape(-1, x.shape[-1]))
     return out.reshape(*x.shape[:-1], out.shape[-1])
 
@@ -44,7 +46,7 @@ class LowRankLinearKernel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         launch = _launcher("lowrank", "lowrank_linear", x)
-        return _rows(x, lambda rows: launch(rows, self.v, self.u, self.bias))
+        return _rows(x, self.v.shape[1], lambda rows: launch(rows, self.v, self.u, self.bias))
 
     def extra_repr(self) -> str:
         return f"in_features={self.v.shape[1]}, rank={self.v.shape[0]}, out_features={self.u.shape[0]}"
@@ -61,7 +63,7 @@ class Int8LinearKernel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         launch = _launcher("quantized", "int8_linear", x)
-        return _rows(x, lambda rows: launch(rows, self.weight, self.scales, self.bias))
+        return _rows(x, self.weight.shape[1], lambda rows: launch(rows, self.weight, self.scales, self.bias))
 
     def extra_repr(self) -> str:
         return f"in_features={self.weight.shape[1]}, out_features={self.weight.shape[0]}"
@@ -80,7 +82,7 @@ class Int4LinearKernel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         launch = _launcher("quantized", "int4_linear", x)
-        return _rows(x, lambda rows: launch(rows, self.packed, self.scales, self.group_size, self.bias))
+        return _rows(x, self.in_features, lambda rows: launch(rows, self.packed, self.scales, self.group_size, self.bias))
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.packed.shape[0]}, group_size={self.group_size}"
@@ -97,7 +99,7 @@ class CodebookLinearKernel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         launch = _launcher("codebook", "codebook_linear", x)
-        return _rows(x, lambda rows: launch(rows, self.indices, self.codebook, self.bias))
+        return _rows(x, self.indices.shape[1], lambda rows: launch(rows, self.indices, self.codebook, self.bias))
 
     def extra_repr(self) -> str:
         return f"in_features={self.indices.shape[1]}, out_features={self.indices.shape[0]}, codebook={len(self.codebook)}"
@@ -117,7 +119,7 @@ class CSRLinearKernel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         launch = _launcher("sparse", "csr_linear", x)
-        return _rows(x, lambda rows: launch(rows, self.crow, self.col, self.values, self.bias))
+        return _rows(x, self.in_features, lambda rows: launch(rows, self.crow, self.col, self.values, self.bias))
 
     def extra_repr(self) -> str:
         outputs = len(self.crow) - 1
@@ -142,6 +144,9 @@ class SeparableConvKernel(nn.Module):
         self.multiplier, self.mid_relu, self.relu = int(geometry["multiplier"]), mid_relu, relu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        channels = self.dw_weight.shape[0] // self.multiplier
+        if x.dim() != 4 or x.shape[1] != channels:
+            raise ValueError(f"expected inputs of shape [B, {channels}, H, W], got {tuple(x.shape)}")
         launch = _launcher("separable", "separable_conv2d", x)
         return launch(
             x, self.dw_weight, self.dw_bias, self.pw_weight, self.pw_bias,
