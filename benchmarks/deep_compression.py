@@ -9,7 +9,7 @@ memory. Printed: accuracy before and after, the codec's per-layer table (weights
 kept, bits, bytes and compression vs float32 before and after Huffman coding), and
 the file sizes.
 
-    python benchmarks/deep_compression.py [--data fashion-mnist|digits] [--epochs 10] [--model lenet300|lenet5|all]
+    python benchmarks/deep_compression.py [--data fashion-mnist|digits] [--epochs 10] [--model lenet300|lenet5|all] [--recipe PATH]
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def run(name: str, model: nn.Module, data, args) -> None:
 
     start = time.perf_counter()
     example = data.test.tensors[0][:8]
-    result = fxcomp.compress(original, example, RECIPE, train_data=data.train, val_data=data.val)
+    result = fxcomp.compress(original, example, args.recipe, train_data=data.train, val_data=data.val)
     with tempfile.TemporaryDirectory() as directory:
         path = os.path.join(directory, "model.fxc")
         report = result.save(path)
@@ -68,10 +68,11 @@ def main() -> None:
     parser.add_argument("--model", default="all", choices=["lenet300", "lenet5", "all"])
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--recipe", type=Path, default=RECIPE, help="a variant of the shipped recipe to try")
     args = parser.parse_args()
     data = benchmark_setup(args)
     side = data.train.tensors[0].shape[-1]
-    print(f"recipe: {RECIPE.relative_to(RECIPE.parent.parent.parent)}")
+    print(f"recipe: {args.recipe}")
     if args.model in ("lenet300", "all"):
         run("LeNet-300-100", LeNet300(side * side, data.classes), data, args)
     if args.model in ("lenet5", "all"):
