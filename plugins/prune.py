@@ -164,6 +164,15 @@ def _keep_every_member_alive(
     return sorted(gone)
 
 
+def _group_ratios(value: Any, path: str) -> dict[str, float]:
+    if not isinstance(value, dict):
+        raise RecipeError(f"{path}: expected a mapping from a group's first producer to a ratio, got {value!r}")
+    for name, ratio in value.items():
+        if not isinstance(name, str) or isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
+            raise RecipeError(f"{path}.{name}: expected a ratio in [0, 1), got {ratio!r}")
+    return {name: float(ratio) for name, ratio in value.items()}
+
+
 def _step_fraction(
     group: ChannelGroup, scores: torch.Tensor | None, original_channels: dict[str, int], goal: float
 ) -> float:
@@ -204,10 +213,20 @@ class Prune(Pass):
         "iterative_steps": Option(
             integer(1), default=1, doc="prune in this many steps, re-analyzing and re-scoring between them"
         ),
+        "group_ratios": Option(
+            _group_ratios,
+            default={},
+            doc="per-group ratios by the group's first producer (scope local); other groups take ratio (default 0)",
+        ),
     }
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
+        per_group = bool(self.options["group_ratios"])
+        if per_group and (self.options["target_macs"] is not None or self.options["scope"] != "local"):
+            raise RecipeError("prune: group_ratios works with scope local and an optional ratio, not with target_macs")
+        if per_group and self.options["ratio"] is None:
+            self.options["ratio"] = 0.0
         if (self.options["ratio"] is None) == (self.options["target_macs"] is None):
             raise RecipeError("prune: give exactly one of ratio and target_macs")
 
@@ -260,12 +279,14 @@ class Prune(Pass):
             if step == 1:
                 pinned = [{"producers": g.producers, "reasons": g.pinned} for g in groups if not g.prunable]
                 original_channels = {group.producers[0]: group.channels for group in groups}
+                self._check_group_names(groups)
             if self.options["ratio"] is not None:
                 done = self.options["ratio"] * (step - 1) / steps
                 goal = self.options["ratio"] * step / steps
                 if self.options["scope"] == "local":
-                    capped = min(goal, self.options["max_ratio_per_group"])
-                    fractions = [_step_fraction(g, s, original_channels, capped) for g, s in zip(groups, scores)]
+                    cap, ratios = self.options["max_ratio_per_group"], self.options["group_ratios"]
+                    goals = [min(ratios.get(g.producers[0], self.options["ratio"]) * step / steps, cap) for g in groups]
+                    fractions = [_step_fraction(g, s, original_channels, c) for g, s, c in zip(groups, scores, goals)]
                 else:
                     fractions = self._fractions(1 - (1 - goal) / (1 - done), groups, scores)
                 step_plan = self._plan_at(fractions, groups, scores)
@@ -282,6 +303,16 @@ class Prune(Pass):
         if reached is not None:
             plan["target_macs"] = {"target": self.options["target_macs"], "kept": round(reached, 4)}
         return plan
+
+    def _check_group_names(self, groups: list[ChannelGroup]) -> None:
+        """Every name in ``group_ratios`` must be the first producer of a prunable group."""
+        known = [group.producers[0] for group in groups if group.prunable]
+        unknown = sorted(set(self.options["group_ratios"]) - set(known))
+        if unknown:
+            raise RecipeError(
+                f"prune.group_ratios.{unknown[0]}: no prunable group starts at this layer; "
+                f"groups are named by their first producer: {', '.join(known[:8])}{' …' if len(known) > 8 else ''}"
+            )
 
     def _plan_for_macs(
         self,

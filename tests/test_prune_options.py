@@ -223,3 +223,28 @@ def test_prune_after_sparsify_shrinks_weights_and_their_masks() -> None:
     with torch.no_grad():
         expected = zeroed_reference(fxcomp.strip_masks(copy.deepcopy(sparse)), result.plan[0]["plan"])(x)
     assert ((pruned(x) - expected).abs().max() / expected.abs().max()).item() < 1e-4
+
+
+def test_group_ratios_prune_each_named_group_by_its_own_ratio() -> None:
+    plugins = _fixed_scores({"a": [4.0, 1.0, 3.0, 2.0], "b": [1.0, 2.0, 3.0, 4.0]})
+    x = torch.randn(1, 2, 3, 3)
+    per_group = {"pass": "prune", "importance": "fixed", "group_ratios": {"a": 0.5}}
+    assert _removed(fxcomp.compress(_TwoLayers(), x, {"passes": [per_group]}, plugins=plugins)) == {"a": [1, 3]}
+    with_default = {**per_group, "ratio": 0.25}
+    result = fxcomp.compress(_TwoLayers(), x, {"passes": [with_default]}, plugins=plugins)
+    assert _removed(result) == {"a": [1, 3], "b": [0]}
+    assert (result.model.a.out_channels, result.model.b.out_channels) == (2, 3)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"group_ratios": {"c": 0.5}}, r"prune.group_ratios.c: no prunable group starts at this layer; .*: a, b"),
+        ({"group_ratios": {"a": 0.5}, "target_macs": 0.5}, "group_ratios works with scope local"),
+        ({"group_ratios": {"a": 0.5}, "scope": "global"}, "group_ratios works with scope local"),
+        ({"group_ratios": {"a": 1.5}}, r"passes\[0\].group_ratios.a: expected a ratio in \[0, 1\)"),
+    ],
+)
+def test_bad_group_ratios_are_recipe_errors(options, message) -> None:
+    with pytest.raises(fxcomp.RecipeError, match=message):
+        fxcomp.compress(_TwoLayers(), torch.randn(1, 2, 3, 3), {"passes": [{"pass": "prune", **options}]})
