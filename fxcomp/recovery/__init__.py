@@ -6,9 +6,11 @@
 * :func:`mutual_learning`, :func:`teacher_assistant_chain` and :func:`born_again` are
   multi-model schemes built on the same loop;
 * :class:`ExitTraining` (from an ``exits`` spec) is the joint loss of an early-exit model's exits;
-* :func:`with_features` exposes intermediate values of an fx graph by node name.
+* :func:`with_features` exposes intermediate values of an fx graph by node name;
+* :func:`recalibrate_batchnorm` re-estimates BatchNorm statistics after a rewrite, untrained.
 """
 
+from fxcomp.recovery.batchnorm import recalibrate_batchnorm
 from fxcomp.recovery.exits import ExitTraining, exit_training
 from fxcomp.recovery.features import rename_through, with_features
 from fxcomp.recovery.loop import (
@@ -50,6 +52,7 @@ __all__ = [
     "mutual_learning",
     "mutual_loss",
     "objective",
+    "recalibrate_batchnorm",
     "recover",
     "rename_through",
     "teacher_assistant_chain",
