@@ -1,0 +1,196 @@
+"""Built-in plugin ``search``: automatic per-group pruning ratios under a budget (MetaPruning / AMC style).
+
+The pass ``search`` looks for the per-group pruning ratios that keep the most accuracy
+at a budget — ``target_macs`` or ``target_params`` as a fraction of the original — with
+an evolutionary search (:mod:`.evolution`) scored by a fast proxy (:mod:`.evaluation`):
+each candidate is pruned for real (the ``prune`` pass with ``group_ratios``), its cost
+checked against the budget, its BatchNorm statistics re-estimated on a few training
+batches, and its accuracy measured on held-out data (``compress(..., val_data=...)``).
+The best candidate is applied; a ``recover`` step after it fine-tunes the result.
+Every evaluated candidate and the Pareto front go to the plan, and to ``history`` (JSON)
+and ``plot`` (PNG, needs matplotlib: ``pip install 'fxcomp[plot]'``) when given.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from fxcomp import DataError, RecipeError, analyze, hookimpl
+from fxcomp.recovery import recalibrate_batchnorm
+from fxcomp.passes import Option, Pass, PassContext, PassResult, boolean, integer, number, optional, string
+
+from fxcomp_plugins.search.budget import CostModel
+from fxcomp_plugins.search.evaluation import Problem, held_out, prune_with, score_all
+from fxcomp_plugins.search.evolution import Candidate, Evolution, pareto_front, ranked
+from fxcomp_plugins.search.latency import LatencyTable, model_ms
+from fxcomp_plugins.search.plot import plot_search
+
+TOLERANCE = 0.02
+"""How far (relative) a candidate's real cost may be from the budget."""
+
+
+class Search(Pass):
+    """Search per-group pruning ratios for a MACs or parameter budget, then prune with the best."""
+
+    name = "search"
+    schema = {
+        "target_macs": Option(optional(number(0, 1, low_open=True, high_open=True)), default=None,
+                              doc="fraction of the original MACs to keep"),
+        "target_params": Option(optional(number(0, 1, low_open=True, high_open=True)), default=None,
+                                doc="fraction of the original parameters to keep"),
+        "target_latency_ms": Option(optional(number(0, None, low_open=True)), default=None,
+                                    doc="latency at the traced input shape, from the per-layer latency table"),
+        "latency_table": Option(optional(string()), default=None,
+                                doc="the latency table's cache file (default ~/.cache/fxcomp/latency.json)"),
+        "population": Option(integer(2), default=12, doc="candidates per generation"),
+        "generations": Option(integer(1), default=6, doc="generations (the first is the uniform ratio and random ones)"),
+        "mutation": Option(number(0, 1), default=0.3, doc="probability that a child's gene is perturbed"),
+        "crossover": Option(number(0, 1), default=0.5, doc="probability that a child mixes two parents"),
+        "max_ratio": Option(number(0, 1, high_open=True), default=0.8, doc="most of any group's channels removed"),
+        "importance": Option(string(), default="l1", doc="prune's importance criterion"),
+        "round_to": Option(integer(1), default=1, doc="prune's round_to"),
+        "recalibration_batches": Option(integer(0), default=8, doc="training batches that re-estimate BatchNorm"),
+        "eval_samples": Option(optional(integer(1)), default=2000, doc="held-out examples scoring each candidate"),
+        "workers": Option(integer(1), default=1, doc="processes scoring candidates on this machine"),
+        "seed": Option(integer(0), default=0, doc="seeds the search"),
+        "history": Option(optional(string()), default=None, doc="write every candidate and the Pareto front here (JSON)"),
+        "plot": Option(optional(string()), default=None, doc="plot accuracy against cost here (PNG; needs matplotlib)"),
+        "progress": Option(boolean(), default=True, doc="a line per generation on stderr"),
+    }
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        targets = [key for key in ("target_macs", "target_params", "target_latency_ms") if self.options[key] is not None]
+        if len(targets) != 1:
+            raise RecipeError("search: give exactly one budget: target_macs, target_params or target_latency_ms")
+        self.metric = {"target_macs": "macs", "target_params": "params", "target_latency_ms": "latency"}[targets[0]]
+        if self.metric == "latency" and self.options["workers"] > 1:
+            raise RecipeError("search: latency budgets are measured on this machine, which needs it to itself; use workers: 1")
+
+    def _problem(self, gm: fx.GraphModule, context: PassContext, latency: dict[str, Any] | None = None) -> Problem:
+        if context.train_data is None or context.val_data is None:
+            raise DataError(
+                "search scores candidates on held-out data: pass train_data= and val_data= to fxcomp.compress "
+                "(--train-data on the CLI)"
+            )
+        if "prune" not in context.plugins.registry.passes:
+            raise RecipeError("search prunes with the 'prune' pass, which no loaded plugin registers")
+        groups = [group for group in analyze(gm, plugins=context.plugins) if group.prunable]
+        if not groups:
+            raise RecipeError("search: the model has no prunable channel group")
+        problem = Problem(
+            gm=gm,
+            context=context,
+            prune=context.plugins.registry.passes["prune"].value,
+            prune_options={"importance": self.options["importance"], "round_to": self.options["round_to"],
+                           "max_ratio_per_group": self.options["max_ratio"]},
+            names=[group.producers[0] for group in groups],
+            model=CostModel(gm, groups, "params" if self.metric == "params" else "macs"),
+            target=self.options["target_macs"] or self.options["target_params"] or 1.0,
+            tolerance=TOLERANCE,
+            cap=self.options["max_ratio"],
+            recalibration_batches=self.options["recalibration_batches"],
+            eval_data=held_out(context.val_data, self.options["eval_samples"]),
+            seed=self.options["seed"],
+            metric=self.metric,
+        )
+        if self.metric == "latency":
+            self._latency_budget(problem, gm, latency)
+        return problem
+
+    def _latency_budget(self, problem: Problem, gm: fx.GraphModule, measured: dict[str, Any] | None) -> None:
+        """Fill the problem's latency table, the unpruned model's latency and the rest-of-model overhead
+        (measured, or as the plan recorded them)."""
+        path = self.options["latency_table"] or str(Path.home() / ".cache" / "fxcomp" / "latency.json")
+        problem.latency = LatencyTable(path, torch.get_num_threads())
+        layers = problem.latency.layers_ms(gm)
+        if measured is None:
+            problem.full_ms = max(model_ms(gm, torch.get_num_threads()), layers)
+            problem.overhead_ms = problem.full_ms - layers
+        else:
+            problem.full_ms, problem.overhead_ms = measured["full_ms"], measured["overhead_ms"]
+        problem.target = self.options["target_latency_ms"] / problem.full_ms
+        if problem.target >= 1:
+            raise RecipeError(f"search: the model already runs in {problem.full_ms:.2f} ms, within target_latency_ms")
+
+    def plan(self, gm: fx.GraphModule, context: PassContext) -> dict[str, Any]:
+        start = time.perf_counter()
+        problem = self._problem(gm, context)
+        evolution = Evolution(
+            len(problem.names), population=self.options["population"], mutation=self.options["mutation"],
+            crossover=self.options["crossover"], seed=self.options["seed"],
+        )
+        candidates: list[Candidate] = []
+        genomes = evolution.first()
+        for generation in range(self.options["generations"]):
+            for genome, record in zip(genomes, score_all(problem, genomes, self.options["workers"])):
+                candidates.append(Candidate(generation, genome, **record))
+            best = ranked(candidates)
+            self._progress(generation, candidates, best)
+            elite = best[: max(1, len(best) // 2)]
+            genomes = evolution.children(elite, self.options["population"] - min(len(elite), self.options["population"] // 4))
+            if not genomes:
+                break
+        best = ranked(candidates)
+        if problem.latency is not None:
+            problem.latency.save()
+        if not best:
+            reasons = sorted({candidate.note for candidate in candidates})
+            raise RecipeError(f"search: no candidate meets the budget {problem.target:.3g} ({reasons[0]}); raise max_ratio or the target")
+        plan = self._record(problem, candidates, best[0], time.perf_counter() - start)
+        self._write(plan)
+        return plan
+
+    def _progress(self, generation: int, candidates: list[Candidate], best: list[Candidate]) -> None:
+        if not self.options["progress"]:
+            return
+        leader = f"best proxy accuracy {100 * best[0].accuracy:.2f}% at cost {best[0].cost:.3f}" if best else "no feasible candidate yet"
+        print(f"search: generation {generation + 1}/{self.options['generations']}, {len(candidates)} candidates, {leader}",
+              file=sys.stderr, flush=True)
+
+    def _record(self, problem: Problem, candidates: list[Candidate], chosen: Candidate, seconds: float) -> dict[str, Any]:
+        uniform = candidates[0]
+        latency = {"full_ms": problem.full_ms, "overhead_ms": problem.overhead_ms, "target_ms": self.options["target_latency_ms"],
+                   "measured_layers": problem.latency.measured} if problem.latency is not None else None
+        return {
+            "metric": self.metric,
+            "target": problem.target,
+            "latency": latency,
+            "chosen": chosen.as_dict(),
+            "uniform": uniform.as_dict(),
+            "evaluated": len(candidates),
+            "rejected": [c.as_dict() for c in candidates if not c.feasible],
+            "pareto": [c.as_dict() for c in pareto_front(candidates)],
+            "candidates": [c.as_dict() for c in candidates],
+            "seconds": round(seconds, 1),
+        }
+
+    def _write(self, plan: dict[str, Any]) -> None:
+        if self.options["history"]:
+            Path(self.options["history"]).write_text(json.dumps(plan, indent=2))
+        if self.options["plot"]:
+            plot_search(plan, self.options["plot"])
+
+    def apply(self, gm: fx.GraphModule, plan: dict[str, Any], context: PassContext) -> PassResult:
+        problem = self._problem(gm, context, plan["latency"])
+        ratios = [plan["chosen"]["ratios"][name] for name in problem.names]
+        pruned = prune_with(problem, ratios)
+        cost = problem.real_cost(pruned)
+        if abs(cost - problem.target) > TOLERANCE * problem.target:
+            raise RecipeError(f"search: the chosen ratios give {cost:.3f} of the original {self.metric}, off the budget {problem.target:.3g}")
+        # The model the search scored: BatchNorm statistics re-estimated as for the proxy.
+        recalibrate_batchnorm(pruned, context.train_data, batches=problem.recalibration_batches, seed=problem.seed)
+        return PassResult(pruned, modified=True, stats={self.metric: round(cost, 4), "proxy_accuracy": plan["chosen"]["accuracy"]})
+
+
+@hookimpl
+def fxcomp_register_passes(register: Any) -> None:
+    """Register the ``search`` pass."""
+    register(Search)

@@ -1,0 +1,203 @@
+"""Scoring a candidate: prune for real, check the budget, recalibrate BatchNorm, measure held-out accuracy.
+
+Candidates are scored one after another, by worker processes on this machine
+(``workers``: forked, each with its share of the threads), or across the processes of
+a ``torch.distributed`` job (each rank scores every ``world_size``-th candidate and the
+results are gathered, so every rank makes the same decisions).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as multiprocessing
+import torch.fx as fx
+from torch.utils.data import Dataset, Subset
+
+from fxcomp import FxcompError, node_info, propagate
+from fxcomp.passes import Pass, PassContext
+from fxcomp.passes.masks import parameter_values
+from fxcomp.recovery import evaluate, recalibrate_batchnorm
+
+from fxcomp_plugins.search.budget import CostModel
+from fxcomp_plugins.search.latency import LatencyTable
+
+_CORRECTIONS = 8
+"""How many times the cost model's target is corrected against a candidate's real cost."""
+
+
+@dataclass
+class Problem:
+    """Everything needed to score a candidate (shared with worker processes)."""
+
+    gm: fx.GraphModule
+    context: PassContext
+    prune: type[Pass]
+    prune_options: dict[str, Any]
+    names: list[str]
+    model: CostModel
+    target: float
+    tolerance: float
+    cap: float
+    recalibration_batches: int
+    eval_data: Any
+    seed: int
+    metric: str = "macs"
+    latency: LatencyTable | None = None
+    overhead_ms: float = 0.0
+    full_ms: float = 0.0
+
+    def real_cost(self, pruned: fx.GraphModule) -> float:
+        """``pruned``'s cost in the budget's metric as a fraction of the original's."""
+        if self.metric == "latency":
+            return (self.latency.layers_ms(pruned) + self.overhead_ms) / self.full_ms
+        return real_fraction(pruned, self.model.full, self.metric)
+
+
+def real_fraction(gm: fx.GraphModule, original: float, metric: str) -> float:
+    """``gm``'s MACs or parameters as a fraction of ``original``."""
+    if metric == "macs":
+        value = sum(node_info(node).macs for node in gm.graph.nodes)
+    else:
+        value = sum(tensor.numel() for _, tensor in parameter_values(gm))
+    return value / original
+
+
+def held_out(data: Any, samples: int | None) -> Any:
+    """The first ``samples`` examples of a Dataset (all of it, or of any other data, otherwise)."""
+    if samples is None or not isinstance(data, Dataset) or not hasattr(data, "__len__") or len(data) <= samples:
+        return data
+    return Subset(data, range(samples))
+
+
+def prune_with(problem: Problem, ratios: Sequence[float]) -> fx.GraphModule:
+    """A copy of the problem's graph pruned with one ratio per group."""
+    chosen = {name: ratio for name, ratio in zip(problem.names, ratios) if ratio > 0}
+    pruning = problem.prune(**problem.prune_options, group_ratios=chosen)
+    pruned = copy.deepcopy(problem.gm)
+    plan = pruning.plan(pruned, problem.context)
+    pruning.apply(pruned, plan, problem.context)
+    propagate(pruned, problem.context.example_inputs)
+    return pruned
+
+
+def meet_budget(problem: Problem, direction: Sequence[float]) -> tuple[list[float] | None, fx.GraphModule | None, float | None, str]:
+    """Ratios along ``direction`` whose real cost is within the tolerance of the target, the pruned graph and its cost.
+
+    The cost model's target (``goal``) is corrected against the real cost: by secant steps
+    through the last two (goal, real cost) points — the first step assumes they are
+    proportional — kept inside the bracket of goals known to give too high and too low a
+    cost, bisecting it when a step leaves it (channel counts are whole, so the real cost
+    moves in steps). A direction that cannot reach the budget (groups capped at
+    ``max_ratio``) or whose steps jump over it gives ``None`` and the reason.
+    """
+    goal, cost = problem.target, None
+    below, above = 0.0, 1.0  # goals known to give too low / too high a real cost (or none at all)
+    tried: list[tuple[float, float]] = []
+    capped = False
+    for _ in range(_CORRECTIONS):
+        ratios = problem.model.project(direction, goal, problem.cap)
+        if ratios is None:  # past what the capped groups can remove
+            capped = True
+            below = max(below, goal)
+            goal = (below + above) / 2
+            continue
+        pruned = prune_with(problem, ratios)
+        cost = problem.real_cost(pruned)
+        if abs(cost - problem.target) <= problem.tolerance * problem.target:
+            return ratios, pruned, cost, ""
+        if cost > problem.target:
+            above = goal
+        else:
+            below = goal
+        tried.append((goal, cost))
+        goal = _next_goal(tried, problem.target, below, above)
+    if capped and all(tried_cost > problem.target for _, tried_cost in tried):
+        return None, None, cost, f"cannot reach {problem.target:.3f} with at most {problem.cap:g} of each group removed"
+    return None, None, cost, f"its real cost stays at {cost:.3f} of the original, off the budget {problem.target:.3f}"
+
+
+def _next_goal(tried: list[tuple[float, float]], target: float, below: float, above: float) -> float:
+    """A secant step towards ``target`` through the last two tries (proportional after one), kept in the bracket."""
+    goal, cost = tried[-1]
+    step = goal * target / cost
+    if len(tried) > 1:
+        previous_goal, previous_cost = tried[-2]
+        if cost != previous_cost and (cost - previous_cost) * (goal - previous_goal) > 0:
+            step = goal + (target - cost) * (goal - previous_goal) / (cost - previous_cost)
+    return step if below < step < above else (below + above) / 2
+
+
+def score(problem: Problem, direction: Sequence[float]) -> dict[str, Any]:
+    """Prune along ``direction`` within the budget, recalibrate BatchNorm, evaluate: a JSON-able record.
+
+    With a latency budget the record also carries the table entries measured on the way
+    (``measured``), so that entries measured in another process reach the main table.
+    """
+    known = set(problem.latency.entries) if problem.latency is not None else set()
+    record = _score(problem, direction)
+    if problem.latency is not None:
+        record["measured"] = {key: ms for key, ms in problem.latency.entries.items() if key not in known}
+    return record
+
+
+def _score(problem: Problem, direction: Sequence[float]) -> dict[str, Any]:
+    ratios, pruned, cost, note = meet_budget(problem, direction)
+    if pruned is None:
+        return {"ratios": {}, "cost": cost, "accuracy": None, "feasible": False, "note": note}
+    recalibrate_batchnorm(pruned, problem.context.train_data, batches=problem.recalibration_batches, seed=problem.seed)
+    _, accuracy = evaluate(pruned, problem.eval_data)
+    return {
+        "ratios": {name: round(ratio, 4) for name, ratio in zip(problem.names, ratios)},
+        "cost": cost,
+        "accuracy": accuracy,
+        "feasible": True,
+        "note": "",
+    }
+
+
+_WORKER_PROBLEM: Problem | None = None
+
+
+def _start_worker(problem: Problem, threads: int) -> None:
+    global _WORKER_PROBLEM
+    _WORKER_PROBLEM = problem
+    torch.set_num_threads(threads)
+
+
+def _score_in_worker(direction: list[float]) -> dict[str, Any]:
+    assert _WORKER_PROBLEM is not None
+    return score(_WORKER_PROBLEM, direction)
+
+
+def score_all(problem: Problem, directions: Sequence[list[float]], workers: int) -> list[dict[str, Any]]:
+    """Score every direction, in this process, in ``workers`` forked processes, or across a distributed job."""
+    records = _score_all(problem, directions, workers)
+    for record in records:
+        measured = record.pop("measured", {})
+        if problem.latency is not None:
+            problem.latency.entries.update(measured)
+    return records
+
+
+def _score_all(problem: Problem, directions: Sequence[list[float]], workers: int) -> list[dict[str, Any]]:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        rank, world = dist.get_rank(), dist.get_world_size()
+        mine = {index: score(problem, directions[index]) for index in range(rank, len(directions), world)}
+        gathered: list[dict[int, dict[str, Any]] | None] = [None] * world
+        dist.all_gather_object(gathered, mine)
+        merged = {index: record for part in gathered for index, record in (part or {}).items()}
+        return [merged[index] for index in range(len(directions))]
+    if workers <= 1 or len(directions) <= 1:
+        return [score(problem, direction) for direction in directions]
+    if "fork" not in multiprocessing.get_all_start_methods():
+        raise FxcompError("search.workers: worker processes need the 'fork' start method, which this platform lacks; use workers: 1")
+    threads = max(1, torch.get_num_threads() // workers)
+    context = multiprocessing.get_context("fork")
+    with context.Pool(workers, initializer=_start_worker, initargs=(problem, threads)) as pool:
+        return pool.map(_score_in_worker, directions, chunksize=1)

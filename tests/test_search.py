@@ -1,0 +1,200 @@
+"""The search pass: budgets met, reproducible, constraints respected, parallel and distributed scoring agree."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn as nn
+from torch.utils.data import TensorDataset
+
+import fxcomp
+from fxcomp import DataError, RecipeError
+from fxcomp.data import digits
+from fxcomp.recovery import recalibrate_batchnorm
+
+pytestmark = pytest.mark.slow
+
+
+class Block(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels)
+        self.conv2, self.bn2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels)
+
+    def forward(self, x):
+        return torch.relu(x + self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
+
+
+class TinyResNet(nn.Module):
+    """A stem, two residual blocks and a wider conv: groups of different sizes and costs."""
+
+    def __init__(self, width: int = 64) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.block1, self.block2 = Block(width), Block(width)
+        self.wide = nn.Sequential(nn.Conv2d(width, 2 * width, 3, padding=1, bias=False), nn.BatchNorm2d(2 * width), nn.ReLU())
+        self.fc = nn.Linear(2 * width, 10)
+
+    def forward(self, x):
+        x = self.wide(self.block2(self.block1(self.stem(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+SMALL = {"population": 4, "generations": 2, "eval_samples": 120, "recalibration_batches": 2, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def data():
+    return digits()
+
+
+@pytest.fixture(scope="module")
+def trained(data) -> nn.Module:
+    torch.manual_seed(0)
+    return fxcomp.recover(TinyResNet(), data, epochs=2, lr=0.05, progress=False).model.eval()
+
+
+def _search(model, data, **options):
+    step = {"pass": "search", **SMALL, **options}
+    return fxcomp.compress(model, data.example_inputs(), {"passes": [step]}, train_data=data.train, val_data=data.val)
+
+
+@pytest.mark.parametrize(("budget", "metric"), [({"target_macs": 0.5}, "macs"), ({"target_params": 0.4}, "params")])
+def test_the_budget_is_met_within_two_percent(budget, metric, trained, data) -> None:
+    result = _search(trained, data, **budget)
+    before, after = result.report.before_totals, result.report.after_totals
+    reached = after.macs / before.macs if metric == "macs" else after.params / before.params
+    target = next(iter(budget.values()))
+    assert abs(reached - target) <= 0.02 * target
+    plan = result.plan[0]["plan"]
+    assert plan["metric"] == metric and plan["chosen"]["feasible"]
+    assert plan["chosen"]["cost"] == pytest.approx(result.plan[0]["stats"][metric], abs=1e-4)
+    assert all(abs(c["cost"] - target) <= 0.02 * target for c in plan["candidates"] if c["feasible"])
+
+
+def test_the_same_seed_gives_the_same_search_and_another_seed_another(trained, data) -> None:
+    first, again = (_search(trained, data, target_macs=0.5, seed=3).plan[0]["plan"] for _ in range(2))
+    other = _search(trained, data, target_macs=0.5, seed=4).plan[0]["plan"]
+    assert first["candidates"] == again["candidates"] and first["chosen"] == again["chosen"]
+    assert [c["direction"] for c in other["candidates"]] != [c["direction"] for c in first["candidates"]]
+
+
+def test_the_search_starts_from_the_uniform_ratio_and_never_chooses_worse(trained, data) -> None:
+    plan = _search(trained, data, target_macs=0.5).plan[0]["plan"]
+    uniform = plan["uniform"]
+    assert set(uniform["direction"]) == {1.0} and len(set(uniform["ratios"].values())) == 1
+    assert plan["chosen"]["accuracy"] >= uniform["accuracy"]
+    assert plan["evaluated"] == len(plan["candidates"]) >= SMALL["population"]
+
+
+def test_candidates_that_break_the_budget_are_never_applied(data) -> None:
+    # With 16 channels a group's last channels are coarse steps of cost: along many directions
+    # the real cost jumps over the 2% window around the budget; those candidates are rejected.
+    torch.manual_seed(0)
+    coarse = fxcomp.recover(TinyResNet(width=16), data, epochs=1, lr=0.05, progress=False).model.eval()
+    result = _search(coarse, data, target_macs=0.5, population=6)
+    plan = result.plan[0]["plan"]
+    notes = [c["note"] for c in plan["rejected"]]
+    assert notes and all("off the budget" in note or "cannot reach 0.500" in note for note in notes)
+    assert not any(c["feasible"] for c in plan["rejected"])
+    assert plan["chosen"]["feasible"] and plan["chosen"] not in plan["rejected"]
+    after, before = result.report.after_totals.macs, result.report.before_totals.macs
+    assert abs(after / before - 0.5) <= 0.02 * 0.5
+    with pytest.raises(RecipeError, match="no candidate meets the budget 0.05"):
+        _search(coarse, data, target_macs=0.05, max_ratio=0.3)
+
+
+def test_history_and_plot_files_are_written(trained, data, tmp_path) -> None:
+    pytest.importorskip("matplotlib")
+    history, plot = tmp_path / "search.json", tmp_path / "search.png"
+    plan = _search(trained, data, target_macs=0.6, history=str(history), plot=str(plot)).plan[0]["plan"]
+    assert json.loads(history.read_text()) == plan
+    assert plot.read_bytes().startswith(b"\x89PNG")
+    front = plan["pareto"]
+    assert front and all(a["cost"] < b["cost"] and a["accuracy"] < b["accuracy"] for a, b in zip(front, front[1:]))
+
+
+def test_search_needs_held_out_data_and_one_budget(trained, data) -> None:
+    with pytest.raises(DataError, match="pass train_data= and val_data="):
+        fxcomp.compress(trained, data.example_inputs(), {"passes": [{"pass": "search", "target_macs": 0.5}]}, train_data=data.train)
+    with pytest.raises(RecipeError, match="exactly one budget"):
+        _search(trained, data, target_macs=0.5, target_params=0.5)
+
+
+def test_worker_processes_score_as_the_main_process_does(trained, data) -> None:
+    alone = _search(trained, data, target_macs=0.5).plan[0]["plan"]
+    shared = _search(trained, data, target_macs=0.5, workers=2).plan[0]["plan"]
+    assert shared["candidates"] == alone["candidates"]
+
+
+def _distributed_search(rank: int, world: int, directory: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{directory}/rendezvous", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        data = digits()
+        model = fxcomp.load(os.path.join(directory, "model.fxc"))
+        plan = _search(model, data, target_macs=0.5).plan[0]["plan"]
+        with open(os.path.join(directory, f"rank{rank}.json"), "w") as handle:
+            json.dump(plan["candidates"], handle)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_distributed_processes_run_the_same_search(trained, data, tmp_path) -> None:
+    fxcomp.save(fxcomp.trace(trained, data.example_inputs()), tmp_path / "model.fxc")
+    mp.spawn(_distributed_search, args=(2, str(tmp_path)), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
+    alone = _search(fxcomp.load(tmp_path / "model.fxc"), data, target_macs=0.5).plan[0]["plan"]["candidates"]
+    assert ranks[0] == ranks[1]
+    assert [c["direction"] for c in ranks[0]] == [c["direction"] for c in alone]
+    assert [c["cost"] for c in ranks[0]] == pytest.approx([c["cost"] for c in alone])
+
+
+def test_recalibrate_batchnorm_averages_the_batch_statistics_and_restores_modes(data) -> None:
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4)).eval()
+    images = data.train.tensors[0][:256]
+    labels = torch.zeros(128, dtype=torch.long)
+    used = recalibrate_batchnorm(model, [(images[:128], labels), (images[128:], labels)], batches=2)
+    features = model[0](images).detach()
+    assert used == 2 and not model.training and not model[1].training
+    torch.testing.assert_close(model[1].running_mean, features.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    assert model[1].momentum == 0.1
+
+
+def test_a_latency_budget_uses_a_per_layer_table_cached_on_disk(tmp_path) -> None:
+    from fxcomp_plugins.search.latency import LatencyTable, model_ms
+
+    # 24×24 inputs, so that layer latencies follow the channel counts rather than call overhead.
+    generator = torch.Generator().manual_seed(0)
+    images, labels = torch.rand(512, 1, 24, 24, generator=generator), torch.randint(0, 10, (512,), generator=generator)
+    train, val = TensorDataset(images[:384], labels[:384]), TensorDataset(images[384:], labels[384:])
+    torch.manual_seed(0)
+    model = TinyResNet(width=32).eval()
+    table = tmp_path / "latency.json"
+    gm = fxcomp.trace(model, images[:1])
+    full = min(model_ms(gm, torch.get_num_threads()) for _ in range(3))  # the search measures it again
+    budget = {"target_latency_ms": 0.85 * full, "latency_table": str(table)}
+
+    def search(**options):
+        step = {"pass": "search", **SMALL, **budget, **options}
+        return fxcomp.compress(model, images[:1], {"passes": [step]}, train_data=train, val_data=val).plan[0]
+
+    first = search()
+    plan = first["plan"]
+    assert plan["metric"] == "latency" and plan["latency"]["measured_layers"] > 0
+    assert abs(plan["chosen"]["cost"] - plan["target"]) <= 0.02 * plan["target"]
+    assert first["stats"]["latency"] == pytest.approx(plan["chosen"]["cost"], abs=1e-4)
+    measured = json.loads(table.read_text())
+    again = search()["plan"]
+    reread = json.loads(table.read_text())
+    assert all(reread[key] == value for key, value in measured.items())  # reused, never re-timed
+    assert len(reread) == len(measured) + again["latency"]["measured_layers"]  # only new layers were timed
+    cached = LatencyTable(str(table), torch.get_num_threads())
+    assert cached.layers_ms(gm) > 0 and cached.measured == 0
+    with pytest.raises(RecipeError, match="latency budgets are measured on this machine"):
+        search(workers=2)
