@@ -92,13 +92,17 @@ def meet_budget(problem: Problem, direction: Sequence[float]) -> tuple[list[floa
     The cost model's target (``goal``) is corrected against the real cost: by secant steps
     through the last two (goal, real cost) points — the first step assumes they are
     proportional — kept inside the bracket of goals known to give too high and too low a
-    cost, bisecting it when a step leaves it (channel counts are whole, so the real cost
-    moves in steps). A direction that cannot reach the budget (groups capped at
-    ``max_ratio``) or whose steps jump over it gives ``None`` and the reason.
+    cost, bisecting it when a step leaves it. Channel counts are whole, so the real cost
+    moves in steps, and groups of equal ratio step together; when a step jumps over the
+    budget, the two bracketing candidates are mixed group by group (:func:`_mixed`). A
+    direction that cannot reach the budget (groups capped at ``max_ratio``) or still
+    misses it gives ``None`` and the reason.
     """
     goal, cost = problem.target, None
     below, above = 0.0, 1.0  # goals known to give too low / too high a real cost (or none at all)
     tried: list[tuple[float, float]] = []
+    cheaper: list[float] | None = None  # the last ratios that cost less than the budget
+    dearer: list[float] | None = None  # and more
     capped = False
     for _ in range(_CORRECTIONS):
         ratios = problem.model.project(direction, goal, problem.cap)
@@ -109,17 +113,45 @@ def meet_budget(problem: Problem, direction: Sequence[float]) -> tuple[list[floa
             continue
         pruned = prune_with(problem, ratios)
         cost = problem.real_cost(pruned)
-        if abs(cost - problem.target) <= problem.tolerance * problem.target:
+        if _within(problem, cost):
             return ratios, pruned, cost, ""
         if cost > problem.target:
-            above = goal
+            above, dearer = goal, ratios
         else:
-            below = goal
+            below, cheaper = goal, ratios
         tried.append((goal, cost))
         goal = _next_goal(tried, problem.target, below, above)
+    if cheaper is not None and dearer is not None:
+        found = _mixed(problem, cheaper, dearer)
+        if found is not None:
+            return found
     if capped and all(tried_cost > problem.target for _, tried_cost in tried):
         return None, None, cost, f"cannot reach {problem.target:.3f} with at most {problem.cap:g} of each group removed"
     return None, None, cost, f"its real cost stays at {cost:.3f} of the original, off the budget {problem.target:.3f}"
+
+
+def _within(problem: Problem, cost: float) -> bool:
+    return abs(cost - problem.target) <= problem.tolerance * problem.target
+
+
+def _mixed(
+    problem: Problem, cheaper: list[float], dearer: list[float]
+) -> tuple[list[float], fx.GraphModule, float, str] | None:
+    """Move the groups from ``dearer``'s ratios to ``cheaper``'s one at a time (the ones that differ most
+    first) until the real cost falls within the budget; None if no mix does."""
+    order = sorted(range(len(cheaper)), key=lambda index: cheaper[index] - dearer[index], reverse=True)
+    ratios = list(dearer)
+    for index in order[:-1]:
+        if ratios[index] == cheaper[index]:
+            continue
+        ratios[index] = cheaper[index]
+        pruned = prune_with(problem, ratios)
+        cost = problem.real_cost(pruned)
+        if _within(problem, cost):
+            return list(ratios), pruned, cost, ""
+        if cost < problem.target:
+            return None
+    return None
 
 
 def _next_goal(tried: list[tuple[float, float]], target: float, below: float, above: float) -> float:
