@@ -25,10 +25,10 @@ from fxcomp.errors import LoweringError
 from fxcomp.lowering.base import Declined, Lowering
 from fxcomp.lowering.report import LoweringReport
 from fxcomp.passes.masks import class_before_parametrizations
-from fxcomp.passes.verify import relative_error, run_graph
+from fxcomp.passes.verify import output_mismatch, relative_error, run_graph
 from fxcomp.plugin.host import DISABLE_ENV, Plugins, load_plugins
 from fxcomp.plugin.registry import BUILT_IN_BACKENDS, INDUCTOR_MODES
-from fxcomp.tracing import NodeInfo, TensorSpec, as_input_tuple, eval_mode, node_info, qualname
+from fxcomp.tracing import NodeInfo, TensorSpec, as_input_tuple, node_info, qualname
 from fxcomp.tracing.names import QUALNAME
 from fxcomp.tracing.shapes import INFO
 
@@ -68,8 +68,7 @@ def _backend_lowerings(backend: str, plugins: Plugins) -> dict[str, Lowering]:
     lowerings = {name: entry.value for (owner, name), entry in plugins.registry.lowerings.items() if owner == backend}
     if backend in BUILT_IN_BACKENDS or lowerings:
         return lowerings
-    registered = sorted({owner for owner, _ in plugins.registry.lowerings})
-    known = ", ".join([*BUILT_IN_BACKENDS, *registered])
+    known = ", ".join(plugins.registry.backends())
     hint = " (install the triton extra: pip install 'fxcomp[triton]')" if backend == "triton" else ""
     raise LoweringError(f"unknown lowering backend {backend!r}; available: {known}{hint}")
 
@@ -218,20 +217,6 @@ class _Recorder(fx.Interpreter):
         return value
 
 
-def _different_kind(value: Any, expected: Any) -> str | None:
-    """How ``value`` differs from ``expected`` in structure, shape or dtype, if it does."""
-    leaves, spec = pytree.tree_flatten(value)
-    expected_leaves, expected_spec = pytree.tree_flatten(expected)
-    if spec != expected_spec:
-        return f"has the structure {spec} instead of {expected_spec}"
-    for leaf, want in zip(leaves, expected_leaves):
-        if isinstance(want, torch.Tensor):
-            if not isinstance(leaf, torch.Tensor) or leaf.shape != want.shape or leaf.dtype != want.dtype:
-                got = f"{tuple(leaf.shape)} {leaf.dtype}" if isinstance(leaf, torch.Tensor) else type(leaf).__name__
-                return f"is {got} instead of {tuple(want.shape)} {want.dtype}"
-    return None
-
-
 def _annotate(call: fx.Node, nodes: Sequence[fx.Node], path: str) -> None:
     """Give the kernel's node the shapes and costs of the nodes it replaces (when they are annotated)."""
     call.meta[QUALNAME] = path
@@ -288,12 +273,12 @@ def _with_lowerings(
         if problem is not None:
             raise LoweringError(f"backend '{backend}' cannot run here (lowering '{name}'): {problem}")
     plans, declined = _plans(working, lowerings)
-    wanted = [value for plan in plans for value in (*_external_inputs(plan.nodes), plan.nodes[-1])]
-    recorder = _Recorder(working, wanted)
-    with eval_mode(working), torch.no_grad():
+    externals = [_external_inputs(plan.nodes) for plan in plans]
+    recorder = _Recorder(working, [node for plan, nodes in zip(plans, externals) for node in (*nodes, plan.nodes[-1])])
+    with torch.no_grad():  # working is in eval mode
         recorder.run(*inputs)
     # Read each match's values now: replacing one match rewires the inputs of the next.
-    values = [([recorder.values[n] for n in _external_inputs(plan.nodes)], recorder.values[plan.nodes[-1]]) for plan in plans]
+    values = [([recorder.values[n] for n in nodes], recorder.values[plan.nodes[-1]]) for plan, nodes in zip(plans, externals)]
     lowered: list[dict[str, Any]] = []
     paths: list[str] = []
     for plan, (arguments, expected) in zip(plans, values):
@@ -307,9 +292,10 @@ def _with_lowerings(
                 value = kernel(*arguments)
             except Exception as error:  # noqa: BLE001 - a failing kernel is reported with its lowering
                 raise LoweringError(f"{where} built a kernel that fails ({type(error).__name__}: {error}); {blame}") from error
-        problem = _different_kind(value, expected)
-        if problem is not None:
-            raise LoweringError(f"{where} built a kernel whose output {problem}; {blame}")
+        mismatch = output_mismatch(value, expected)
+        if mismatch is not None:
+            what = "has the structure" if mismatch.index is None else "is"
+            raise LoweringError(f"{where} built a kernel whose output {what} {mismatch.got} instead of {mismatch.want}; {blame}")
         error, _ = relative_error(value, expected)
         if not error <= plan.lowering.tolerance:
             raise LoweringError(

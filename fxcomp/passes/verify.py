@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -89,21 +90,39 @@ def relative_error(outputs: Any, reference: Any) -> tuple[float, int]:
     return worst, where
 
 
-def _check_structure(label: str, gm: fx.GraphModule, outputs: Any, baseline: Any) -> None:
+@dataclass(frozen=True)
+class Mismatch:
+    """Where outputs differ in kind from a reference: the flattened output ``index`` (None when the
+    structure itself differs) and what was found against what was expected."""
+
+    index: int | None
+    got: str
+    want: str
+
+
+def output_mismatch(outputs: Any, reference: Any) -> Mismatch | None:
+    """The first difference in structure, or in a tensor output's shape or dtype, between ``outputs`` and ``reference``."""
     leaves, spec = pytree.tree_flatten(outputs)
-    base_leaves, base_spec = pytree.tree_flatten(baseline)
-    if spec != base_spec:
-        raise PassError(f"{label} changed the structure of the model's outputs from {base_spec} to {spec}")
-    names = output_nodes(gm)
-    for index, (value, base) in enumerate(zip(leaves, base_leaves)):
-        if isinstance(base, torch.Tensor):
-            same = isinstance(value, torch.Tensor) and value.shape == base.shape and value.dtype == base.dtype
+    reference_leaves, reference_spec = pytree.tree_flatten(reference)
+    if spec != reference_spec:
+        return Mismatch(None, str(spec), str(reference_spec))
+    for index, (value, want) in enumerate(zip(leaves, reference_leaves)):
+        if isinstance(want, torch.Tensor):
+            same = isinstance(value, torch.Tensor) and value.shape == want.shape and value.dtype == want.dtype
             if not same:
                 got = f"{tuple(value.shape)} {value.dtype}" if isinstance(value, torch.Tensor) else repr(value)
-                raise PassError(
-                    f"{label} changed output {index} (node '{names[index]}') from "
-                    f"{tuple(base.shape)} {base.dtype} to {got}"
-                )
+                return Mismatch(index, got, f"{tuple(want.shape)} {want.dtype}")
+    return None
+
+
+def _check_structure(label: str, gm: fx.GraphModule, outputs: Any, baseline: Any) -> None:
+    mismatch = output_mismatch(outputs, baseline)
+    if mismatch is None:
+        return
+    if mismatch.index is None:
+        raise PassError(f"{label} changed the structure of the model's outputs from {mismatch.want} to {mismatch.got}")
+    node = output_nodes(gm)[mismatch.index]
+    raise PassError(f"{label} changed output {mismatch.index} (node '{node}') from {mismatch.want} to {mismatch.got}")
 
 
 def verify(
