@@ -27,7 +27,7 @@ from fxcomp.errors import RecipeError
 from fxcomp.passes.base import Pass
 from fxcomp.passes.options import validate_options
 from fxcomp.plugin.host import Plugins
-from fxcomp.plugin.registry import BUILT_IN_BACKENDS, INDUCTOR_MODES
+from fxcomp.plugin.registry import INDUCTOR_MODES
 
 RecipeLike = str | os.PathLike | Mapping[str, Any] | Sequence[Pass]
 
@@ -100,7 +100,7 @@ def _lower_options(entry: Mapping[str, Any], index: int, count: int, plugins: Pl
     options = {"backend": entry.get("backend", "eager"), "mode": entry.get("mode")}
     if not isinstance(options["backend"], str) or not options["backend"]:
         raise RecipeError(f"{path}.backend: expected a backend name such as eager, inductor or triton, got {options['backend']!r}")
-    backends = [*BUILT_IN_BACKENDS, *sorted({backend for backend, _ in plugins.registry.lowerings})]
+    backends = plugins.registry.backends()
     if options["backend"] not in backends:
         raise RecipeError(f"{path}.backend: unknown backend {options['backend']!r}; available: {', '.join(backends)}")
     if options["mode"] is not None and (options["backend"] != "inductor" or options["mode"] not in INDUCTOR_MODES):

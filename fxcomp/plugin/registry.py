@@ -123,6 +123,10 @@ class Registry:
         }
         return registrars[kind]
 
+    def backends(self) -> list[str]:
+        """The lowering backends: the built-in ones, then those plugins registered lowerings for."""
+        return [*BUILT_IN_BACKENDS, *sorted({backend for backend, _ in self.lowerings})]
+
     def registered_by(self, plugin: str) -> dict[str, list[str]]:
         """What ``plugin`` registered: kind → readable keys."""
         found: dict[str, list[str]] = {}
