@@ -81,10 +81,13 @@ class Search(Pass):
                 "(--train-data on the CLI)"
             )
         if "prune" not in context.plugins.registry.passes:
-            raise RecipeError("search prunes with the 'prune' pass, which no loaded plugin registers")
+            raise RecipeError(
+                "search prunes with the 'prune' pass, which no loaded plugin registers; "
+                "remove prune from FXCOMP_DISABLE_PLUGINS"
+            )
         groups = [group for group in analyze(gm, plugins=context.plugins) if group.prunable]
         if not groups:
-            raise RecipeError("search: the model has no prunable channel group")
+            raise RecipeError("search: the model has no prunable channel group; fxcomp.analyze(gm) lists why each is pinned")
         problem = Problem(
             gm=gm,
             context=context,
@@ -118,7 +121,9 @@ class Search(Pass):
             problem.full_ms, problem.overhead_ms = measured["full_ms"], measured["overhead_ms"]
         problem.target = self.options["target_latency_ms"] / problem.full_ms
         if problem.target >= 1:
-            raise RecipeError(f"search: the model already runs in {problem.full_ms:.2f} ms, within target_latency_ms")
+            raise RecipeError(
+                f"search: the model already runs in {problem.full_ms:.2f} ms, within target_latency_ms; give a lower target"
+            )
 
     def plan(self, gm: fx.GraphModule, context: PassContext) -> dict[str, Any]:
         start = time.perf_counter()
@@ -184,7 +189,10 @@ class Search(Pass):
         pruned = prune_with(problem, ratios)
         cost = problem.real_cost(pruned)
         if abs(cost - problem.target) > TOLERANCE * problem.target:
-            raise RecipeError(f"search: the chosen ratios give {cost:.3f} of the original {self.metric}, off the budget {problem.target:.3g}")
+            raise RecipeError(
+                f"search: the chosen ratios give {cost:.3f} of the original {self.metric}, off the budget "
+                f"{problem.target:.3g}, on this machine; run the search where it is applied"
+            )
         # The model the search scored: BatchNorm statistics re-estimated as for the proxy.
         recalibrate_batchnorm(pruned, context.train_data, batches=problem.recalibration_batches, seed=problem.seed)
         return PassResult(pruned, modified=True, stats={self.metric: round(cost, 4), "proxy_accuracy": plan["chosen"]["accuracy"]})
