@@ -185,7 +185,7 @@ def _score(problem: Problem, direction: Sequence[float]) -> dict[str, Any]:
     recalibrate_batchnorm(pruned, problem.context.train_data, batches=problem.recalibration_batches, seed=problem.seed)
     _, accuracy = evaluate(pruned, problem.eval_data)
     return {
-        "ratios": {name: round(ratio, 4) for name, ratio in zip(problem.names, ratios)},
+        "ratios": dict(zip(problem.names, ratios)),  # exact: apply must rebuild the same graph
         "cost": cost,
         "accuracy": accuracy,
         "feasible": True,

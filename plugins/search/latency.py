@@ -24,7 +24,7 @@ import torch.nn as nn
 from fxcomp import TensorSpec, node_info
 
 _REPEATS = 7
-_WARMUP = 2
+_WARMUP = 5
 
 
 def _layer_key(module: nn.Module, spec: TensorSpec, threads: int) -> str | None:
