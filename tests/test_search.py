@@ -167,7 +167,7 @@ def test_recalibrate_batchnorm_averages_the_batch_statistics_and_restores_modes(
 
 
 def test_a_latency_budget_uses_a_per_layer_table_cached_on_disk(tmp_path) -> None:
-    from fxcomp_plugins.search.latency import LatencyTable, model_ms
+    from fxcomp_plugins.search.latency import LatencyTable
 
     # 24×24 inputs, so that layer latencies follow the channel counts rather than call overhead.
     generator = torch.Generator().manual_seed(0)
@@ -177,8 +177,7 @@ def test_a_latency_budget_uses_a_per_layer_table_cached_on_disk(tmp_path) -> Non
     model = TinyResNet(width=32).eval()
     table = tmp_path / "latency.json"
     gm = fxcomp.trace(model, images[:1])
-    full = min(model_ms(gm, torch.get_num_threads()) for _ in range(3))  # the search measures it again
-    budget = {"target_latency_ms": 0.85 * full, "latency_table": str(table)}
+    budget = {"target_latency": 0.8, "latency_table": str(table)}  # of the latency the search measures
 
     def search(**options):
         step = {"pass": "search", **SMALL, **budget, **options}
@@ -196,5 +195,8 @@ def test_a_latency_budget_uses_a_per_layer_table_cached_on_disk(tmp_path) -> Non
     assert len(reread) == len(measured) + again["latency"]["measured_layers"]  # only new layers were timed
     cached = LatencyTable(str(table), torch.get_num_threads())
     assert cached.layers_ms(gm) > 0 and cached.measured == 0
+    assert plan["target"] == 0.8
     with pytest.raises(RecipeError, match="latency budgets are measured on this machine"):
         search(workers=2)
+    with pytest.raises(RecipeError, match="search: give exactly one budget"):
+        search(target_latency_ms=1.0)

@@ -47,6 +47,8 @@ class Search(Pass):
                                 doc="fraction of the original parameters to keep"),
         "target_latency_ms": Option(optional(number(0, None, low_open=True)), default=None,
                                     doc="latency at the traced input shape, from the per-layer latency table"),
+        "target_latency": Option(optional(number(0, 1, low_open=True, high_open=True)), default=None,
+                                 doc="fraction of the latency measured at the start of the search, instead"),
         "latency_table": Option(optional(string()), default=None,
                                 doc="the latency table's cache file (default ~/.cache/fxcomp/latency.json)"),
         "population": Option(integer(2), default=12, doc="candidates per generation"),
@@ -67,10 +69,11 @@ class Search(Pass):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        targets = [key for key in ("target_macs", "target_params", "target_latency_ms") if self.options[key] is not None]
+        budgets = {"target_macs": "macs", "target_params": "params", "target_latency_ms": "latency", "target_latency": "latency"}
+        targets = [key for key in budgets if self.options[key] is not None]
         if len(targets) != 1:
-            raise RecipeError("search: give exactly one budget: target_macs, target_params or target_latency_ms")
-        self.metric = {"target_macs": "macs", "target_params": "params", "target_latency_ms": "latency"}[targets[0]]
+            raise RecipeError("search: give exactly one budget: target_macs, target_params, target_latency_ms or target_latency")
+        self.metric = budgets[targets[0]]
         if self.metric == "latency" and self.options["workers"] > 1:
             raise RecipeError("search: latency budgets are measured on this machine, which needs it to itself; use workers: 1")
 
@@ -122,7 +125,7 @@ class Search(Pass):
             problem.overhead_ms = problem.full_ms - layers
         else:
             problem.full_ms, problem.overhead_ms = measured["full_ms"], measured["overhead_ms"]
-        problem.target = self.options["target_latency_ms"] / problem.full_ms
+        problem.target = self.options["target_latency"] or self.options["target_latency_ms"] / problem.full_ms
         if problem.target >= 1:
             raise RecipeError(
                 f"search: the model already runs in {problem.full_ms:.2f} ms, within target_latency_ms; give a lower target"
