@@ -115,6 +115,7 @@ class _Walk:
     """State of one analysis: the label sets and what each label is tied to."""
 
     gm: fx.GraphModule
+    modules: dict[str, nn.Module]
     rules: dict[Any, str] = field(default_factory=dict)
     labels: LabelSets = field(default_factory=LabelSets)
     env: dict[fx.Node, Any] = field(default_factory=dict)
@@ -801,7 +802,7 @@ def _plugin_rule(walk: _Walk, node: fx.Node) -> Any:
     """Apply the channel rule a plugin registered for this node's op; None when there is none."""
     if not walk.rules or node.op not in ("call_module", "call_function", "call_method"):
         return None
-    op = type(walk.gm.get_submodule(node.target)) if node.op == "call_module" else node.target
+    op = type(walk.modules[node.target]) if node.op == "call_module" else node.target
     kind = walk.rules.get(op)
     if kind is None:
         return None
@@ -810,19 +811,18 @@ def _plugin_rule(walk: _Walk, node: fx.Node) -> Any:
         return walk.elementwise(node, args)
     if kind == "spatial":
         return _channels_only(walk, node, args)
-    function = walk.gm.get_submodule(node.target) if node.op == "call_module" else node.target
+    function = walk.modules[node.target] if node.op == "call_module" else node.target
     if node.op == "call_method":
         return walk.movement(node, lambda self, *a, **k: getattr(self, node.target)(*a, **k), args, node.kwargs)
     return walk.movement(node, function, args, node.kwargs)
 
 
 def _step(walk: _Walk, node: fx.Node) -> Any:
-    gm = walk.gm
     if node.op == "placeholder":
         return _unlabelled_like(walk.spec(node))
     if node.op == "get_attr":
         owner, _, name = node.target.rpartition(".")
-        value = getattr(gm.get_submodule(owner), name)
+        value = getattr(walk.modules[owner], name)
         return _Param(node.target, value) if isinstance(value, torch.Tensor) else value
     if node.op == "output":
         walk.pin(walk.value(node.args), "the model returns these channels")
@@ -832,7 +832,7 @@ def _step(walk: _Walk, node: fx.Node) -> Any:
     if rule is not None:
         return rule
     if node.op == "call_module":
-        module = gm.get_submodule(node.target)
+        module = walk.modules[node.target]
         found = _first_tensor(walk, args)
         if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)) and found is not None and len(args) == 1:
             return walk.layer(node, module, found[1], node.target)
@@ -1021,7 +1021,8 @@ def analyze(
     be pruned (model output, an unknown op, user-ignored …).
     """
     plugins = plugins if plugins is not None else load_plugins()
-    walk = _Walk(gm, rules={key: entry.value for key, entry in plugins.registry.channel_rules.items()})
+    rules = {key: entry.value for key, entry in plugins.registry.channel_rules.items()}
+    walk = _Walk(gm, dict(gm.named_modules(remove_duplicate=False)), rules=rules)
     for node in gm.graph.nodes:
         try:
             walk.env[node] = _step(walk, node)
