@@ -269,7 +269,7 @@ class Prune(Pass):
             node = nodes[name]
             if node.target in (torch.split, "split"):
                 return sum(node.args[1])
-            return size_arguments(node)[axis]
+            return node_info(node).output.shape[axis]  # a shape member's axis (its size may be computed)
 
         tables: dict[str, dict[str, dict[str, list[int]]]] = {table: {} for table in _TABLES.values()}
         records, pinned, reached = [], [], None

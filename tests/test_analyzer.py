@@ -197,7 +197,18 @@ class _SdpaHeads(_Heads):
         super().__init__(sdpa=True)
 
 
-@pytest.mark.parametrize("model", [_Heads(), _SdpaHeads()], ids=["matmul", "sdpa"])
+class _EinsumHeads(_Heads):
+    """The same attention written with einsum, as timm and MaxViT write it (spaced, upper-case letters too)."""
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, 2, 4).permute(2, 0, 3, 1, 4).unbind(0)
+        scores = torch.einsum("B H I D, B H J D -> B H I J", q, k) * 0.5
+        mixed = torch.einsum("...ij,...jd->...id", scores.softmax(-1), v)
+        return self.head(x + self.proj(mixed.transpose(1, 2).reshape(b, n, 8)))
+
+
+@pytest.mark.parametrize("model", [_Heads(), _SdpaHeads(), _EinsumHeads()], ids=["matmul", "sdpa", "einsum"])
 def test_functional_attention_ties_q_to_k_and_shares_positions_across_heads(model) -> None:
     group = _by_producer(_groups(model, torch.randn(2, 5, 6)))["qkv"]
     # The head split ties the same position of q, k and v in every head: pruning removes it from all.
@@ -248,6 +259,15 @@ def test_parameters_read_elementwise_are_members() -> None:
         ("return self.head(torch.cumsum(self.conv(x), 1))", "'cumsum' is a call to cumsum, which the analyzer does not know"),
         ("return self.head(self.conv(x) + x.repeat(1, 2, 1, 1)[:, :4])", "'add' combines the channels with a tensor that cannot be pruned"),
         ("return self.head(self.conv(x).sum(1, keepdim=True) * self.conv(x))", "'sum' reduces over the channel axis"),
+        ("return self.head(torch.einsum('bchw->bhw', self.conv(x)).unsqueeze(1) * self.conv(x))", "'einsum' reduces over the channel axis"),
+        (
+            "return self.head(torch.einsum('bchw,bdhw->bcdhw', self.conv(x), self.conv(x)).flatten(1, 2)[:, :4])",
+            "'einsum' combines channels in a way pruning cannot follow",
+        ),
+        (
+            "return self.head(torch.einsum('bchw,bchw->bchw', self.conv(x), x.repeat(1, 2, 1, 1)))",
+            "'einsum' contracts channels with a tensor that cannot be pruned",
+        ),
     ],
 )
 def test_unknown_ops_and_rigid_operands_pin_with_a_reason(forward_body, reason) -> None:
@@ -475,10 +495,93 @@ class _SizeFromOther(nn.Module):
 
 
 @pytest.mark.parametrize("same", [True, False])
-def test_sizes_read_from_another_tensor_couple_the_counts(same: bool) -> None:
+def test_sizes_read_from_another_tensor_follow_pruning_or_become_literal(same: bool) -> None:
     groups = _by_producer(_groups(_SizeFromOther(same), torch.randn(1, 3, 2, 2)))
-    if same:
-        assert groups["a"].prunable
-    else:
-        reason = "'reshape' shapes a tensor with sizes computed from other channels"
-        assert groups["a"].pinned == [reason] and groups["b"].pinned == [reason]
+    assert groups["a"].prunable and groups["b"].prunable
+    rewritten = [(m.name, m.axis) for m in groups["a"].members if m.kind == "shape"]
+    # The same channels' count follows pruning by itself; another group's count is replaced by the kept count.
+    assert rewritten == ([] if same else [("reshape", 1)])
+
+
+class _FlatSizeFromOther(nn.Module):
+    """A size counting other channels shapes a flattened channel×pixel axis: no literal can stand in for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 1)
+        self.b = nn.Conv2d(3, 4, 1)
+        self.head = nn.Linear(16, 2)
+
+    def forward(self, x):
+        a, b = self.a(x), self.b(x)
+        return self.head(a.reshape(x.shape[0], b.shape[1] * x.shape[2] * x.shape[3])) + b.mean()
+
+
+def test_sizes_counting_other_channels_on_a_flattened_axis_pin_both() -> None:
+    groups = _by_producer(_groups(_FlatSizeFromOther(), torch.randn(1, 3, 2, 2)))
+    reason = "'reshape' shapes a tensor with sizes computed from pruned channels"
+    assert reason in groups["a"].pinned and reason in groups["b"].pinned
+
+
+class _MergeHeadsByInputWidth(nn.Module):
+    """Attention heads merged back with the width read from the block's input, as MaxViT does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(6, 8)
+        self.qkv = nn.Linear(8, 3 * 8)
+        self.proj = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = self.embed(x)
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, 2, 4).permute(2, 0, 3, 1, 4).unbind(0)
+        mixed = torch.einsum("bhij,bhjd->bhid", (q @ k.transpose(-2, -1) * 0.5).softmax(-1), v)
+        return self.head(x + self.proj(mixed.transpose(1, 2).reshape(b, n, d)))
+
+
+def test_heads_merged_with_the_input_width_keep_both_groups_prunable() -> None:
+    groups = _by_producer(_groups(_MergeHeadsByInputWidth(), torch.randn(2, 5, 6)))
+    assert groups["embed"].prunable and groups["qkv"].prunable
+    assert _member(groups["qkv"], "reshape_1", 2).kind == "shape"
+
+
+@pytest.mark.parametrize(
+    ("equation", "ndims", "expected"),
+    [
+        ("bhid,bhjd->bhij", [4, 4], (["bhid", "bhjd"], "bhij")),
+        ("B H I D, B H J D -> B H I J", [4, 4], (["BHID", "BHJD"], "BHIJ")),
+        ("...ij,...jk->...ik", [4, 3], (["ABij", "Bjk"], "ABik")),
+        ("ij,jk", [2, 2], (["ij", "jk"], "ik")),
+        ("...i->i...", [3], (["ABi"], "iAB")),
+        ("ii->i", [2], None),
+        ("ij,jk->ik", [3, 2], None),
+    ],
+)
+def test_einsum_equations_are_read_one_letter_per_axis(equation, ndims, expected) -> None:
+    from fxcomp.analysis.analyzer import einsum_subscripts
+
+    assert einsum_subscripts(equation, ndims) == expected
+
+
+class _EinsumLayers(nn.Module):
+    """einsum as a layer on a parameter, as a permutation, and as a gate over the channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.weight = nn.Parameter(torch.randn(4, 5))
+        self.scale = nn.Parameter(torch.randn(4))
+
+    def forward(self, x):
+        y = torch.einsum("bchw,c->bchw", self.conv(x), self.scale)
+        y = torch.einsum("bchw->bhwc", y)
+        return torch.einsum("bhwc,cd->bdhw", y, self.weight)
+
+
+def test_einsum_on_parameters_makes_members_and_permutes_channels() -> None:
+    group = _by_producer(_groups(_EinsumLayers(), torch.randn(1, 3, 2, 2)))["conv"]
+    assert group.prunable and group.channels == 4
+    assert _member(group, "scale", 0).channels == (0, 1, 2, 3)
+    assert _member(group, "weight", 0).channels == (0, 1, 2, 3)

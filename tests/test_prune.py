@@ -17,15 +17,19 @@ from tests.test_analyzer import (
     _Chunk,
     _Concat,
     _Depthwise,
+    _EinsumHeads,
+    _EinsumLayers,
     _FlattenHead,
     _Functional,
     _Grouped,
     _Heads,
+    _MergeHeadsByInputWidth,
     _PixelShuffle,
     _ReshapeLiteral,
     _SdpaHeads,
     _Shuffle,
     _ShuffleOp,
+    _SizeFromOther,
     _Split,
 )
 
@@ -74,6 +78,10 @@ SMALL_ZOO = [
     ("channel_shuffle_op", _ShuffleOp, (1, 3, 4, 4)),
     ("functional_heads", _Heads, (2, 5, 6)),
     ("sdpa_heads", _SdpaHeads, (2, 5, 6)),
+    ("einsum_heads", _EinsumHeads, (2, 5, 6)),
+    ("einsum_layers", _EinsumLayers, (1, 3, 4, 4)),
+    ("heads_merged_by_input_width", _MergeHeadsByInputWidth, (2, 5, 6)),
+    ("size_from_other_group", lambda: _SizeFromOther(same=False), (1, 3, 2, 2)),
     ("pixel_shuffle", _PixelShuffle, (1, 3, 4, 4)),
 ]
 

@@ -123,7 +123,7 @@ class _Walk:
     members: list[tuple[str, int, torch.Tensor, str]] = field(default_factory=list)
     pins: list[tuple[torch.Tensor, str]] = field(default_factory=list)
     segments: list[tuple[torch.Tensor, int]] = field(default_factory=list)
-    size_ties: list[tuple[torch.Tensor, torch.Tensor, Fraction, str]] = field(default_factory=list)
+    size_ties: list[tuple[torch.Tensor, torch.Tensor, Fraction, str, tuple[str, int] | None]] = field(default_factory=list)
 
     # --- values ------------------------------------------------------------------------------
 
@@ -495,20 +495,32 @@ class _Walk:
             if isinstance(size, int) and size > 1 and result.shape[axis] > 1 and line is not None:
                 self.member(qualname(node), axis, line, kind="shape")
             elif isinstance(size, fx.Node) and isinstance(self.env.get(size), _Sizes):
-                self.computed_size(node, self.env[size], result, line)
+                self.computed_size(node, axis, self.env[size], result, line)
 
-    def computed_size(self, node: fx.Node, size: _Sizes, result: torch.Tensor, target: torch.Tensor | None) -> None:
-        """A size read from another tensor gives this axis its length: both must lose matching channels."""
+    def computed_size(self, node: fx.Node, axis: int, size: _Sizes, result: torch.Tensor, target: torch.Tensor | None) -> None:
+        """A size read from another tensor gives this axis its length.
+
+        When it counts the same channels (in proportion), it follows pruning by itself; that is
+        checked once the channels are known. When it counts other channels (a width read from
+        the block's input to merge attention heads) times constants written in the graph, then
+        on an axis that holds nothing but channels pruning writes the kept count in its place
+        (a ``shape`` member); otherwise both sides are pinned.
+        """
         (source,) = size.lines if len(size.lines) == 1 else (None,)
         counted = [line for line in size.lines if line is not None]
         if not counted:
             if target is not None and bool((target >= 0).any()):
                 self.pin(result, f"'{qualname(node)}' sizes channels with a size that does not follow pruning")
             return
-        if size.scale is not None and source is not None and target is not None and len(source) * size.scale == len(target):
+        static = size.scale is not None and source is not None
+        rewrite = (qualname(node), axis) if static and target is not None and bool((target >= 0).all()) else None
+        if static and target is not None and len(source) * size.scale == len(target):
             # The counts must stay in proportion: checked once the channels are known.
             reason = f"'{qualname(node)}' shapes a tensor with sizes computed from other channels"
-            self.size_ties.append((source, target, size.scale, reason))
+            self.size_ties.append((source, target, size.scale, reason, rewrite))
+            return
+        if rewrite is not None:
+            self.member(*rewrite, target, kind="shape")
             return
         self.pin(counted, f"'{qualname(node)}' shapes a tensor with sizes computed from pruned channels")
         self.pin(result, f"'{qualname(node)}' shapes a tensor with sizes computed from pruned channels")
@@ -667,7 +679,10 @@ def _reduction(walk: _Walk, node: fx.Node) -> Any:
 
 
 def _size_arithmetic(walk: _Walk, node: fx.Node) -> Any:
-    """Arithmetic on sizes: a size divided or multiplied by a constant still counts a known share of its channels."""
+    """Arithmetic on sizes: a size divided or multiplied by a constant still counts a known share of its channels.
+
+    The constant must be written in the graph: a size read from a tensor may change with the input.
+    """
     values = walk.value(tuple(node.args))
     sizes = [v for v in values if isinstance(v, _Sizes)]
     lines = tuple(line for size in sizes for line in size.lines if line is not None)
@@ -675,8 +690,8 @@ def _size_arithmetic(walk: _Walk, node: fx.Node) -> Any:
         return walk.spec(node)
     if len(values) == 2 and len(sizes) == 1 and len(sizes[0].lines) == 1 and sizes[0].scale is not None:
         size = sizes[0]
-        constant = values[1] if values[0] is size else values[0]
-        if isinstance(constant, int) and constant > 0:
+        constant = node.args[1] if values[0] is size else node.args[0]
+        if type(constant) is int and constant > 0:
             if node.target is operator.floordiv and values[0] is size:
                 return _Sizes(walk.spec(node), size.lines, size.scale / constant)
             if node.target is operator.mul:
@@ -732,6 +747,94 @@ def _matmul(walk: _Walk, node: fx.Node) -> Any:
     if not passing:
         return unlabelled(ndim)
     return walk.merge(node, [(lab, tuple(lab.shape)) for lab in passing], spec.shape)
+
+
+def einsum_subscripts(equation: str, ndims: Sequence[int]) -> tuple[list[str], str] | None:
+    """The index letters of every operand and of the output of an einsum ``equation``, one per axis.
+
+    An ellipsis becomes letters unused elsewhere, aligned from the right as broadcasting aligns
+    axes; without ``->`` the output is the ellipsis then the letters used once, alphabetically,
+    as torch defines it. None for equations this cannot read (a letter repeated in one operand).
+    """
+    equation = equation.replace(" ", "")
+    inputs, arrow, output = equation.partition("->")
+    operands = inputs.split(",")
+    if len(operands) != len(ndims) or not all(c.isalpha() for part in operands for c in part.replace("...", "")):
+        return None
+    spare = [c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz" if c not in equation]
+    widths = [ndim - len(part.replace("...", "")) if "..." in part else 0 for part, ndim in zip(operands, ndims)]
+    ellipsis = "".join(spare[: max(widths, default=0)])
+    expanded = [part.replace("...", ellipsis[len(ellipsis) - width :] if width else "") for part, width in zip(operands, widths)]
+    if not arrow:
+        counts = Counter("".join(expanded))
+        output = "..." + "".join(sorted(c for c in counts if counts[c] == 1 and c not in ellipsis))
+    output = output.replace("...", ellipsis)
+    if any(len(part) != ndim or len(set(part)) != ndim for part, ndim in zip(expanded, ndims)) or len(set(output)) != len(output):
+        return None
+    return expanded, output
+
+
+def _einsum(walk: _Walk, node: fx.Node) -> Any:
+    """``torch.einsum``: operands meeting at an index letter merge their channels position by position.
+
+    Each operand may carry channels along one axis. Every other operand with that axis's letter
+    must carry channels there too (they merge — q and k contracted over a head's width), be a
+    parameter (it becomes a member along that axis), or broadcast over it; summing the channels
+    away alone, or contracting them with an ordinary tensor, pins them. The output carries the
+    channels of its one labelled letter.
+    """
+    equation, *operands = node.args
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = list(operands[0])
+    spec = walk.spec(node)
+    values = [walk.env.get(o) if isinstance(o, fx.Node) else None for o in operands]
+    specs = [walk.spec(o) if isinstance(o, fx.Node) else None for o in operands]
+    readable = isinstance(equation, str) and isinstance(spec, TensorSpec) and not node.kwargs
+    if not readable or not all(isinstance(s, TensorSpec) and isinstance(v, (torch.Tensor, _Param)) for s, v in zip(specs, values)):
+        return walk.unknown(node, node.args, node.kwargs, "an einsum over non-tensors")
+    subscripts = einsum_subscripts(equation, [len(s.shape) for s in specs])
+    if subscripts is None:
+        return walk.unknown(node, node.args, node.kwargs, f"an einsum {equation!r}")
+    letters, output = subscripts
+    labelled = [v for v in values if isinstance(v, torch.Tensor) and bool((v >= 0).any())]
+    if not labelled:
+        return unlabelled(len(spec.shape))
+    reason = f"'{qualname(node)}' combines channels in a way pruning cannot follow"
+    lines: dict[str, list[torch.Tensor]] = {}
+    for value, part in zip(values, letters):
+        if not isinstance(value, torch.Tensor) or not bool((value >= 0).any()):
+            continue
+        varying = _varying_axes(walk.roots(value)) if bool((value >= 0).all()) else []
+        if len(varying) != 1:
+            walk.pin(labelled, reason)
+            return unlabelled(len(spec.shape))
+        lines.setdefault(part[varying[0]], []).append(_line_at(value, varying[0]))
+    for letter, found in lines.items():
+        for other in found[1:]:
+            walk.labels.union(found[0], other)
+        users = 0
+        for value, part, operand_spec in zip(values, letters, specs):
+            if letter not in part or operand_spec.shape[part.index(letter)] == 1:
+                continue
+            users += 1
+            axis = part.index(letter)
+            if isinstance(value, _Param):
+                walk.member(value.name, axis, found[0])
+            elif not bool((value >= 0).any()) or _varying_axes(walk.roots(value)) != [axis]:
+                walk.pin(labelled, f"'{qualname(node)}' contracts channels with a tensor that cannot be pruned")
+                return unlabelled(len(spec.shape))
+        if letter not in output and users == 1:
+            walk.pin(labelled, f"'{qualname(node)}' reduces over the channel axis")
+            return unlabelled(len(spec.shape))
+    kept = [letter for letter in lines if letter in output]
+    if len(kept) > 1:
+        walk.pin(labelled, reason)
+        return unlabelled(len(spec.shape))
+    if not kept:
+        return unlabelled(len(spec.shape))
+    shape = [1] * len(spec.shape)
+    shape[output.index(kept[0])] = spec.shape[output.index(kept[0])]
+    return lines[kept[0]][0].reshape(shape)
 
 
 def _attention_function(walk: _Walk, node: fx.Node) -> Any:
@@ -865,6 +968,8 @@ def _step(walk: _Walk, node: fx.Node) -> Any:
             return _matmul(walk, node)
         if target is F.scaled_dot_product_attention:
             return _attention_function(walk, node)
+        if target is torch.einsum:
+            return _einsum(walk, node)
         if target in _SPATIAL_FUNCTIONS:
             return _channels_only(walk, node, args)
         if target in _REDUCTIONS:
@@ -932,12 +1037,16 @@ def _build_groups(walk: _Walk, ignore: Sequence[str]) -> list[ChannelGroup]:
     if not walk.producers:
         return []
     roots = walk.labels.roots()
-    for source, target, scale, reason in walk.size_ties:
-        if not (bool((source >= 0).all()) and bool((target >= 0).all())):
-            walk.pin([source, target], reason)
-            continue
-        counted, shaped = Counter(roots[source].tolist()), Counter(roots[target].tolist())
-        if counted.keys() != shaped.keys() or any(counted[root] * scale != shaped[root] for root in counted):
+    for source, target, scale, reason, rewrite in walk.size_ties:
+        follows = bool((source >= 0).all()) and bool((target >= 0).all())
+        if follows:
+            counted, shaped = Counter(roots[source].tolist()), Counter(roots[target].tolist())
+            follows = counted.keys() == shaped.keys() and all(counted[root] * scale == shaped[root] for root in counted)
+        if follows:
+            continue  # the size follows pruning by itself
+        if rewrite is not None:
+            walk.member(*rewrite, target, kind="shape")
+        else:
             walk.pin([source, target], reason)
     producer_of = torch.empty(total, dtype=torch.int64)
     for index, (_, labels) in enumerate(walk.producers):
