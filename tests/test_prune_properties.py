@@ -62,6 +62,17 @@ class _Depthwise(nn.Module):
         return self.bn(self.dw(x))
 
 
+class _EinsumGate(nn.Module):
+    """A per-channel scale and a self-gate in one einsum."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.randn(channels))
+
+    def forward(self, x):
+        return torch.einsum("bchw,c,bchw->bchw", x, self.scale, torch.sigmoid(x))
+
+
 def _block(kind: str, channels: int, draw_size: int) -> tuple[nn.Module, int]:
     if kind == "convbn":
         return _ConvBN(channels, draw_size), draw_size
@@ -69,6 +80,8 @@ def _block(kind: str, channels: int, draw_size: int) -> tuple[nn.Module, int]:
         return _Residual(channels), channels
     if kind == "concat":
         return _Concat(channels, draw_size), channels + draw_size
+    if kind == "einsum":
+        return _EinsumGate(channels), channels
     if kind == "split" and channels >= 2:
         return _Split(channels, max(1, min(channels - 1, draw_size))), 8
     return _Depthwise(channels), channels
@@ -79,7 +92,7 @@ def networks(draw):
     channels = draw(st.integers(2, 8))
     layers: list[nn.Module] = [_ConvBN(3, channels)]
     for _ in range(draw(st.integers(1, 5))):
-        kind = draw(st.sampled_from(["convbn", "residual", "concat", "split", "depthwise"]))
+        kind = draw(st.sampled_from(["convbn", "residual", "concat", "split", "depthwise", "einsum"]))
         block, channels = _block(kind, channels, draw(st.integers(2, 8)))
         layers.append(block)
     head = draw(st.sampled_from(["pool", "flatten"]))
