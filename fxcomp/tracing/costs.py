@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -145,12 +145,15 @@ def node_macs(node: fx.Node, module: nn.Module | None, args: Sequence[Any], outp
     return 0
 
 
-def node_params(node: fx.Node, gm: fx.GraphModule) -> int:
-    """Parameters a node owns: those of a called module, or the parameter a ``get_attr`` reads."""
+def node_params(node: fx.Node, modules: Mapping[str, nn.Module]) -> int:
+    """Parameters a node owns: those of a called module, or the parameter a ``get_attr`` reads.
+
+    ``modules`` maps qualified names to submodules (``dict(gm.named_modules(remove_duplicate=False))``).
+    """
     if node.op == "call_module":
-        return sum(p.numel() for p in gm.get_submodule(node.target).parameters())
+        return sum(p.numel() for p in modules[node.target].parameters())
     if node.op == "get_attr":
         owner, _, name = node.target.rpartition(".")
-        value = getattr(gm.get_submodule(owner), name)
+        value = getattr(modules[owner], name)
         return value.numel() if isinstance(value, nn.Parameter) else 0
     return 0

@@ -69,15 +69,17 @@ class NodeInfo:
 
 def describe_value(value: Any) -> Any:
     """Replace every tensor in ``value`` by its :class:`TensorSpec`."""
+    if isinstance(value, torch.Tensor):  # the common case, without walking a tree
+        return _spec(value)
+    return pytree.tree_map(_spec, value)
 
-    def spec(leaf: Any) -> Any:
-        if isinstance(leaf, torch.Tensor):
-            return TensorSpec(tuple(int(size) for size in leaf.shape), leaf.dtype)
-        if leaf is None or isinstance(leaf, (bool, int, float, str)):
-            return leaf
-        return type(leaf).__name__
 
-    return pytree.tree_map(spec, value)
+def _spec(leaf: Any) -> Any:
+    if isinstance(leaf, torch.Tensor):
+        return TensorSpec(tuple(int(size) for size in leaf.shape), leaf.dtype)
+    if leaf is None or isinstance(leaf, (bool, int, float, str)):
+        return leaf
+    return type(leaf).__name__
 
 
 def node_info(node: fx.Node) -> NodeInfo:
@@ -101,12 +103,16 @@ class _NodeFailure(Exception):
 class _Propagator(fx.Interpreter):
     """Runs the graph once and writes a :class:`NodeInfo` into every node."""
 
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm)
+        self.modules = dict(gm.named_modules(remove_duplicate=False))
+
     def run_node(self, node: fx.Node) -> Any:
         try:
             with self._set_current_node(node):
                 args, kwargs = self.fetch_args_kwargs_from_env(node)
                 result = getattr(self, node.op)(node.target, args, kwargs)
-            module = self.module.get_submodule(node.target) if node.op == "call_module" else None
+            module = self.modules[node.target] if node.op == "call_module" else None
             macs = node_macs(node, module, args, result)
         except Exception as error:  # noqa: BLE001 - every failure is reported with its node
             raise _NodeFailure(node, error) from error
@@ -115,7 +121,7 @@ class _Propagator(fx.Interpreter):
             output=describe_value(result),
             inputs=tuple(describe_value(arg) for arg in args),
             macs=macs,
-            params=node_params(node, self.module),
+            params=node_params(node, self.modules),
         )
         return result
 
@@ -142,7 +148,7 @@ class _MetaPropagator(_Propagator):
         return self._as_meta(super().get_attr(target, args, kwargs))
 
     def call_module(self, target: Any, args: tuple, kwargs: dict) -> Any:
-        module = self.fetch_attr(target)
+        module = self.modules[target]
         result = module_rule(module, args, kwargs)
         if result is not None:
             return result
