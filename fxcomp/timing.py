@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import gc
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -23,9 +22,7 @@ def interleaved_latency(
     """Median wall time in seconds of each zero-argument callable.
 
     The callables run in turn (A, B, A, B, …) so that drifts in machine load hit
-    them alike; each first runs ``warmup`` times unmeasured. Garbage is collected before every
-    measured run, outside the timing, so that no run pays for the cycles another one left
-    behind (as ``timeit`` keeps the collector out of its timings). ``threads`` fixes
+    them alike; each first runs ``warmup`` times unmeasured. ``threads`` fixes
     ``torch.set_num_threads`` for the measurement (restored afterwards). With
     ``inference`` (the default) they run under ``torch.inference_mode()``.
     """
@@ -40,7 +37,6 @@ def interleaved_latency(
             samples: dict[str, list[float]] = {name: [] for name in candidates}
             for _ in range(repeats):
                 for name, run in candidates.items():
-                    gc.collect()
                     start = time.perf_counter()
                     run()
                     samples[name].append(time.perf_counter() - start)
