@@ -9,6 +9,7 @@
 Everything goes through ``fxcomp.recover`` and ``fxcomp.compress`` as a user would call them.
 
     python benchmarks/distill.py [--epochs 4] [--teacher-epochs 12] [--seeds 3] [--part a|b|both] [--threads 2]
+                                 [--weight-decay 0] [--kd-alpha 0.9 ...] [--no-features]
 """
 
 from __future__ import annotations
@@ -101,11 +102,23 @@ def _mean_std(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.2f} ± {100 * spread:.2f}"
 
 
-def distillation(data: Splits, epochs: int, teacher_epochs: int, seeds: int, lr: float) -> None:
+def _variants(kd_alphas: list[float], features: bool) -> dict[str, dict | None]:
+    variants: dict[str, dict | None] = {"student alone": None}
+    for alpha in kd_alphas:
+        variants[f"KD (T=4, α={alpha:g})"] = {"kind": "kd", "T": 4, "alpha": alpha}
+    if features:
+        variants["FitNet (bn2 → bn2)"] = {"kind": "fitnet", "student": "bn2", "teacher": "bn2"}
+        variants["attention transfer (bn1, bn2)"] = {"kind": "attention", "student": ["bn1", "bn2"], "teacher": ["bn1", "bn2"]}
+    return variants
+
+
+def distillation(data: Splits, args: argparse.Namespace) -> None:
     """Part (a): teacher, student alone, KD, FitNet, attention transfer."""
+    epochs, seeds, lr, decay = args.epochs, args.seeds, args.lr, args.weight_decay
     torch.manual_seed(0)
     start = time.perf_counter()
-    teacher = recover(Teacher(data.classes), data, epochs=teacher_epochs, lr=lr, progress=False).model
+    teacher_epochs = args.teacher_epochs
+    teacher = recover(Teacher(data.classes), data, epochs=teacher_epochs, lr=lr, weight_decay=decay, progress=False).model
     teacher_accuracy = evaluate(teacher, data.test)[1]
     print(
         f"teacher: {_params(teacher):,} params, trained {teacher_epochs} epochs, "
@@ -113,19 +126,15 @@ def distillation(data: Splits, epochs: int, teacher_epochs: int, seeds: int, lr:
     )
     student_params = _params(Student(data.classes))
     print(f"student: {student_params:,} params ({_params(teacher) / student_params:.1f}× fewer)")
-    variants = {
-        "student alone": None,
-        "KD (T=4, α=0.9)": {"kind": "kd", "T": 4, "alpha": 0.9},
-        "FitNet (bn2 → bn2)": {"kind": "fitnet", "student": "bn2", "teacher": "bn2"},
-        "attention transfer (bn1, bn2)": {"kind": "attention", "student": ["bn1", "bn2"], "teacher": ["bn1", "bn2"]},
-    }
+    variants = _variants(args.kd_alpha, not args.no_features)
     accuracies: dict[str, list[float]] = {name: [] for name in variants}
     for seed in range(seeds):
         for name, spec in variants.items():
             torch.manual_seed(seed)
             student = Student(data.classes)
             result = recover(
-                student, data, teacher=teacher if spec else None, distill=spec, epochs=epochs, lr=lr, seed=seed, progress=False
+                student, data, teacher=teacher if spec else None, distill=spec, epochs=epochs, lr=lr,
+                weight_decay=decay, seed=seed, progress=False,
             )
             accuracies[name].append(evaluate(result.model, data.test)[1])
             print(f"  seed {seed} {name}: {100 * accuracies[name][-1]:.2f}%", flush=True)
@@ -135,7 +144,7 @@ def distillation(data: Splits, epochs: int, teacher_epochs: int, seeds: int, lr:
         closed = (statistics.mean(values) - alone) / (teacher_accuracy - alone) if teacher_accuracy > alone else float("nan")
         rows.append([name, _mean_std(values), "-" if name == "student alone" else f"{100 * closed:.0f}%"])
     rows.append(["teacher", f"{100 * teacher_accuracy:.2f}", ""])
-    print(f"\n(a) {data.name}, students {epochs} epochs each, SGD lr {lr} cosine, {seeds} seeds: test accuracy %")
+    print(f"\n(a) {data.name}, students {epochs} epochs each, SGD lr {lr} cosine, weight decay {decay:g}, {seeds} seeds: test accuracy %")
     print(tabulate(rows, headers=["student training", "accuracy mean ± std", "gap closed"]))
 
 
@@ -168,12 +177,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data", choices=("fashion-mnist", "digits"), default="fashion-mnist")
     parser.add_argument("--part", choices=("a", "b", "both"), default="both")
+    parser.add_argument("--weight-decay", type=float, default=0.0, help="of every model trained in part (a)")
+    parser.add_argument("--kd-alpha", type=float, nargs="+", default=[0.9], help="one KD variant per weight of the soft term")
+    parser.add_argument("--no-features", action="store_true", help="part (a) without the FitNet and attention-transfer students")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = benchmark_data(args.data)
     print(f"torch {torch.__version__}, {args.threads} threads; {data.name}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test")
     if args.part in ("a", "both"):
-        distillation(data, args.epochs, args.teacher_epochs, args.seeds, args.lr)
+        distillation(data, args)
     if args.part in ("b", "both"):
         pruned_recovery(data, args.epochs, args.lr)
 
