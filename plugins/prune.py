@@ -269,7 +269,11 @@ class Prune(Pass):
             node = nodes[name]
             if node.target in (torch.split, "split"):
                 return sum(node.args[1])
-            return node_info(node).output.shape[axis]  # a shape member's axis (its size may be computed)
+            written = size_arguments(node)
+            if isinstance(written[axis], int):
+                return written[axis]
+            # Computed in the graph: the extent of the output axis it sizes (layer_norm's sizes are its last axes).
+            return node_info(node).output.shape[axis - len(written)]
 
         tables: dict[str, dict[str, dict[str, list[int]]]] = {table: {} for table in _TABLES.values()}
         records, pinned, reached = [], [], None

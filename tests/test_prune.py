@@ -106,6 +106,31 @@ def test_literal_reshape_sizes_follow_pruning() -> None:
     assert reshape.args[2] == 4 and error < 1e-5
 
 
+class _ChannelsLastNorm(nn.Module):
+    """ConvNeXt's LayerNorm2d: F.layer_norm over the channels of a permuted map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 1)
+        self.weight, self.bias = nn.Parameter(torch.randn(8)), nn.Parameter(torch.randn(8))
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        y = self.conv(x).permute(0, 2, 3, 1)
+        y = torch.nn.functional.layer_norm(y, (8,), self.weight, self.bias)
+        return self.head(y.permute(0, 3, 1, 2))
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_layer_norm_sizes_follow_pruning(steps: int) -> None:
+    model, x = _ChannelsLastNorm().eval(), torch.randn(1, 3, 4, 4)
+    recipe = {"passes": [{"pass": "prune", "ratio": 0.5, "iterative_steps": steps}]}
+    result = fxcomp.compress(model, x, recipe)
+    (norm,) = [n for n in result.model.graph.nodes if n.target is torch.nn.functional.layer_norm]
+    assert norm.args[1] == [4] and result.model.weight.shape == (4,)
+    assert result.model(x).shape == (1, 2, 4, 4)
+
+
 def test_split_sizes_follow_pruning() -> None:
     result, error = _prune_and_compare(_Split(), torch.randn(1, 3, 4, 4))
     split = next(n for n in result.model.graph.nodes if fxcomp.qualname(n) == "split")
