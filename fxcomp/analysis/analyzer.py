@@ -43,7 +43,7 @@ from fxcomp.analysis.labels import NO_LABEL, along, compact, expand, fresh, labe
 from fxcomp.errors import TraceError
 from fxcomp.passes.base import matches
 from fxcomp.plugin.host import Plugins, load_plugins
-from fxcomp.tracing import TensorSpec, node_info, qualname
+from fxcomp.tracing import TensorSpec, modules_by_path, node_info, qualname
 
 
 @dataclass(frozen=True)
@@ -1131,7 +1131,7 @@ def analyze(
     """
     plugins = plugins if plugins is not None else load_plugins()
     rules = {key: entry.value for key, entry in plugins.registry.channel_rules.items()}
-    walk = _Walk(gm, dict(gm.named_modules(remove_duplicate=False)), rules=rules)
+    walk = _Walk(gm, modules_by_path(gm), rules=rules)
     for node in gm.graph.nodes:
         try:
             walk.env[node] = _step(walk, node)

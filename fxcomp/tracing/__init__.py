@@ -1,6 +1,6 @@
 """Stage 1 of the flow: trace a model into an fx graph annotated with shapes, names and costs."""
 
-from fxcomp.tracing.names import qualname
+from fxcomp.tracing.names import modules_by_path, qualname
 from fxcomp.tracing.shapes import NodeInfo, TensorSpec, eval_mode, node_info, propagate
 from fxcomp.tracing.tracer import as_input_tuple, trace
 
@@ -9,6 +9,7 @@ __all__ = [
     "TensorSpec",
     "as_input_tuple",
     "eval_mode",
+    "modules_by_path",
     "node_info",
     "propagate",
     "qualname",

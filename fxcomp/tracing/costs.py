@@ -148,7 +148,7 @@ def node_macs(node: fx.Node, module: nn.Module | None, args: Sequence[Any], outp
 def node_params(node: fx.Node, modules: Mapping[str, nn.Module]) -> int:
     """Parameters a node owns: those of a called module, or the parameter a ``get_attr`` reads.
 
-    ``modules`` maps qualified names to submodules (``dict(gm.named_modules(remove_duplicate=False))``).
+    ``modules`` maps paths to submodules (:func:`fxcomp.tracing.names.modules_by_path`).
     """
     if node.op == "call_module":
         return sum(p.numel() for p in modules[node.target].parameters())

@@ -14,11 +14,18 @@ from __future__ import annotations
 import re
 
 import torch.fx as fx
+import torch.nn as nn
 
 QUALNAME = "fxcomp_qualname"
 """``node.meta`` key holding the node's qualified name."""
 
 _COUNTER_SUFFIX = re.compile(r"_\d+$")
+
+
+def modules_by_path(gm: nn.Module) -> dict[str, nn.Module]:
+    """Every submodule of ``gm`` (itself under '') by its path, as ``call_module`` and ``get_attr``
+    targets name them; a module reachable by several paths is listed under each."""
+    return dict(gm.named_modules(remove_duplicate=False))
 
 
 def scope_of(node: fx.Node) -> str:

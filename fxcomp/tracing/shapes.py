@@ -33,7 +33,7 @@ from torch.utils import _pytree as pytree
 
 from fxcomp.errors import TraceError
 from fxcomp.tracing.costs import node_macs, node_params
-from fxcomp.tracing.names import assign_qualnames, qualname
+from fxcomp.tracing.names import assign_qualnames, modules_by_path, qualname
 from fxcomp.tracing.shape_rules import FUNCTION_RULES, METHOD_RULES, module_rule
 
 INFO = "fxcomp_info"
@@ -105,7 +105,7 @@ class _Propagator(fx.Interpreter):
 
     def __init__(self, gm: fx.GraphModule) -> None:
         super().__init__(gm)
-        self.modules = dict(gm.named_modules(remove_duplicate=False))
+        self.modules = modules_by_path(gm)
 
     def run_node(self, node: fx.Node) -> Any:
         try:
