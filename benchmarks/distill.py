@@ -114,10 +114,9 @@ def _variants(kd_alphas: list[float], features: bool) -> dict[str, dict | None]:
 
 def distillation(data: Splits, args: argparse.Namespace) -> None:
     """Part (a): teacher, student alone, KD, FitNet, attention transfer."""
-    epochs, seeds, lr, decay = args.epochs, args.seeds, args.lr, args.weight_decay
+    epochs, teacher_epochs, seeds, lr, decay = args.epochs, args.teacher_epochs, args.seeds, args.lr, args.weight_decay
     torch.manual_seed(0)
     start = time.perf_counter()
-    teacher_epochs = args.teacher_epochs
     teacher = recover(Teacher(data.classes), data, epochs=teacher_epochs, lr=lr, weight_decay=decay, progress=False).model
     teacher_accuracy = evaluate(teacher, data.test)[1]
     print(
