@@ -30,8 +30,7 @@ import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
 from fxcomp import ChannelGroup, FxcompError, Member
-from fxcomp.passes import PassContext
-from fxcomp.passes.calibration import calibration_batches
+from fxcomp.passes import PassContext, calibration_batches
 from fxcomp.tracing import eval_mode
 
 Criterion = Callable[[Sequence[ChannelGroup], fx.GraphModule, PassContext], list[torch.Tensor]]

@@ -31,8 +31,9 @@ from torch.nn.utils import parametrize
 
 from fxcomp import ChannelGroup, FxcompError, Mask, PluginError, RecipeError, analyze, hookimpl, node_info, propagate, qualname
 from fxcomp.analysis import set_size_arguments, size_arguments
-from fxcomp.passes.masks import parameter_values
-from fxcomp.passes import Option, Pass, PassContext, PassResult, choice, globs, integer, number, optional, string
+from fxcomp.passes import (
+    Option, Pass, PassContext, PassResult, choice, globs, integer, number, optional, parameter_values, string,
+)
 from fxcomp_plugins.importance import (
     Criterion,
     activation_importance,

@@ -40,6 +40,7 @@ from fxcomp.passes import (
     PassContext,
     PassResult,
     WeightQuant,
+    calibration_batches,
     choice,
     convert,
     globs,
@@ -48,7 +49,6 @@ from fxcomp.passes import (
     quantize_parameter,
     selected_modules,
 )
-from fxcomp.passes.calibration import calibration_batches
 from fxcomp.tracing import eval_mode
 
 _SCHEMES = {

@@ -19,9 +19,8 @@ from typing import Any
 
 import torch.fx as fx
 
-from fxcomp import EarlyExitModel, RecipeError, hookimpl, recover
+from fxcomp import DataError, EarlyExitModel, RecipeError, hookimpl, recover
 from fxcomp.dynamic import has_exits
-from fxcomp.errors import DataError
 from fxcomp.passes import Option, Pass, PassContext, PassResult, choice, integer, number, optional
 from fxcomp.recovery import exit_training, objective, rename_through
 

@@ -1,8 +1,10 @@
 """Stages plan → rewrite → verify.
 
 This package's namespace is the pass-author API: the :class:`Pass` contract and
-the option checks, and :class:`Mask` / :func:`add_mask`, which hold pruned
-weights at zero (:mod:`fxcomp.passes.masks`), and :func:`replace_with_chain` /
+the option checks; :class:`Mask` / :func:`add_mask`, which hold pruned
+weights at zero, and :func:`parameter_values`, which reads weights as the model
+computes them (:mod:`fxcomp.passes.masks`); :func:`calibration_batches`, which
+feeds ``calib_data`` to data-driven passes (:mod:`fxcomp.passes.calibration`); and :func:`replace_with_chain` /
 :func:`cost_change`, which swap one layer for several and weigh the swap
 (:mod:`fxcomp.passes.rewrite`). The recipe loader
 (:mod:`fxcomp.passes.recipe`), the checks run after each pass
@@ -11,7 +13,8 @@ build on it and on the plugins.
 """
 
 from fxcomp.passes.base import CheckContext, Pass, PassContext, PassResult, matches, selected_modules
-from fxcomp.passes.masks import Mask, add_mask, has_parametrization
+from fxcomp.passes.calibration import Batch, calibration_batches
+from fxcomp.passes.masks import Mask, add_mask, has_parametrization, parameter_values
 from fxcomp.passes.quantization import (
     OBSERVERS,
     ActivationQuant,
@@ -59,6 +62,7 @@ __all__ = [
     "REQUIRED",
     "SharedWeights",
     "WeightQuant",
+    "Batch",
     "CheckContext",
     "Mask",
     "Option",
@@ -70,6 +74,7 @@ __all__ = [
     "PassResult",
     "add_mask",
     "boolean",
+    "calibration_batches",
     "calls_per_module",
     "chain_costs",
     "choice",
@@ -86,6 +91,7 @@ __all__ = [
     "number",
     "optional",
     "pack_int4",
+    "parameter_values",
     "qdq_model",
     "quantize_parameter",
     "quantize_weight",

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch.fx as fx
 
 from fxcomp import ChannelGroup, node_info
-from fxcomp.passes.masks import parameter_values
+from fxcomp.passes import parameter_values
 
 METRICS = ("macs", "params")
 

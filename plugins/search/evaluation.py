@@ -20,8 +20,7 @@ import torch.fx as fx
 from torch.utils.data import Dataset, Subset
 
 from fxcomp import FxcompError, node_info, propagate
-from fxcomp.passes import Pass, PassContext
-from fxcomp.passes.masks import parameter_values
+from fxcomp.passes import Pass, PassContext, parameter_values
 from fxcomp.recovery import evaluate, recalibrate_batchnorm
 
 from fxcomp_plugins.search.budget import CostModel
