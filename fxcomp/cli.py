@@ -19,8 +19,8 @@ from tabulate import tabulate
 
 from fxcomp.data import Splits, digits, fashion_mnist, mnist
 from fxcomp.dynamic import EarlyExitModel
-from fxcomp.errors import FxcompError, UsageError
-from fxcomp.export import load, save, to_dot
+from fxcomp.errors import FxcompError, UsageError, first_line
+from fxcomp.export import check_writable, load, save, to_dot
 from fxcomp.passes.pipeline import compress
 from fxcomp.plugin.host import load_plugins
 from fxcomp.report import exit_table, layer_table
@@ -49,15 +49,29 @@ def load_model(reference: str) -> nn.Module:
         module = importlib.import_module(module_name)
     except ImportError as error:
         raise UsageError(f"cannot import module '{module_name}': {error}; is it installed?") from error
+    except Exception as error:  # noqa: BLE001 - the user's module failed while importing
+        raise UsageError(
+            f"importing module '{module_name}' raised {type(error).__name__}: {first_line(error)}; fix that module"
+        ) from error
     target = module
     for part in attribute.split("."):
         if not hasattr(target, part):
             raise UsageError(f"module '{module_name}' has no attribute '{attribute}'; check the name after ':'")
         target = getattr(target, part)
-    model = target if isinstance(target, nn.Module) else target() if callable(target) else None
+    model = target if isinstance(target, nn.Module) else _build(reference, target) if callable(target) else None
     if not isinstance(model, nn.Module):
         raise UsageError(f"'{reference}' did not give a torch.nn.Module; point it at a model class or factory")
     return model.eval()
+
+
+def _build(reference: str, factory: object) -> object:
+    try:
+        return factory()
+    except Exception as error:  # noqa: BLE001 - the user's constructor failed
+        raise UsageError(
+            f"calling '{reference}' with no arguments raised {type(error).__name__}: {first_line(error)}; "
+            "point it at a model class or factory that needs no arguments"
+        ) from error
 
 
 def _example_inputs(shapes: Sequence[tuple[int, ...]]) -> tuple[torch.Tensor, ...]:
@@ -68,6 +82,8 @@ def _example_inputs(shapes: Sequence[tuple[int, ...]]) -> tuple[torch.Tensor, ..
 def _cmd_demo(args: argparse.Namespace) -> None:
     from fxcomp.demo import run_demo
 
+    if args.out:
+        check_writable(args.out)
     text, result = run_demo(seconds=args.seconds, seed=args.seed)
     print(text)
     if args.out:
@@ -76,6 +92,8 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> None:
+    if args.dot:
+        check_writable(args.dot)
     if os.path.isfile(args.model) or (":" not in args.model and not args.input_shape):
         loaded = load(args.model)
         gm = loaded.model if isinstance(loaded, EarlyExitModel) else loaded
@@ -104,6 +122,9 @@ def training_data(reference: str) -> Splits:
 
 
 def _cmd_compress(args: argparse.Namespace) -> None:
+    for path in (args.plan, None if args.dry_run else args.out):
+        if path:
+            check_writable(path)
     data = training_data(args.train_data) if args.train_data else None
     result = compress(
         load_model(args.model),

@@ -16,7 +16,7 @@ class TraceError(FxcompError):
 
 
 class RecipeError(FxcompError, ValueError):
-    """A recipe or a pass option is invalid; the message names the bad field's path."""
+    """A recipe, a pass option or a distillation setting is invalid; the message names the bad field's path."""
 
 
 class PassError(FxcompError):
@@ -28,7 +28,7 @@ class PluginError(FxcompError):
 
 
 class SaveError(FxcompError):
-    """A module cannot be saved in fxcomp's safe format."""
+    """A module cannot be saved in fxcomp's safe format, or an output file cannot be written where asked."""
 
 
 class LoadError(FxcompError):
@@ -40,7 +40,7 @@ class CalibrationError(FxcompError):
 
 
 class UsageError(FxcompError):
-    """A command-line argument or a model reference (``MODULE:CALLABLE``) is invalid."""
+    """A command-line argument, a model reference (``MODULE:CALLABLE``) or an argument of a Python call is invalid."""
 
 
 class DataError(FxcompError):
@@ -53,3 +53,9 @@ class ExitError(FxcompError):
 
 class LoweringError(FxcompError):
     """A model cannot be lowered to the requested backend, or a kernel disagrees with the graph it replaces."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message (its type name when empty), to quote inside a one-line message."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__

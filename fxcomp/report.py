@@ -12,7 +12,7 @@ import torch.nn as nn
 from tabulate import tabulate
 
 from fxcomp.passes.masks import parameter_values
-from fxcomp.tracing import TensorSpec, node_info
+from fxcomp.tracing import TensorSpec, node_info, require_graph
 
 _SHOWN_OPS = ("call_module", "call_function", "call_method")
 
@@ -87,6 +87,7 @@ def _node_values(gm: fx.GraphModule, node: fx.Node) -> list[torch.Tensor]:
 
 def layer_rows(gm: fx.GraphModule) -> list[LayerRow]:
     """A row per call node (and per parameter read through ``get_attr``) of an annotated graph."""
+    require_graph(gm, "layer_table")
     rows = []
     for node in gm.graph.nodes:
         info = node_info(node)
@@ -109,6 +110,7 @@ def layer_rows(gm: fx.GraphModule) -> list[LayerRow]:
 
 def totals(gm: fx.GraphModule) -> Totals:
     """Unique parameter count, nonzero parameters, total MACs and weight sparsity of an annotated graph."""
+    require_graph(gm, "totals")
     values = [value for _, value in parameter_values(gm)]
     return Totals(
         params=sum(p.numel() for p in gm.parameters()),

@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
-from fxcomp import ChannelGroup, FxcompError, Member
+from fxcomp import ChannelGroup, Member, RecipeError
 from fxcomp.passes import PassContext, calibration_batches
 from fxcomp.tracing import eval_mode
 
@@ -106,7 +106,7 @@ def bn_scale_importance(group: ChannelGroup, gm: fx.GraphModule, context: PassCo
             _scatter(scores, member, owner.weight.detach().abs())
             found = True
     if not found:
-        raise FxcompError(
+        raise RecipeError(
             f"prune.importance: bn_scale needs a BatchNorm with affine weights, and the channels of "
             f"{', '.join(group.producers)} have none; use importance: l1, or ignore those layers"
         )
@@ -147,7 +147,7 @@ def random_importance(group: ChannelGroup, gm: fx.GraphModule, context: PassCont
 
 def _loss(output: object, target: torch.Tensor | None) -> torch.Tensor:
     if not isinstance(output, torch.Tensor) or output.dim() != 2:
-        raise FxcompError(
+        raise RecipeError(
             "prune.importance: taylor needs a model returning one (batch, classes) tensor of logits; "
             "use importance: activation or l1 for other models"
         )

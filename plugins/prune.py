@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
-from fxcomp import ChannelGroup, FxcompError, Mask, PluginError, RecipeError, analyze, hookimpl, node_info, propagate, qualname
+from fxcomp import ChannelGroup, Mask, PluginError, RecipeError, analyze, hookimpl, node_info, propagate, qualname
 from fxcomp.analysis import set_size_arguments, size_arguments
 from fxcomp.passes import (
     Option, Pass, PassContext, PassResult, choice, globs, integer, number, optional, parameter_values, string,
@@ -84,7 +84,7 @@ def _shrink(module: nn.Module, name: str, axes: dict[str, list[int]]) -> None:
         chain = module.parametrizations[name]
         others = sorted({type(step).__name__ for step in chain if not isinstance(step, Mask)})
         if others:
-            raise FxcompError(
+            raise RecipeError(
                 f"prune: '{name}' of a {type(module).__name__} is parametrized by {', '.join(others)}; "
                 "run prune before the pass that added it"
             )
@@ -340,9 +340,10 @@ class Prune(Pass):
         plan = self._plan_at(self._fractions(high, groups, scores), groups, scores)
         fraction = kept_fraction(plan)
         if fraction > target * 1.02:
-            raise FxcompError(
+            raise RecipeError(
                 f"prune.target_macs: {self.options['target_macs']:g} is out of reach; pruning every unpinned group "
-                f"by max_ratio_per_group={high:g} keeps {fraction:.3f} of the MACs"
+                f"by max_ratio_per_group={high:g} keeps {fraction:.3f} of the MACs; give target_macs >= {fraction:.3f} "
+                "or raise max_ratio_per_group"
             )
         for _ in range(30):
             if abs(fraction / target - 1) <= 0.02:

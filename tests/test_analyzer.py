@@ -585,3 +585,8 @@ def test_einsum_on_parameters_makes_members_and_permutes_channels() -> None:
     assert group.prunable and group.channels == 4
     assert _member(group, "scale", 0).channels == (0, 1, 2, 3)
     assert _member(group, "weight", 0).channels == (0, 1, 2, 3)
+
+
+def test_analyze_needs_a_traced_graph(small_cnn) -> None:
+    with pytest.raises(fxcomp.TraceError, match=r"analyze takes a GraphModule from fxcomp.trace, got SmallCNN; pass fxcomp.trace\(model"):
+        analyze(small_cnn)

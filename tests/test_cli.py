@@ -98,6 +98,28 @@ def test_compress_dry_run_writes_no_model(tmp_path, capsys) -> None:
             ["compress", "tests.conftest:SmallCNN", "--recipe", "passes: [{pass: nope}]", "--input-shape", "1,3,8,8"],
             "error: passes[0].pass: unknown pass 'nope'",
         ),
+        (
+            ["compress", "tests.conftest:SmallCNN", "--recipe", "passes: [{pass: [prune]}]", "--input-shape", "1,3,8,8"],
+            "error: passes[0].pass: unknown pass ['prune']",
+        ),
+        (
+            ["inspect", "torchvision.models:ResNet", "--input-shape", "1,3,8,8"],
+            "error: calling 'torchvision.models:ResNet' with no arguments raised TypeError: ResNet.__init__() missing",
+        ),
+        (
+            ["compress", "tests.conftest:SmallCNN", "--recipe", "passes: [{pass: fold_bn}]", "--input-shape", "1,3,8,8",
+             "--out", "no_such_dir/model.fxc"],
+            "error: cannot write 'no_such_dir/model.fxc': directory '",
+        ),
+        (
+            ["compress", "tests.conftest:SmallCNN", "--recipe", "passes: [{pass: fold_bn}]", "--input-shape", "1,3,8,8",
+             "--plan", "no_such_dir/plan.json"],
+            "does not exist; create it or choose another path",
+        ),
+        (
+            ["inspect", "tests.conftest:SmallCNN", "--input-shape", "1,3,8,8", "--dot", "no_such_dir/graph.dot"],
+            "error: cannot write 'no_such_dir/graph.dot'",
+        ),
     ],
 )
 def test_user_errors_print_one_line_and_exit_2(argv, message, capsys) -> None:
@@ -106,6 +128,14 @@ def test_user_errors_print_one_line_and_exit_2(argv, message, capsys) -> None:
     assert err.startswith(message) or message in err
     assert len(err.strip().splitlines()) == 1
     assert "Traceback" not in err
+
+
+def test_a_model_module_that_fails_to_import_is_a_one_line_error(tmp_path, monkeypatch, capsys) -> None:
+    (tmp_path / "broken_model_module.py").write_text("import torch\nraise RuntimeError('no GPU here')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["inspect", "broken_model_module:Net", "--input-shape", "1,3"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "error: importing module 'broken_model_module' raised RuntimeError: no GPU here; fix that module"
 
 
 def test_debug_shows_the_traceback() -> None:

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fxcomp
-from fxcomp import EarlyExitModel, ExitError, PassError, RecipeError
+from fxcomp import EarlyExitModel, ExitError, PassError, RecipeError, TraceError
 from fxcomp.cli import main
 from fxcomp.data import digits
 from fxcomp.dynamic import add_exits, cut_problems
@@ -143,8 +143,16 @@ def test_errors_say_what_to_change(trained, example, data) -> None:
     with pytest.raises(ExitError, match="has no early exits"):
         EarlyExitModel(fxcomp.trace(trained, example))
     model = _exits(trained, example).model
-    with pytest.raises(ExitError, match="give 2 thresholds"):
-        model.thresholds = [0.5]
+    for wrong in ([0.5], 0.9, ["high", 0.5], [float("nan"), 0.5]):
+        with pytest.raises(ExitError, match="thresholds: give a list of 2 numbers"):
+            model.thresholds = wrong
+    with pytest.raises(TraceError, match=r"layer_table takes a GraphModule .* got EarlyExitModel; pass its .model"):
+        fxcomp.layer_table(model)
+    plain = fxcomp.trace(trained, example)
+    with pytest.raises(ExitError, match=r"calibrate_exits takes an EarlyExitModel, got \w+; add exits first"):
+        fxcomp.calibrate_exits(plain, data.val)
+    with pytest.raises(ExitError, match=r"the head at 'layer1.relu_1' fails on a 2×16×8×8 tensor \(RuntimeError: .*\); give a head"):
+        add_exits(plain, "layer1", [nn.Linear(3, 10)])  # one name, not a list, is one cut point
     with pytest.raises(RecipeError, match="'exits' trains early exits, but the model has none"):
         fxcomp.compress(trained, example, {"passes": [{"pass": "recover", "exits": {}}]}, train_data=data.train)
     with pytest.raises(RecipeError, match="exits.train: expected joint or heads"):

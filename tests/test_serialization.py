@@ -312,3 +312,15 @@ def test_plugins_extend_the_allow_list(tmp_path) -> None:
 def test_save_takes_only_graph_modules(tmp_path, small_cnn) -> None:
     with pytest.raises(fxcomp.SaveError, match=r"takes a torch.fx.GraphModule, got SmallCNN; trace the model first"):
         fxcomp.save(small_cnn, tmp_path / "x.fxc")
+
+
+def test_unwritable_paths_fail_before_anything_is_written(tmp_path, small_cnn) -> None:
+    gm = fxcomp.trace(small_cnn, torch.randn(1, 3, 8, 8))
+    missing = tmp_path / "missing" / "x.fxc"
+    with pytest.raises(fxcomp.SaveError, match=rf"cannot write '{missing}': directory '{missing.parent}' does not exist; create it"):
+        fxcomp.save(gm, missing)
+    with pytest.raises(fxcomp.SaveError, match=rf"cannot write '{tmp_path}': it is a directory; give a file name"):
+        fxcomp.to_dot(gm, tmp_path)
+    with pytest.raises(fxcomp.TraceError, match="to_dot takes a GraphModule from fxcomp.trace, got SmallCNN; pass fxcomp.trace"):
+        fxcomp.to_dot(small_cnn, tmp_path / "x.dot")
+    assert list(tmp_path.iterdir()) == []

@@ -43,7 +43,7 @@ from fxcomp.analysis.labels import NO_LABEL, along, compact, expand, fresh, labe
 from fxcomp.errors import TraceError
 from fxcomp.passes.base import matches
 from fxcomp.plugin.host import Plugins, load_plugins
-from fxcomp.tracing import TensorSpec, modules_by_path, node_info, qualname
+from fxcomp.tracing import TensorSpec, modules_by_path, node_info, qualname, require_graph
 
 
 @dataclass(frozen=True)
@@ -1129,6 +1129,7 @@ def analyze(
     Returns the groups in graph order. A group's ``pinned`` lists why it must not
     be pruned (model output, an unknown op, user-ignored …).
     """
+    require_graph(gm, "analyze")
     plugins = plugins if plugins is not None else load_plugins()
     rules = {key: entry.value for key, entry in plugins.registry.channel_rules.items()}
     walk = _Walk(gm, modules_by_path(gm), rules=rules)

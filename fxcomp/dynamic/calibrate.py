@@ -86,9 +86,18 @@ class ExitCalibration:
         )
 
 
+def _require_exits(model: Any, caller: str) -> None:
+    if not isinstance(model, EarlyExitModel):
+        raise ExitError(
+            f"{caller} takes an EarlyExitModel, got {type(model).__name__}; add exits first "
+            "(the early_exit pass, or fxcomp.dynamic.add_exits and EarlyExitModel)"
+        )
+
+
 @torch.no_grad()
 def _exit_figures(model: EarlyExitModel, data: Any, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Per exit (final last) and sample: the exit's score and whether its answer is right."""
+    _require_exits(model, "calibrate_exits")
     scores, correct = [], []
     with eval_mode(model):
         for batch in loader(data, batch_size, shuffle=False):
@@ -190,6 +199,7 @@ def _thin(path: list[ExitStatistics], count: int) -> list[ExitStatistics]:
 @torch.no_grad()
 def exit_statistics(model: EarlyExitModel, data: Any, *, batch_size: int = 256) -> ExitStatistics:
     """Run ``model`` as configured (eval mode, its thresholds) on labelled ``data``; what happened."""
+    _require_exits(model, "exit_statistics")
     right = count = 0
     taken_counts = np.zeros(model.num_exits + 1)
     with eval_mode(model):

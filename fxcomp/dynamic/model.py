@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from fxcomp.dynamic.cuts import cut_problems, resolve_cuts
 from fxcomp.dynamic.stages import single_exit_graph, split_stages
-from fxcomp.errors import ExitError
+from fxcomp.errors import ExitError, first_line
 from fxcomp.report import totals
 from fxcomp.tracing import TensorSpec, eval_mode, node_info, propagate, qualname, trace
 
@@ -64,11 +64,11 @@ def _inputs_like(gm: fx.GraphModule, batch: int) -> tuple[torch.Tensor, ...]:
 
 
 def add_exits(
-    gm: fx.GraphModule, at: Sequence[str], heads: Sequence[nn.Module], *, criterion: str = "confidence"
+    gm: fx.GraphModule, at: str | Sequence[str], heads: Sequence[nn.Module], *, criterion: str = "confidence"
 ) -> list[fx.Node]:
     """Attach exit ``heads`` to the annotated classifier ``gm`` at the cut points ``at``; return the cut nodes.
 
-    ``at`` names nodes or modules (see :func:`fxcomp.dynamic.find_node`); each must be a cut point.
+    ``at`` names nodes or modules (see :func:`fxcomp.dynamic.find_node`), or one of them; each must be a cut point.
     Head *i* maps cut point *i*'s tensor to the model's (batch, classes) logits. The graph
     itself is unchanged: it still computes exactly the model's output.
     """
@@ -77,14 +77,20 @@ def add_exits(
     if criterion not in CRITERIA:
         raise ExitError(f"exit criterion '{criterion}' is not one of: {', '.join(CRITERIA)}")
     _check_classifier(gm)
-    nodes = resolve_cuts(gm, at)
+    nodes = resolve_cuts(gm, [at] if isinstance(at, str) else at)
     if len(heads) != len(nodes):
         raise ExitError(f"{len(nodes)} exit points but {len(heads)} heads; give one head per exit")
     classes = node_info(_output_node(gm).args[0]).output.shape[1]
     for node, head in zip(nodes, heads):
         spec = node_info(node).output
-        with torch.no_grad(), eval_mode(head):
-            produced = head(torch.zeros((2, *spec.shape[1:]), dtype=spec.dtype))
+        try:
+            with torch.no_grad(), eval_mode(head):
+                produced = head(torch.zeros((2, *spec.shape[1:]), dtype=spec.dtype))
+        except Exception as error:  # noqa: BLE001 - the user's head does not fit its cut point
+            raise ExitError(
+                f"the head at '{qualname(node)}' fails on a {'×'.join(map(str, (2, *spec.shape[1:])))} tensor "
+                f"({type(error).__name__}: {first_line(error)}); give a head that takes the cut point's shape"
+            ) from error
         if not isinstance(produced, torch.Tensor) or tuple(produced.shape) != (2, classes):
             shape = tuple(produced.shape) if isinstance(produced, torch.Tensor) else type(produced).__name__
             raise ExitError(f"the head at '{qualname(node)}' gives {shape} for a batch of 2; it must give (2, {classes})")
@@ -171,9 +177,12 @@ class EarlyExitModel(nn.Module):
     @thresholds.setter
     def thresholds(self, values: Sequence[float] | None) -> None:
         if values is not None:
-            values = [float(v) for v in values]
-            if len(values) != self.num_exits or any(math.isnan(v) for v in values):
-                raise ExitError(f"give {self.num_exits} thresholds (one per early exit), got {len(values)}")
+            try:
+                values = [float(v) for v in values]
+            except (TypeError, ValueError):
+                values = None
+            if values is None or len(values) != self.num_exits or any(math.isnan(v) for v in values):
+                raise ExitError(f"thresholds: give a list of {self.num_exits} numbers (one per early exit), or None")
         self.model.meta[EXITS]["thresholds"] = values
 
     def _costs(self) -> tuple[list[float], list[float]]:

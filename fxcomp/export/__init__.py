@@ -2,5 +2,6 @@
 
 from fxcomp.export.dot import to_dot
 from fxcomp.export.files import load, save
+from fxcomp.export.paths import check_writable
 
-__all__ = ["load", "save", "to_dot"]
+__all__ = ["check_writable", "load", "save", "to_dot"]

@@ -6,7 +6,8 @@ import os
 
 import torch.fx as fx
 
-from fxcomp.tracing import TensorSpec, qualname
+from fxcomp.export.paths import check_writable
+from fxcomp.tracing import TensorSpec, qualname, require_graph
 from fxcomp.tracing.shapes import INFO
 
 _COLORS = {
@@ -40,6 +41,8 @@ def _label(gm: fx.GraphModule, node: fx.Node) -> str:
 
 def to_dot(gm: fx.GraphModule, path: str | os.PathLike) -> None:
     """Write ``gm`` as a Graphviz DOT file: one box per node (name, op, output shape, MACs), edges for data flow."""
+    require_graph(gm, "to_dot")
+    check_writable(path)
     lines = ["digraph fxcomp {", '  node [shape=box, style=filled, fontname="Helvetica"];']
     for node in gm.graph.nodes:
         color = _COLORS.get(node.op, "white")

@@ -33,6 +33,7 @@ from fxcomp.dynamic.model import CRITERIA, EXITS, HEADS, EarlyExitModel, has_exi
 from fxcomp.errors import ExitError, LoadError, SaveError
 from fxcomp.export.deep import CodecError, CodecReport, codable, decode_tensor, encode_tensor
 from fxcomp.export.allowlist import AllowList, build_allowlist, is_safe_method
+from fxcomp.export.paths import check_writable
 from fxcomp.export.values import decode, encode
 from fxcomp.passes.masks import class_before_parametrizations, strip_masks
 from fxcomp.plugin.host import Plugins, load_plugins
@@ -257,6 +258,7 @@ def save(
             f"fxcomp.save takes a torch.fx.GraphModule, got {type(module).__name__}; "
             "trace the model first with fxcomp.trace(model, example_inputs)"
         )
+    check_writable(path)
     if codec == "deep" and isinstance(module, fx.GraphModule):
         module = strip_masks(copy.deepcopy(module))
     allow = _allowlist(plugins)

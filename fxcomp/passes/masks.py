@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
-from fxcomp.errors import FxcompError
+from fxcomp.errors import SaveError
 
 
 class Mask(nn.Module):
@@ -96,7 +96,7 @@ def strip_masks(module: nn.Module) -> nn.Module:
             others = sorted({type(step).__name__ for step in chain if not _ours(step)})
             if others:
                 where = f"{path}.{name}" if path else name
-                raise FxcompError(
+                raise SaveError(
                     f"'{where}' is also parametrized by {', '.join(others)}, which strip_masks cannot keep; "
                     f"bake them all with torch.nn.utils.parametrize.remove_parametrizations(module, '{name}')"
                 )

@@ -14,7 +14,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from fxcomp.dynamic.model import EarlyExitModel, has_exits
-from fxcomp.errors import FxcompError, LoweringError, PassError
+from fxcomp.errors import FxcompError, LoweringError, PassError, first_line
 from fxcomp.export.deep import CodecReport
 from fxcomp.export.files import save
 from fxcomp.lowering import LoweringResult, lower
@@ -59,7 +59,7 @@ def _run_pass_step(label: str, step: Callable[..., Any], *args: Any) -> Any:
     except FxcompError:
         raise
     except Exception as error:  # noqa: BLE001 - a crashing pass is reported with its name
-        raise PassError(f"{label} raised {type(error).__name__}: {error}") from error
+        raise PassError(f"{label} raised {type(error).__name__}: {first_line(error)}") from error
 
 
 def _working_copy(

@@ -59,7 +59,7 @@ def _build(entry: Any, index: int, plugins: Plugins) -> Pass:
         raise RecipeError(f"{path}.pass: missing; every entry names its pass, e.g. `- pass: fold_bn`")
     name = entry["pass"]
     passes = plugins.registry.passes
-    if name not in passes:
+    if not isinstance(name, str) or name not in passes:
         known = ", ".join(sorted(passes)) or "none (are the plugins installed?)"
         raise RecipeError(f"{path}.pass: unknown pass {name!r}; registered passes: {known}")
     pass_class: type[Pass] = passes[name].value

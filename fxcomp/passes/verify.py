@@ -11,7 +11,7 @@ import torch
 import torch.fx as fx
 from torch.utils import _pytree as pytree
 
-from fxcomp.errors import PassError, TraceError
+from fxcomp.errors import PassError, TraceError, first_line
 from fxcomp.passes.base import CheckContext, Pass
 from fxcomp.plugin.registry import Entry
 from fxcomp.tracing import eval_mode, propagate, qualname
@@ -45,12 +45,7 @@ def run_graph(gm: fx.GraphModule, inputs: Sequence[torch.Tensor]) -> Any:
             except Exception:  # noqa: BLE001 - the first failure is what we report
                 pass
             where = f"node '{qualname(locator.failed)}'" if locator.failed is not None else "the graph"
-            raise RuntimeError(f"{where} raised {type(error).__name__}: {_first_line(error)}") from error
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
+            raise RuntimeError(f"{where} raised {type(error).__name__}: {first_line(error)}") from error
 
 
 def output_nodes(gm: fx.GraphModule) -> list[str]:
@@ -143,7 +138,7 @@ def verify(
     try:
         gm.graph.lint()
     except Exception as error:  # noqa: BLE001 - lint raises plain RuntimeErrors
-        raise PassError(f"{label} left a malformed graph: {_first_line(error)}") from error
+        raise PassError(f"{label} left a malformed graph: {first_line(error)}") from error
     gm.recompile()
     try:
         propagate(gm, inputs)
@@ -166,7 +161,7 @@ def verify(
         try:
             problems = entry.value(gm, context)
         except Exception as error:  # noqa: BLE001 - a crashing check is reported like a failing one
-            raise PassError(f"{label}: check '{name}' (plugin '{entry.plugin}') raised: {_first_line(error)}") from error
+            raise PassError(f"{label}: check '{name}' (plugin '{entry.plugin}') raised: {first_line(error)}") from error
         if problems:
             raise PassError(f"{label} failed check '{name}' (plugin '{entry.plugin}'): {problems[0]}")
     return outputs

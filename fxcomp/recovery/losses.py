@@ -10,6 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fxcomp.errors import RecipeError
+
 
 class KDLoss(nn.Module):
     """Knowledge distillation (Hinton et al., 2015) on logits.
@@ -22,7 +24,7 @@ class KDLoss(nn.Module):
     def __init__(self, temperature: float = 4.0, alpha: float = 0.9) -> None:
         super().__init__()
         if temperature <= 0 or not 0 <= alpha <= 1:
-            raise ValueError("KDLoss needs temperature > 0 and 0 <= alpha <= 1")
+            raise RecipeError(f"KDLoss needs T (temperature) > 0 and alpha in [0, 1]; got T={temperature}, alpha={alpha}")
         self.temperature, self.alpha = temperature, alpha
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:

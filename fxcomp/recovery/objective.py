@@ -18,6 +18,7 @@ objective adds plain cross-entropy.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -104,6 +105,12 @@ def _names(value: Any, kind: str, side: str) -> list[str]:
     return names
 
 
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise RecipeError(f"{where}: expected a number, got {value!r}")
+    return float(value)
+
+
 def objective(spec: Any) -> Objective:
     """Build the :class:`Objective` for a ``distill`` spec (None: cross-entropy alone)."""
     if spec is None:
@@ -111,16 +118,19 @@ def objective(spec: Any) -> Objective:
     specs: Sequence[Any] = spec if isinstance(spec, (list, tuple)) else [spec]
     terms = []
     for entry in specs:
-        if not isinstance(entry, dict) or entry.get("kind") not in _KINDS:
+        if not isinstance(entry, dict) or not isinstance(entry.get("kind"), str) or entry["kind"] not in _KINDS:
             raise RecipeError(f"distill: each entry needs a kind, one of {', '.join(_KINDS)}; got {entry!r}")
         kind = entry["kind"]
         unknown = set(entry) - {"kind", *_KINDS[kind]}
         if unknown:
             raise RecipeError(f"distill {kind}: unknown option(s) {', '.join(sorted(unknown))}; known: {', '.join(_KINDS[kind])}")
         options = {**_KINDS[kind], **{k: v for k, v in entry.items() if k != "kind"}}
+        for key, value in options.items():
+            if key not in ("student", "teacher"):
+                options[key] = _number(value, f"distill {kind}.{key}")
         if kind == "kd":
             try:
-                terms.append(_Term(kind, KDLoss(float(options["T"]), float(options["alpha"])), [OUTPUT], [OUTPUT]))
+                terms.append(_Term(kind, KDLoss(options["T"], options["alpha"]), [OUTPUT], [OUTPUT]))
             except ValueError as error:
                 raise RecipeError(f"distill kd: {error}") from None
             continue
@@ -130,12 +140,12 @@ def objective(spec: Any) -> Objective:
         if kind == "fitnet":
             if len(student) != 1:
                 raise RecipeError("distill fitnet: one student node and one teacher node (add more fitnet entries for more)")
-            terms.append(_Term(kind, None, student, teacher, float(options["weight"])))
+            terms.append(_Term(kind, None, student, teacher, options["weight"]))
         elif kind == "attention":
-            terms.append(_Term(kind, AttentionTransferLoss(), student, teacher, float(options["weight"])))
+            terms.append(_Term(kind, AttentionTransferLoss(), student, teacher, options["weight"]))
         elif kind == "rkd":
-            loss = RelationalKDLoss(float(options["distance_weight"]), float(options["angle_weight"]))
+            loss = RelationalKDLoss(options["distance_weight"], options["angle_weight"])
             terms.append(_Term(kind, loss, student, teacher))
         else:
-            terms.append(_Term(kind, SimilarityPreservingLoss(), student, teacher, float(options["weight"])))
+            terms.append(_Term(kind, SimilarityPreservingLoss(), student, teacher, options["weight"]))
     return Objective(terms)

@@ -93,6 +93,14 @@ def node_info(node: fx.Node) -> NodeInfo:
         ) from None
 
 
+def require_graph(value: Any, caller: str) -> fx.GraphModule:
+    """``value`` when it is a ``GraphModule``; otherwise a :class:`fxcomp.TraceError` telling how to get one."""
+    if isinstance(value, fx.GraphModule):
+        return value
+    hint = "its .model" if isinstance(getattr(value, "model", None), fx.GraphModule) else "fxcomp.trace(model, example_inputs)"
+    raise TraceError(f"{caller} takes a GraphModule from fxcomp.trace, got {type(value).__name__}; pass {hint}")
+
+
 class _NodeFailure(Exception):
     def __init__(self, node: fx.Node, error: Exception) -> None:
         super().__init__(str(error))

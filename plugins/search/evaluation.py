@@ -19,7 +19,7 @@ import torch.multiprocessing as multiprocessing
 import torch.fx as fx
 from torch.utils.data import Dataset, Subset
 
-from fxcomp import FxcompError, node_info, propagate
+from fxcomp import RecipeError, node_info, propagate
 from fxcomp.passes import Pass, PassContext, parameter_values
 from fxcomp.recovery import evaluate, recalibrate_batchnorm
 
@@ -227,7 +227,7 @@ def _score_all(problem: Problem, directions: Sequence[list[float]], workers: int
     if workers <= 1 or len(directions) <= 1:
         return [score(problem, direction) for direction in directions]
     if "fork" not in multiprocessing.get_all_start_methods():
-        raise FxcompError("search.workers: worker processes need the 'fork' start method, which this platform lacks; use workers: 1")
+        raise RecipeError("search.workers: worker processes need the 'fork' start method, which this platform lacks; use workers: 1")
     threads = max(1, torch.get_num_threads() // workers)
     context = multiprocessing.get_context("fork")
     with context.Pool(workers, initializer=_start_worker, initargs=(problem, threads)) as pool:

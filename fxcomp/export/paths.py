@@ -1,0 +1,22 @@
+"""Checking an output path before anything is computed for it."""
+
+from __future__ import annotations
+
+import os
+
+from fxcomp.errors import SaveError
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Raise :class:`fxcomp.SaveError` unless a file can be written at ``path``.
+
+    Checked up front so a long compression does not end in an unwritable path.
+    """
+    target = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(target))
+    if os.path.isdir(target):
+        raise SaveError(f"cannot write '{target}': it is a directory; give a file name")
+    if not os.path.isdir(directory):
+        raise SaveError(f"cannot write '{target}': directory '{directory}' does not exist; create it or choose another path")
+    if not os.access(directory, os.W_OK):
+        raise SaveError(f"cannot write '{target}': directory '{directory}' is not writable; choose another path")
