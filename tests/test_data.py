@@ -45,8 +45,24 @@ def test_idx_files_read_back_exactly(tmp_path) -> None:
     _write_idx(tmp_path / "a.gz", array)
     assert np.array_equal(read_idx(tmp_path / "a.gz"), array)
     (tmp_path / "bad").write_bytes(b"\x01\x02\x03\x04")
-    with pytest.raises(DataError, match="not an IDX file"):
+    with pytest.raises(DataError, match="not an IDX file .*; download or install it again$"):
         read_idx(tmp_path / "bad")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("unpacked.gz", bytes([0, 0, 8, 1, 0, 0, 0, 2, 7, 9]), r"cannot be decompressed \(Not a gzipped file"),
+        ("truncated.gz", gzip.compress(bytes([0, 0, 8, 1, 0, 0, 0, 2, 7, 9]))[:-12], "cannot be decompressed"),
+        ("short_header", bytes([0, 0, 8, 3, 0, 0, 0, 2]), r"is cut short \(its header or last value is incomplete\)"),
+        ("half_value", bytes([0, 0, 0x0B, 1, 0, 0, 0, 2, 1, 2, 3]), "is cut short"),
+        ("few_values", bytes([0, 0, 8, 1, 0, 0, 0, 3, 7, 9]), r"holds 2 values where its header says \(3,\)"),
+    ],
+)
+def test_damaged_idx_files_say_to_fetch_them_again(tmp_path, name, content, message) -> None:
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(DataError, match=f"{message}.*; download or install it again$"):
+        read_idx(tmp_path / name)
 
 
 def test_mnist_from_a_directory_holds_out_validation_from_train(tmp_path) -> None:

@@ -135,6 +135,12 @@ def test_bad_registrations_are_refused(hook, call, fragment) -> None:
         fxcomp.load_plugins(entry_points=False, extra={"bad": plugin})
 
 
+def test_one_plugin_object_under_two_names_is_refused() -> None:
+    plugin = types.SimpleNamespace()
+    with pytest.raises(fxcomp.PluginError, match=r"plugin 'second' .* is the same object as the already loaded plugin 'first'"):
+        fxcomp.load_plugins(entry_points=False, extra={"first": plugin, "second": plugin})
+
+
 def test_crashing_hook_is_a_plugin_error() -> None:
     plugin = types.SimpleNamespace(
         fxcomp_register_checks=fxcomp.hookimpl(specname="fxcomp_register_checks")(lambda register: 1 / 0)

@@ -156,7 +156,7 @@ def test_activation_fake_quantization_is_within_half_a_step_and_exact_at_zero() 
     assert float(stub(torch.tensor([10.0]))) == pytest.approx(float((255 - zero_point) * scale))  # clamped
     y.sum().backward()
     assert torch.equal(x.grad, torch.ones(1001))  # straight through
-    with pytest.raises(RuntimeError, match="never calibrated"):
+    with pytest.raises(fxcomp.CalibrationError, match="never calibrated; run calibration data through it first"):
         ActivationQuant()(x)
 
 

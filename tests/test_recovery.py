@@ -161,6 +161,10 @@ def test_kd_from_a_teacher_beats_chance_and_feature_terms_train_adapters(data, t
          RecipeError, r"distill rkd.angle_weight: expected a number, got \[1\]"),
         ({"distill": {"kind": "fitnet", "student": "conv9", "teacher": "conv2"}, "teacher": DigitsNet()}, UsageError, "did you mean 'conv3'"),
         ({"optimizer": "lbfgs"}, UsageError, "not one of: sgd, adam"),
+        ({"lr": 0}, UsageError, "recovery needs lr > 0, got 0"),
+        ({"momentum": -0.5}, UsageError, r"momentum in \[0, 1\] and weight_decay >= 0, got -0.5 and 0.0"),
+        ({"weight_decay": -1e-4}, UsageError, r"weight_decay >= 0, got 0.9 and -0.0001"),
+        ({"batch_size": 0}, UsageError, "batch_size must be a whole number >= 1, got 0"),
     ],
 )
 def test_recover_errors_say_what_to_change(data, kwargs, error, message) -> None:

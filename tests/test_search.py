@@ -200,3 +200,18 @@ def test_a_latency_budget_uses_a_per_layer_table_cached_on_disk(tmp_path) -> Non
         search(workers=2)
     with pytest.raises(RecipeError, match="search: give exactly one budget"):
         search(target_latency_ms=1.0)
+
+
+def test_output_and_table_paths_are_checked_before_the_search(tmp_path) -> None:
+    from fxcomp_plugins.search import Search
+    from fxcomp_plugins.search.latency import LatencyTable
+
+    with pytest.raises(RecipeError, match=r"search.history: cannot write '.*missing/h.json': directory '.*missing' does not exist"):
+        Search(target_macs=0.5, history=str(tmp_path / "missing" / "h.json"))
+    with pytest.raises(RecipeError, match=r"search.plot: cannot write '.*': it is a directory"):
+        Search(target_macs=0.5, plot=str(tmp_path))
+    broken = tmp_path / "latency.json"
+    for content in ("{not json", "[1, 2]", '{"conv": "fast"}'):
+        broken.write_text(content)
+        with pytest.raises(RecipeError, match=rf"search.latency_table: '{broken}' is not a latency table.*; delete it to rebuild it$"):
+            LatencyTable(str(broken), 1)

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from fxcomp.data.splits import Splits
-from fxcomp.errors import DataError
+from fxcomp.errors import DataError, UsageError
 
 Batches = Iterable[Any]
 
@@ -38,6 +38,8 @@ class _TensorBatches:
 
 def loader(data: Any, batch_size: int, *, shuffle: bool, seed: int = 0) -> Batches:
     """Batches of ``(inputs, target)`` from a DataLoader / iterable of batches, or a Dataset."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise UsageError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
     if isinstance(data, Splits):
         data = data.train
     if isinstance(data, TensorDataset):

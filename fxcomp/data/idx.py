@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from fxcomp.data.splits import Splits, split
-from fxcomp.errors import DataError
+from fxcomp.errors import DataError, first_line
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 """Where Debian's ``dataset-fashion-mnist`` package puts the files."""
@@ -26,15 +26,22 @@ _TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype("
 def read_idx(path: str | Path) -> np.ndarray:
     """Read one IDX file (gzip-compressed when its name ends in ``.gz``) into an array of its shape."""
     path = Path(path)
-    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    fix = "download or install it again"
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError) as error:  # not gzip data (a browser may have unpacked it), or cut short
+        raise DataError(f"{path} cannot be decompressed ({first_line(error)}); {fix}") from error
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _TYPES:
-        raise DataError(f"{path} is not an IDX file (bad magic number)")
+        raise DataError(f"{path} is not an IDX file (bad magic number); {fix}")
     ndim = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(_TYPES[raw[2]])
-    body = np.frombuffer(raw, dtype=dtype, offset=4 + 4 * ndim)
+    start = 4 + 4 * ndim
+    if len(raw) < start or (len(raw) - start) % dtype.itemsize:
+        raise DataError(f"{path} is cut short (its header or last value is incomplete); {fix}")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    body = np.frombuffer(raw, dtype=dtype, offset=start)
     if body.size != int(np.prod(shape)):
-        raise DataError(f"{path} holds {body.size} values where its header says {shape}")
+        raise DataError(f"{path} holds {body.size} values where its header says {shape}; {fix}")
     return body.reshape(shape)
 
 

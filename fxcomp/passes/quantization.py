@@ -36,6 +36,7 @@ import torch.fx as fx
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
+from fxcomp.errors import CalibrationError, UsageError
 from fxcomp.passes.masks import give_own_class, strip_masks
 
 SCHEMES = ("int8", "int4", "binary", "ternary")
@@ -200,7 +201,7 @@ class ActivationQuant(nn.Module):
             self.observe(x)
             return x
         if not self.calibrated:
-            raise RuntimeError("this activation quantizer was never calibrated; run calibration data through it first")
+            raise CalibrationError("this activation quantizer was never calibrated; run calibration data through it first")
         scale, zero_point = self.qparams()
         integers = torch.clamp(torch.round(x.detach() / scale) + zero_point, 0, 255)
         return straight_through(x, (integers - zero_point) * scale)
@@ -386,7 +387,7 @@ def _integer_layer_output(layer: nn.Module, stub: ActivationQuant, x: torch.Tens
         channel_axis = -1
     else:
         if layer.padding_mode != "zeros":
-            raise ValueError("the integer reference computes zero-padded convolutions only")
+            raise UsageError(f"the integer reference computes zero-padded convolutions only, not padding_mode '{layer.padding_mode}'")
         conv = getattr(torch.nn.functional, f"conv{len(layer.kernel_size)}d")
         acc = conv(x_q.double(), w_q, None, layer.stride, layer.padding, layer.dilation, layer.groups)
         channel_axis = 1

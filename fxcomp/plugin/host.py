@@ -56,6 +56,11 @@ def _register(manager: pluggy.PluginManager, plugin: object, name: str, origin: 
             f"two plugins are named '{name}' (the second from {origin}); uninstall one of them "
             f"or block the name with {DISABLE_ENV}={name}"
         )
+    if manager.is_registered(plugin):
+        raise PluginError(
+            f"plugin '{name}' ({origin}) is the same object as the already loaded plugin "
+            f"'{manager.get_name(plugin)}'; register each plugin once"
+        )
     try:
         manager.register(plugin, name=name)
     except pluggy.PluginValidationError as error:

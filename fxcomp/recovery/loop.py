@@ -157,8 +157,12 @@ def _fit(
     ``step_loss`` returns the batch's loss and, per student, its logits (a list of them for an
     early-exit model, whose training accuracy is the mean over its exits).
     """
-    if epochs < 1 or lr <= 0:
-        raise UsageError("recovery needs epochs >= 1 and lr > 0")
+    if not isinstance(epochs, int) or epochs < 1:
+        raise UsageError(f"recovery needs epochs >= 1 (a whole number), got {epochs!r}")
+    if not lr > 0:
+        raise UsageError(f"recovery needs lr > 0, got {lr!r}")
+    if not 0 <= momentum <= 1 or not weight_decay >= 0:
+        raise UsageError(f"recovery needs momentum in [0, 1] and weight_decay >= 0, got {momentum!r} and {weight_decay!r}")
     if schedule not in ("cosine", "constant"):
         raise UsageError(f"schedule '{schedule}' is not one of: cosine, constant")
     parameters = [p for s in students for p in s.parameters() if p.requires_grad] + extra

@@ -22,7 +22,8 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from fxcomp import DataError, RecipeError, analyze, hookimpl
+from fxcomp import DataError, RecipeError, SaveError, analyze, hookimpl
+from fxcomp.export import check_writable
 from fxcomp.recovery import recalibrate_batchnorm
 from fxcomp.passes import Option, Pass, PassContext, PassResult, boolean, integer, number, optional, string
 
@@ -30,7 +31,7 @@ from fxcomp_plugins.search.budget import CostModel
 from fxcomp_plugins.search.evaluation import Problem, held_out, prune_with, score_all
 from fxcomp_plugins.search.evolution import Candidate, Evolution, pareto_front, ranked
 from fxcomp_plugins.search.latency import LatencyTable, model_ms
-from fxcomp_plugins.search.plot import plot_search
+from fxcomp_plugins.search.plot import check_plotting, plot_search
 
 TOLERANCE = 0.02
 """How far (relative) a candidate's real cost may be from the budget."""
@@ -76,6 +77,14 @@ class Search(Pass):
         self.metric = budgets[targets[0]]
         if self.metric == "latency" and self.options["workers"] > 1:
             raise RecipeError("search: latency budgets are measured on this machine, which needs it to itself; use workers: 1")
+        for key in ("history", "plot"):  # checked now, not after the whole search
+            if self.options[key]:
+                try:
+                    check_writable(self.options[key])
+                except SaveError as error:
+                    raise RecipeError(f"search.{key}: {error}") from None
+        if self.options["plot"]:
+            check_plotting()
 
     def _problem(self, gm: fx.GraphModule, context: PassContext, latency: dict[str, Any] | None = None) -> Problem:
         if context.train_data is None or context.val_data is None:

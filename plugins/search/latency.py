@@ -21,7 +21,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from fxcomp import TensorSpec, node_info
+from fxcomp import RecipeError, TensorSpec, node_info
 
 _REPEATS = 7
 _WARMUP = 5
@@ -62,8 +62,18 @@ class LatencyTable:
 
     def __init__(self, path: str | None, threads: int) -> None:
         self.path, self.threads = (Path(path) if path else None), threads
-        self.entries: dict[str, float] = json.loads(self.path.read_text()) if self.path and self.path.exists() else {}
+        self.entries: dict[str, float] = self._read() if self.path and self.path.exists() else {}
         self.measured = 0
+
+    def _read(self) -> dict[str, float]:
+        try:
+            entries = json.loads(self.path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            entries = error
+        if not isinstance(entries, dict) or not all(isinstance(v, (int, float)) for v in entries.values()):
+            reason = f" ({type(entries).__name__}: {entries})" if isinstance(entries, Exception) else ""
+            raise RecipeError(f"search.latency_table: '{self.path}' is not a latency table{reason}; delete it to rebuild it")
+        return entries
 
     def layer_ms(self, module: nn.Module, spec: TensorSpec) -> float | None:
         """The latency of ``module`` on an input of ``spec`` (measured when new), None if it is no conv / linear."""

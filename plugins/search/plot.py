@@ -8,10 +8,15 @@ from typing import Any
 from fxcomp import RecipeError
 
 
-def plot_search(plan: dict[str, Any], path: str) -> None:
-    """Scatter the feasible candidates (by generation), the Pareto front, the uniform and the chosen one."""
+def check_plotting() -> None:
+    """Raise :class:`fxcomp.RecipeError` when matplotlib, which the plot needs, is not installed."""
     if importlib.util.find_spec("matplotlib") is None:
         raise RecipeError("search.plot: plotting needs matplotlib: pip install 'fxcomp[plot]' (or drop the plot option)")
+
+
+def plot_search(plan: dict[str, Any], path: str) -> None:
+    """Scatter the feasible candidates (by generation), the Pareto front, the uniform and the chosen one."""
+    check_plotting()
     import matplotlib
 
     matplotlib.use("Agg")
