@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
 import types
@@ -324,3 +325,6 @@ def test_unwritable_paths_fail_before_anything_is_written(tmp_path, small_cnn) -
     with pytest.raises(fxcomp.TraceError, match="to_dot takes a GraphModule from fxcomp.trace, got SmallCNN; pass fxcomp.trace"):
         fxcomp.to_dot(small_cnn, tmp_path / "x.dot")
     assert list(tmp_path.iterdir()) == []
+    buffer = io.BytesIO()  # an open file is the caller's business, as for torch.save
+    fxcomp.save(gm, buffer)
+    assert buffer.getbuffer().nbytes > 0

@@ -10,8 +10,11 @@ from fxcomp.errors import SaveError
 def check_writable(path: str | os.PathLike) -> None:
     """Raise :class:`fxcomp.SaveError` unless a file can be written at ``path``.
 
-    Checked up front so a long compression does not end in an unwritable path.
+    Checked up front so a long compression does not end in an unwritable path. An open
+    file object (which ``torch.save`` also takes) is left to its owner.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        return
     target = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(target))
     if os.path.isdir(target):
