@@ -20,6 +20,7 @@ class LabelSets:
         return start
 
     def find(self, label: int) -> int:
+        """The root of ``label``'s set."""
         parent = self._parent
         root = label
         while parent[root] != root:

@@ -49,6 +49,7 @@ class ExitStatistics:
         return 1 - self.mean_macs / self.model_macs
 
     def row(self) -> list[str]:
+        """The statistics as one row of the exit table (thresholds, accuracy, exit shares, MACs, saving)."""
         thresholds = "none" if self.thresholds is None else ", ".join(_threshold(t) for t in self.thresholds)
         shares = " / ".join(f"{100 * s:.1f}" for s in self.shares)
         return [thresholds, f"{100 * self.accuracy:.2f}", shares, f"{self.mean_macs:,.0f}", f"{100 * self.macs_saving:.1f}%"]
@@ -75,6 +76,7 @@ class ExitCalibration:
 
     @property
     def chosen(self) -> ExitStatistics:
+        """The statistics of the thresholds that were picked (the last row)."""
         return self.rows[-1]
 
     def __str__(self) -> str:

@@ -325,6 +325,7 @@ class EarlyExitModel(nn.Module):
         self.train(self.training)
 
     def train(self, mode: bool = True) -> EarlyExitModel:
+        """Set the training mode; with a frozen backbone only the heads train (the backbone stays in eval mode)."""
         super().train(mode)
         if self.backbone_frozen:
             self.model.train(False)

@@ -60,6 +60,7 @@ class TensorSize:
 
     @property
     def kept(self) -> float:
+        """The fraction of the tensor's entries that are nonzero."""
         return self.nonzero / self.numel if self.numel else 0.0
 
 
@@ -197,6 +198,7 @@ class CodecReport:
 
     @property
     def ratio_before_huffman(self) -> float:
+        """Compression vs storing every tensor in float, with fixed-width codes (before Huffman coding)."""
         dense, coded, _ = self.totals()
         return dense / coded if coded else math.inf
 

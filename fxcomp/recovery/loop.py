@@ -48,6 +48,7 @@ class EpochRecord:
     val_exit_accuracies: list[float] | None = None
 
     def as_dict(self) -> dict[str, Any]:
+        """The record as a JSON-able dict."""
         return asdict(self)
 
 

@@ -59,10 +59,12 @@ class Objective:
 
     @property
     def needs_teacher(self) -> bool:
+        """Whether any distillation term reads the teacher."""
         return bool(self.terms)
 
     @property
     def has_kd(self) -> bool:
+        """Whether a term distills the output logits (KD)."""
         return any(term.kind == "kd" for term in self.terms)
 
     def feature_names(self, side: str) -> list[str]:

@@ -31,6 +31,7 @@ class Candidate:
     note: str = ""
 
     def as_dict(self) -> dict[str, Any]:
+        """The candidate as a JSON-able dict (the search history's entries)."""
         return {
             "generation": self.generation,
             "direction": self.direction,

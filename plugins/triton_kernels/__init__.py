@@ -26,11 +26,13 @@ BACKEND = "triton"
 
 @hookimpl
 def fxcomp_register_lowerings(register: Any) -> None:
+    """Every kernel pattern as a lowering of the ``triton`` backend."""
     for name, lowering in LOWERINGS.items():
         register(BACKEND, name, lowering)
 
 
 @hookimpl
 def fxcomp_register_serializables(register: Any) -> None:
+    """The kernel modules, so lowered graphs save and load with ``fxcomp.save``."""
     for module_class in KERNEL_MODULES:
         register(module_class)
