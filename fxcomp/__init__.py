@@ -30,6 +30,7 @@ from fxcomp.errors import (
     RecipeError,
     SaveError,
     TraceError,
+    UsageError,
 )
 from fxcomp.export import load, save, to_dot
 from fxcomp.lowering import Declined, Lowering, LoweringReport, LoweringResult, Matched, lower
@@ -78,6 +79,7 @@ __all__ = [
     "SaveError",
     "TensorSpec",
     "TraceError",
+    "UsageError",
     "analyze",
     "calibrate_exits",
     "compress",

@@ -49,6 +49,8 @@ def load_model(reference: str) -> nn.Module:
         module = importlib.import_module(module_name)
     except ImportError as error:
         raise UsageError(f"cannot import module '{module_name}': {error}; is it installed?") from error
+    except FxcompError:
+        raise
     except Exception as error:  # noqa: BLE001 - the user's module failed while importing
         raise UsageError(
             f"importing module '{module_name}' raised {type(error).__name__}: {first_line(error)}; fix that module"
@@ -67,10 +69,12 @@ def load_model(reference: str) -> nn.Module:
 def _build(reference: str, factory: object) -> object:
     try:
         return factory()
+    except FxcompError:
+        raise
     except Exception as error:  # noqa: BLE001 - the user's constructor failed
+        fix = "point it at a model class or factory that needs no arguments" if isinstance(error, TypeError) else "fix the factory"
         raise UsageError(
-            f"calling '{reference}' with no arguments raised {type(error).__name__}: {first_line(error)}; "
-            "point it at a model class or factory that needs no arguments"
+            f"calling '{reference}' with no arguments raised {type(error).__name__}: {first_line(error)}; {fix}"
         ) from error
 
 

@@ -138,6 +138,21 @@ def test_a_model_module_that_fails_to_import_is_a_one_line_error(tmp_path, monke
     assert err.strip() == "error: importing module 'broken_model_module' raised RuntimeError: no GPU here; fix that module"
 
 
+def test_a_failing_model_factory_is_named_and_fxcomp_errors_pass_through(tmp_path, monkeypatch, capsys) -> None:
+    (tmp_path / "factories_module.py").write_text(
+        "import fxcomp\n"
+        "def crashes():\n    raise RuntimeError('weights missing')\n"
+        "def no_data():\n    raise fxcomp.DataError('no data in /x; install it')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["inspect", "factories_module:crashes", "--input-shape", "1,3"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: calling 'factories_module:crashes' with no arguments raised RuntimeError: weights missing; fix the factory"
+    )
+    assert main(["inspect", "factories_module:no_data", "--input-shape", "1,3"]) == 2
+    assert capsys.readouterr().err.strip() == "error: no data in /x; install it"
+
+
 def test_debug_shows_the_traceback() -> None:
     with pytest.raises(fxcomp.FxcompError):
         main(["--debug", "inspect", "nowhere_module:x", "--input-shape", "1,3"])

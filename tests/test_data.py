@@ -49,20 +49,34 @@ def test_idx_files_read_back_exactly(tmp_path) -> None:
         read_idx(tmp_path / "bad")
 
 
+def _damaged_gzip() -> bytes:
+    """A gzip stream whose compressed body has bytes flipped (zlib, not gzip, notices)."""
+    damaged = bytearray(gzip.compress(bytes(range(256)) * 40))
+    damaged[20:40] = bytes(b ^ 0xFF for b in damaged[20:40])
+    return bytes(damaged)
+
+
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [
         ("unpacked.gz", bytes([0, 0, 8, 1, 0, 0, 0, 2, 7, 9]), r"cannot be decompressed \(Not a gzipped file"),
         ("truncated.gz", gzip.compress(bytes([0, 0, 8, 1, 0, 0, 0, 2, 7, 9]))[:-12], "cannot be decompressed"),
+        ("damaged.gz", _damaged_gzip(), r"cannot be decompressed \(Error -3 while decompressing data"),
         ("short_header", bytes([0, 0, 8, 3, 0, 0, 0, 2]), r"is cut short \(its header or last value is incomplete\)"),
         ("half_value", bytes([0, 0, 0x0B, 1, 0, 0, 0, 2, 1, 2, 3]), "is cut short"),
         ("few_values", bytes([0, 0, 8, 1, 0, 0, 0, 3, 7, 9]), r"holds 2 values where its header says \(3,\)"),
     ],
+    ids=["unpacked", "truncated", "damaged", "short_header", "half_value", "few_values"],
 )
 def test_damaged_idx_files_say_to_fetch_them_again(tmp_path, name, content, message) -> None:
     (tmp_path / name).write_bytes(content)
     with pytest.raises(DataError, match=f"{message}.*; download or install it again$"):
         read_idx(tmp_path / name)
+
+
+def test_an_unreadable_idx_path_says_to_check_it(tmp_path) -> None:
+    with pytest.raises(DataError, match=r"cannot read .*missing.gz \(\[Errno 2\] No such file.*\); check the path$"):
+        read_idx(tmp_path / "missing.gz")
 
 
 def test_mnist_from_a_directory_holds_out_validation_from_train(tmp_path) -> None:

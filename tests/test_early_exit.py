@@ -157,6 +157,10 @@ def test_errors_say_what_to_change(trained, example, data) -> None:
         fxcomp.compress(trained, example, {"passes": [{"pass": "recover", "exits": {}}]}, train_data=data.train)
     with pytest.raises(RecipeError, match="exits.train: expected joint or heads"):
         fxcomp.compress(trained, example, {"passes": [{"pass": "recover", "exits": {"train": "all"}}]})
+    with pytest.raises(RecipeError, match="exits.distill.T: expected a number, got '4'"):
+        fxcomp.compress(trained, example, {"passes": [{"pass": "recover", "exits": {"distill": {"T": "4"}}}]})
+    with pytest.raises(ExitError, match=r"calibrate_exits takes an EarlyExitModel, got a graph with exits; wrap it: EarlyExitModel\(gm\)"):
+        fxcomp.calibrate_exits(model.model, data.val)
 
 
 def test_a_width_change_after_the_exits_fails_the_exit_check(trained, example) -> None:

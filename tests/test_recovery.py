@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -170,8 +171,18 @@ def test_kd_from_a_teacher_beats_chance_and_feature_terms_train_adapters(data, t
 def test_recover_errors_say_what_to_change(data, kwargs, error, message) -> None:
     with pytest.raises(error, match=message):
         recover(DigitsNet(), data, epochs=1, progress=False, **kwargs)
+    for epochs in (0, 2.5, True):
+        with pytest.raises(fxcomp.UsageError, match=rf"recovery needs epochs >= 1 \(a whole number\), got {epochs!r}"):
+            recover(DigitsNet(), data, epochs=epochs, progress=False)
     with pytest.raises(DataError, match=r"\(inputs, target\)"):
         recover(DigitsNet(), [torch.randn(4, 1, 8, 8)], epochs=1, batch_size=32, progress=False)
+
+
+def test_numpy_numbers_work_as_plain_ones(data, trained) -> None:
+    torch.manual_seed(0)
+    result = recover(DigitsNet(width=8), data, teacher=trained, distill={"kind": "kd", "T": np.float32(4), "alpha": np.float64(0.5)},
+                     epochs=np.int64(1), batch_size=np.int32(64), progress=False)
+    assert len(result.history) == 1
 
 
 def test_features_are_read_by_node_name_sharing_the_parameters(trained) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pickle
 import types
 import zipfile
@@ -325,6 +326,14 @@ def test_unwritable_paths_fail_before_anything_is_written(tmp_path, small_cnn) -
     with pytest.raises(fxcomp.TraceError, match="to_dot takes a GraphModule from fxcomp.trace, got SmallCNN; pass fxcomp.trace"):
         fxcomp.to_dot(small_cnn, tmp_path / "x.dot")
     assert list(tmp_path.iterdir()) == []
+    with pytest.raises(fxcomp.SaveError, match="cannot write to an empty path; give a file name"):
+        fxcomp.save(gm, "")
+    with pytest.raises(fxcomp.SaveError, match="it is a directory; give a file name"):
+        fxcomp.save(gm, f"{tmp_path / 'new'}/")
+    existing = tmp_path / "again.fxc"
+    for _ in range(2):  # an existing, writable file is overwritten
+        fxcomp.save(gm, existing)
+    fxcomp.save(gm, os.devnull)  # a writable file in a directory that is not
     buffer = io.BytesIO()  # an open file is the caller's business, as for torch.save
     fxcomp.save(gm, buffer)
     assert buffer.getbuffer().nbytes > 0

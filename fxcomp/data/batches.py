@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -38,12 +39,12 @@ class _TensorBatches:
 
 def loader(data: Any, batch_size: int, *, shuffle: bool, seed: int = 0) -> Batches:
     """Batches of ``(inputs, target)`` from a DataLoader / iterable of batches, or a Dataset."""
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise UsageError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
     if isinstance(data, Splits):
         data = data.train
+    if isinstance(data, Dataset) and (isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1):
+        raise UsageError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
     if isinstance(data, TensorDataset):
-        return _TensorBatches(data, batch_size, shuffle, seed)
+        return _TensorBatches(data, int(batch_size), shuffle, seed)
     if isinstance(data, Dataset) and hasattr(data, "__len__"):
         generator = torch.Generator().manual_seed(seed) if shuffle else None
         return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +29,14 @@ def read_idx(path: str | Path) -> np.ndarray:
     path = Path(path)
     fix = "download or install it again"
     try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError) as error:  # not gzip data (a browser may have unpacked it), or cut short
-        raise DataError(f"{path} cannot be decompressed ({first_line(error)}); {fix}") from error
+        raw = path.read_bytes()
+    except OSError as error:
+        raise DataError(f"cannot read {path} ({first_line(error)}); check the path") from error
+    if path.suffix == ".gz":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as error:  # not gzip data (a browser may have unpacked it), cut short, damaged
+            raise DataError(f"{path} cannot be decompressed ({first_line(error)}); {fix}") from error
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _TYPES:
         raise DataError(f"{path} is not an IDX file (bad magic number); {fix}")
     ndim = raw[3]

@@ -17,10 +17,11 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.fx as fx
 from tabulate import tabulate
 
 from fxcomp.data.batches import loader, pair
-from fxcomp.dynamic.model import EarlyExitModel
+from fxcomp.dynamic.model import EarlyExitModel, has_exits
 from fxcomp.errors import ExitError
 from fxcomp.tracing import eval_mode
 
@@ -89,17 +90,19 @@ class ExitCalibration:
 
 
 def _require_exits(model: Any, caller: str) -> None:
-    if not isinstance(model, EarlyExitModel):
-        raise ExitError(
-            f"{caller} takes an EarlyExitModel, got {type(model).__name__}; add exits first "
-            "(the early_exit pass, or fxcomp.dynamic.add_exits and EarlyExitModel)"
-        )
+    if isinstance(model, EarlyExitModel):
+        return
+    if isinstance(model, fx.GraphModule) and has_exits(model):
+        raise ExitError(f"{caller} takes an EarlyExitModel, got a graph with exits; wrap it: EarlyExitModel(gm)")
+    raise ExitError(
+        f"{caller} takes an EarlyExitModel, got {type(model).__name__}; add exits first "
+        "(the early_exit pass, or fxcomp.dynamic.add_exits and EarlyExitModel)"
+    )
 
 
 @torch.no_grad()
 def _exit_figures(model: EarlyExitModel, data: Any, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Per exit (final last) and sample: the exit's score and whether its answer is right."""
-    _require_exits(model, "calibrate_exits")
     scores, correct = [], []
     with eval_mode(model):
         for batch in loader(data, batch_size, shuffle=False):
@@ -149,6 +152,7 @@ def calibrate_exits(
     """
     if not 0 <= max_accuracy_drop < 1:
         raise ExitError(f"max_accuracy_drop is a fraction in [0, 1), got {max_accuracy_drop}")
+    _require_exits(model, "calibrate_exits")
     score, correct = _exit_figures(model, val_data, batch_size)
     model_macs = model.model_macs_per_sample()
     sign = 1.0 if model.criterion == "confidence" else -1.0

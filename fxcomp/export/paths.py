@@ -17,8 +17,14 @@ def check_writable(path: str | os.PathLike) -> None:
         return
     target = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(target))
-    if os.path.isdir(target):
+    if not target:
+        raise SaveError("cannot write to an empty path; give a file name")
+    if target.endswith(os.sep) or os.path.isdir(target):
         raise SaveError(f"cannot write '{target}': it is a directory; give a file name")
+    if os.path.exists(target):  # an existing file (or /dev/null) needs only to be writable itself
+        if not os.access(target, os.W_OK):
+            raise SaveError(f"cannot write '{target}': the file is not writable; choose another path")
+        return
     if not os.path.isdir(directory):
         raise SaveError(f"cannot write '{target}': directory '{directory}' does not exist; create it or choose another path")
     if not os.access(directory, os.W_OK):

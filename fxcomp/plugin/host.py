@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import pluggy
 
-from fxcomp.errors import PluginError
+from fxcomp.errors import PluginError, first_line
 from fxcomp.plugin import hookspecs
 from fxcomp.plugin.hookspecs import HOOK_KINDS, PROJECT
 from fxcomp.plugin.registry import Registry
@@ -64,7 +64,7 @@ def _register(manager: pluggy.PluginManager, plugin: object, name: str, origin: 
     try:
         manager.register(plugin, name=name)
     except pluggy.PluginValidationError as error:
-        raise PluginError(f"plugin '{name}' ({origin}) is invalid: {error}") from error
+        raise PluginError(f"plugin '{name}' ({origin}) is invalid: {first_line(error)}") from error
 
 
 def _load_entry_points(manager: pluggy.PluginManager) -> dict[str, tuple[str | None, str | None]]:
@@ -80,7 +80,7 @@ def _load_entry_points(manager: pluggy.PluginManager) -> dict[str, tuple[str | N
             plugin = entry_point.load()
         except Exception as error:  # noqa: BLE001 - any import failure is the plugin's
             raise PluginError(
-                f"plugin '{name}' ({origin}) failed to import: {error}; fix it or block it with {DISABLE_ENV}={name}"
+                f"plugin '{name}' ({origin}) failed to import: {first_line(error)}; fix it or block it with {DISABLE_ENV}={name}"
             ) from error
         _register(manager, plugin, name, origin)
         origins[name] = (dist_name, version)
@@ -99,7 +99,7 @@ def _fill_registry(manager: pluggy.PluginManager) -> Registry:
                 raise
             except Exception as error:  # noqa: BLE001 - a crashing hook is the plugin's fault
                 raise PluginError(
-                    f"plugin '{impl.plugin_name}' failed in {hook_name}: {error}; fix it or block it "
+                    f"plugin '{impl.plugin_name}' failed in {hook_name}: {first_line(error)}; fix it or block it "
                     f"with {DISABLE_ENV}={impl.plugin_name}"
                 ) from error
     return registry

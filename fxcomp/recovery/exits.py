@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from fxcomp.errors import RecipeError
+from fxcomp.passes.options import number
 from fxcomp.recovery.losses import KDLoss
 
 _OPTIONS = ("weights", "train", "distill")
@@ -71,8 +72,9 @@ def exit_training(spec: Any) -> ExitTraining:
         if not isinstance(distill, dict) or set(distill) - set(_DISTILL):
             raise RecipeError(f"exits.distill: expected a mapping with keys among T, alpha; got {distill!r}")
         options = {**_DISTILL, **distill}
+        temperature, alpha = (number()(options[key], f"exits.distill.{key}") for key in ("T", "alpha"))
         try:
-            loss = KDLoss(float(options["T"]), float(options["alpha"]))
-        except (TypeError, ValueError) as error:
+            loss = KDLoss(temperature, alpha)
+        except RecipeError as error:
             raise RecipeError(f"exits.distill: {error}") from None
     return ExitTraining(weights, train == "heads", loss)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+import numbers
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -158,7 +159,7 @@ def _fit(
     ``step_loss`` returns the batch's loss and, per student, its logits (a list of them for an
     early-exit model, whose training accuracy is the mean over its exits).
     """
-    if not isinstance(epochs, int) or epochs < 1:
+    if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
         raise UsageError(f"recovery needs epochs >= 1 (a whole number), got {epochs!r}")
     if not lr > 0:
         raise UsageError(f"recovery needs lr > 0, got {lr!r}")

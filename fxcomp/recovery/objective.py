@@ -18,7 +18,6 @@ objective adds plain cross-entropy.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fxcomp.errors import RecipeError
+from fxcomp.passes.options import number
 from fxcomp.recovery.losses import AttentionTransferLoss, HintLoss, KDLoss, RelationalKDLoss, SimilarityPreservingLoss
 
 OUTPUT = "output"
@@ -107,12 +107,6 @@ def _names(value: Any, kind: str, side: str) -> list[str]:
     return names
 
 
-def _number(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise RecipeError(f"{where}: expected a number, got {value!r}")
-    return float(value)
-
-
 def objective(spec: Any) -> Objective:
     """Build the :class:`Objective` for a ``distill`` spec (None: cross-entropy alone)."""
     if spec is None:
@@ -129,11 +123,11 @@ def objective(spec: Any) -> Objective:
         options = {**_KINDS[kind], **{k: v for k, v in entry.items() if k != "kind"}}
         for key, value in options.items():
             if key not in ("student", "teacher"):
-                options[key] = _number(value, f"distill {kind}.{key}")
+                options[key] = number()(value, f"distill {kind}.{key}")
         if kind == "kd":
             try:
                 terms.append(_Term(kind, KDLoss(options["T"], options["alpha"]), [OUTPUT], [OUTPUT]))
-            except ValueError as error:
+            except RecipeError as error:  # KDLoss's range check
                 raise RecipeError(f"distill kd: {error}") from None
             continue
         student, teacher = _names(options["student"], kind, "student"), _names(options["teacher"], kind, "teacher")
