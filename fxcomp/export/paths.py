@@ -16,7 +16,6 @@ def check_writable(path: str | os.PathLike) -> None:
     if not isinstance(path, (str, os.PathLike)):
         return
     target = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(target))
     if not target:
         raise SaveError("cannot write to an empty path; give a file name")
     if target.endswith(os.sep) or os.path.isdir(target):
@@ -25,6 +24,7 @@ def check_writable(path: str | os.PathLike) -> None:
         if not os.access(target, os.W_OK):
             raise SaveError(f"cannot write '{target}': the file is not writable; choose another path")
         return
+    directory = os.path.dirname(os.path.abspath(target))
     if not os.path.isdir(directory):
         raise SaveError(f"cannot write '{target}': directory '{directory}' does not exist; create it or choose another path")
     if not os.access(directory, os.W_OK):

@@ -93,10 +93,10 @@ def node_info(node: fx.Node) -> NodeInfo:
         ) from None
 
 
-def require_graph(value: Any, caller: str) -> fx.GraphModule:
-    """``value`` when it is a ``GraphModule``; otherwise a :class:`fxcomp.TraceError` telling how to get one."""
+def require_graph(value: Any, caller: str) -> None:
+    """Raise a :class:`fxcomp.TraceError` telling how to get one unless ``value`` is a ``GraphModule``."""
     if isinstance(value, fx.GraphModule):
-        return value
+        return
     hint = "its .model" if isinstance(getattr(value, "model", None), fx.GraphModule) else "fxcomp.trace(model, example_inputs)"
     raise TraceError(f"{caller} takes a GraphModule from fxcomp.trace, got {type(value).__name__}; pass {hint}")
 

@@ -69,9 +69,10 @@ class LatencyTable:
         try:
             entries = json.loads(self.path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            entries = error
+            entries, reason = None, f" ({type(error).__name__}: {error})"
+        else:
+            reason = ""
         if not isinstance(entries, dict) or not all(isinstance(v, (int, float)) for v in entries.values()):
-            reason = f" ({type(entries).__name__}: {entries})" if isinstance(entries, Exception) else ""
             raise RecipeError(f"search.latency_table: '{self.path}' is not a latency table{reason}; delete it to rebuild it")
         return entries
 
