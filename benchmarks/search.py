@@ -6,15 +6,18 @@ of its MACs two ways, each for ``--seeds`` seeds:
 
 * uniform: ``{pass: prune, target_macs: T}`` (the same ratio for every group, L1);
 * searched: ``{pass: search, target_macs: T, seed: s}`` (evolutionary search over the
-  per-group ratios, scored by BatchNorm recalibration + held-out accuracy);
+  per-group ratios, scored by BatchNorm recalibration + held-out accuracy; with
+  ``--finetune-steps N`` each candidate is fine-tuned N steps before it is scored);
 
 and both recovered by the same ``{pass: recover, epochs: R, seed: s}`` (the uniform model's
-BatchNorm statistics are first re-estimated on 8 training batches, as the search does
-for the model it hands over). It prints each
+BatchNorm statistics are first re-estimated on 8 training batches, and with
+``--finetune-steps`` it is fine-tuned as many steps, as the search does for the model it
+hands over). It prints each
 run's MACs, proxy and test accuracy, the search's wall time, and the mean ± std of
 the test accuracy per method.
 
     python benchmarks/search.py [--epochs 4] [--recover-epochs 2] [--seeds 3] [--target 0.5] [--workers 1]
+                                [--finetune-steps 0]
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import torch
 from tabulate import tabulate
 
 import fxcomp
-from fxcomp.recovery import evaluate, recalibrate_batchnorm
+from fxcomp.recovery import evaluate, recalibrate_batchnorm, short_finetune
 
 from benchmark_data import add_data_arguments, benchmark_setup  # benchmarks/ is on sys.path
 from benchmark_models import ResNetSmall
@@ -51,6 +54,8 @@ def main() -> None:
     parser.add_argument("--population", type=int, default=12)
     parser.add_argument("--generations", type=int, default=6)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--finetune-steps", type=int, default=0, help="training steps before each candidate is scored")
+    parser.add_argument("--finetune-lr", type=float, default=0.01)
     add_data_arguments(parser)
     args = parser.parse_args()
     data = benchmark_setup(args)
@@ -69,15 +74,19 @@ def main() -> None:
         methods = {
             "uniform": {"pass": "prune", "target_macs": args.target},
             "searched": {"pass": "search", "target_macs": args.target, "seed": seed, "population": args.population,
-                         "generations": args.generations, "workers": args.workers, "progress": False},
+                         "generations": args.generations, "workers": args.workers, "progress": False,
+                         "finetune_steps": args.finetune_steps, "finetune_lr": args.finetune_lr},
         }
         for method, step in methods.items():
             start = time.perf_counter()
             pruned = fxcomp.compress(original, example, {"passes": [step]}, train_data=data.train, val_data=data.val)
             seconds = time.perf_counter() - start
-            if method == "uniform":  # search hands over its model with BatchNorm re-estimated; so does uniform
-                recalibrate_batchnorm(pruned.model, data.train, batches=8, seed=seed)
-            result = fxcomp.compress(pruned.model, example, {"passes": [{**recover, "seed": seed}]},
+            handed = pruned.model
+            if method == "uniform":  # search hands over its model with BatchNorm re-estimated (and fine-tuned); so does uniform
+                recalibrate_batchnorm(handed, data.train, batches=8, seed=seed)
+                if args.finetune_steps:
+                    handed = short_finetune(handed, data.train, steps=args.finetune_steps, lr=args.finetune_lr, seed=seed)
+            result = fxcomp.compress(handed, example, {"passes": [{**recover, "seed": seed}]},
                                      train_data=data.train, val_data=data.val)
             _, accuracy = evaluate(result.model.eval(), data.test)
             results[method].append(100 * accuracy)
@@ -94,7 +103,8 @@ def main() -> None:
     summary = [[method, _mean_std(values)] for method, values in results.items()]
     gain = statistics.mean(results["searched"]) - statistics.mean(results["uniform"])
     print(tabulate(summary, headers=["method", f"test accuracy % ({args.seeds} seeds)"]))
-    print(f"searched − uniform: {gain:+.2f} pp; recovery {args.recover_epochs} epochs each; torch {torch.__version__}, {args.threads} threads")
+    tuned = f"; candidates and uniform fine-tuned {args.finetune_steps} steps (lr {args.finetune_lr}) first" if args.finetune_steps else ""
+    print(f"searched − uniform: {gain:+.2f} pp; recovery {args.recover_epochs} epochs each{tuned}; torch {torch.__version__}, {args.threads} threads")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ from torch.utils.data import TensorDataset
 import fxcomp
 from fxcomp import DataError, RecipeError
 from fxcomp.data import digits
-from fxcomp.recovery import recalibrate_batchnorm
+from fxcomp import UsageError
+from fxcomp.recovery import evaluate, recalibrate_batchnorm, short_finetune
 
 pytestmark = pytest.mark.slow
 
@@ -164,6 +165,32 @@ def test_recalibrate_batchnorm_averages_the_batch_statistics_and_restores_modes(
     assert used == 2 and not model.training and not model[1].training
     torch.testing.assert_close(model[1].running_mean, features.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
     assert model[1].momentum == 0.1
+
+
+def test_short_finetune_trains_a_copy_reproducibly(trained, data) -> None:
+    before = {name: value.clone() for name, value in trained.state_dict().items()}
+    tuned, again = (short_finetune(trained, data.train, steps=5, lr=0.05, seed=1) for _ in range(2))
+    other = short_finetune(trained, data.train, steps=5, lr=0.05, seed=2)
+    assert all(torch.equal(value, trained.state_dict()[name]) for name, value in before.items())
+    assert not tuned.training
+    for name, value in tuned.state_dict().items():
+        assert torch.equal(value, again.state_dict()[name])
+    assert not torch.equal(tuned.fc.weight, trained.fc.weight) and not torch.equal(tuned.fc.weight, other.fc.weight)
+    with pytest.raises(UsageError, match="short_finetune needs steps >= 1"):
+        short_finetune(trained, data.train, steps=0)
+
+
+def test_with_finetune_steps_the_applied_model_is_the_one_scored(trained, data) -> None:
+    plain = _search(trained, data, target_macs=0.5).plan[0]["plan"]
+    result = _search(trained, data, target_macs=0.5, finetune_steps=3, finetune_lr=0.05)
+    plan = result.plan[0]["plan"]
+    # The same candidates (the budget decides the ratios), scored after three training steps.
+    assert [c["ratios"] for c in plan["candidates"][:4]] == [c["ratios"] for c in plain["candidates"][:4]]
+    assert [c["accuracy"] for c in plan["candidates"][:4]] != [c["accuracy"] for c in plain["candidates"][:4]]
+    held_out = TensorDataset(*(t[: SMALL["eval_samples"]] for t in data.val.tensors))
+    assert evaluate(result.model, held_out)[1] == plan["chosen"]["accuracy"]
+    with pytest.raises(RecipeError, match="finetune_steps"):
+        _search(trained, data, target_macs=0.5, finetune_steps=-1)
 
 
 def test_a_latency_budget_uses_a_per_layer_table_cached_on_disk(tmp_path) -> None:

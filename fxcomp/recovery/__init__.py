@@ -7,7 +7,8 @@
   multi-model schemes built on the same loop;
 * :class:`ExitTraining` (from an ``exits`` spec) is the joint loss of an early-exit model's exits;
 * :func:`with_features` exposes intermediate values of an fx graph by node name;
-* :func:`recalibrate_batchnorm` re-estimates BatchNorm statistics after a rewrite, untrained.
+* :func:`recalibrate_batchnorm` re-estimates BatchNorm statistics after a rewrite, untrained;
+* :func:`short_finetune` trains a copy for a few steps, to compare pruned candidates.
 """
 
 from fxcomp.recovery.batchnorm import recalibrate_batchnorm
@@ -33,6 +34,7 @@ from fxcomp.recovery.losses import (
     mutual_loss,
 )
 from fxcomp.recovery.objective import Objective, objective
+from fxcomp.recovery.short import short_finetune
 
 __all__ = [
     "AttentionTransferLoss",
@@ -55,6 +57,7 @@ __all__ = [
     "recalibrate_batchnorm",
     "recover",
     "rename_through",
+    "short_finetune",
     "teacher_assistant_chain",
     "with_features",
 ]

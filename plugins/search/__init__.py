@@ -5,7 +5,8 @@ at a budget — ``target_macs`` or ``target_params`` as a fraction of the origin
 an evolutionary search (:mod:`.evolution`) scored by a fast proxy (:mod:`.evaluation`):
 each candidate is pruned for real (the ``prune`` pass with ``group_ratios``), its cost
 checked against the budget, its BatchNorm statistics re-estimated on a few training
-batches, and its accuracy measured on held-out data (``compress(..., val_data=...)``).
+batches (and, with ``finetune_steps``, the candidate fine-tuned that many steps, as in
+NetAdapt), and its accuracy measured on held-out data (``compress(..., val_data=...)``).
 The best candidate is applied; a ``recover`` step after it fine-tunes the result.
 Every evaluated candidate and the Pareto front go to the plan, and to ``history`` (JSON)
 and ``plot`` (PNG, needs matplotlib: ``pip install 'fxcomp[plot]'``) when given.
@@ -24,7 +25,6 @@ import torch.fx as fx
 
 from fxcomp import DataError, RecipeError, SaveError, analyze, hookimpl
 from fxcomp.export import check_writable
-from fxcomp.recovery import recalibrate_batchnorm
 from fxcomp.passes import Option, Pass, PassContext, PassResult, boolean, integer, number, optional, string
 
 from fxcomp_plugins.search.budget import CostModel
@@ -60,6 +60,9 @@ class Search(Pass):
         "importance": Option(string(), default="l1", doc="prune's importance criterion"),
         "round_to": Option(integer(1), default=1, doc="prune's round_to"),
         "recalibration_batches": Option(integer(0), default=8, doc="training batches that re-estimate BatchNorm"),
+        "finetune_steps": Option(integer(0), default=0,
+                                 doc="training steps (batches of 128) each candidate gets before it is scored"),
+        "finetune_lr": Option(number(0, None, low_open=True), default=0.01, doc="learning rate of those steps"),
         "eval_samples": Option(optional(integer(1)), default=2000, doc="held-out examples scoring each candidate"),
         "workers": Option(integer(1), default=1, doc="processes scoring candidates on this machine"),
         "seed": Option(integer(0), default=0, doc="seeds the search"),
@@ -115,6 +118,8 @@ class Search(Pass):
             eval_data=held_out(context.val_data, self.options["eval_samples"]),
             seed=self.options["seed"],
             metric=self.metric,
+            finetune_steps=self.options["finetune_steps"],
+            finetune_lr=self.options["finetune_lr"],
         )
         if self.metric == "latency":
             self._latency_budget(problem, gm, latency)
@@ -208,8 +213,8 @@ class Search(Pass):
                 f"search: the chosen ratios give {cost:.3f} of the original {self.metric}, off the budget "
                 f"{problem.target:.3g}, on this machine; run the search where it is applied"
             )
-        # The model the search scored: BatchNorm statistics re-estimated as for the proxy.
-        recalibrate_batchnorm(pruned, context.train_data, batches=problem.recalibration_batches, seed=problem.seed)
+        # The model the search scored: BatchNorm statistics re-estimated (and fine-tuned) as for the proxy.
+        pruned = problem.settle(pruned)
         return PassResult(pruned, modified=True, stats={self.metric: round(cost, 4), "proxy_accuracy": plan["chosen"]["accuracy"]})
 
 

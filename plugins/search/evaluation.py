@@ -1,4 +1,5 @@
-"""Scoring a candidate: prune for real, check the budget, recalibrate BatchNorm, measure held-out accuracy.
+"""Scoring a candidate: prune for real, check the budget, recalibrate BatchNorm (and optionally
+fine-tune a few steps), measure held-out accuracy.
 
 Candidates are scored one after another, by worker processes on this machine
 (``workers``: forked, each with its share of the threads), or across the processes of
@@ -21,7 +22,7 @@ from torch.utils.data import Dataset, Subset
 
 from fxcomp import RecipeError, node_info, propagate
 from fxcomp.passes import Pass, PassContext, parameter_values
-from fxcomp.recovery import evaluate, recalibrate_batchnorm
+from fxcomp.recovery import evaluate, recalibrate_batchnorm, short_finetune
 
 from fxcomp_plugins.search.budget import CostModel
 from fxcomp_plugins.search.latency import LatencyTable
@@ -50,12 +51,21 @@ class Problem:
     latency: LatencyTable | None = None
     overhead_ms: float = 0.0
     full_ms: float = 0.0
+    finetune_steps: int = 0
+    finetune_lr: float = 0.01
 
     def real_cost(self, pruned: fx.GraphModule) -> float:
         """``pruned``'s cost in the budget's metric as a fraction of the original's."""
         if self.metric == "latency":
             return (self.latency.layers_ms(pruned) + self.overhead_ms) / self.full_ms
         return real_fraction(pruned, self.model.full, self.metric)
+
+    def settle(self, pruned: fx.GraphModule) -> fx.GraphModule:
+        """The pruned graph as the proxy scores it: BatchNorm re-estimated, then fine-tuned ``finetune_steps`` steps."""
+        recalibrate_batchnorm(pruned, self.context.train_data, batches=self.recalibration_batches, seed=self.seed)
+        if self.finetune_steps:
+            pruned = short_finetune(pruned, self.context.train_data, steps=self.finetune_steps, lr=self.finetune_lr, seed=self.seed)
+        return pruned
 
 
 def real_fraction(gm: fx.GraphModule, original: float, metric: str) -> float:
@@ -181,8 +191,7 @@ def _score(problem: Problem, direction: Sequence[float]) -> dict[str, Any]:
     ratios, pruned, cost, note = meet_budget(problem, direction)
     if pruned is None:
         return {"ratios": {}, "cost": cost, "accuracy": None, "feasible": False, "note": note}
-    recalibrate_batchnorm(pruned, problem.context.train_data, batches=problem.recalibration_batches, seed=problem.seed)
-    _, accuracy = evaluate(pruned, problem.eval_data)
+    _, accuracy = evaluate(problem.settle(pruned), problem.eval_data)
     return {
         "ratios": dict(zip(problem.names, ratios)),  # exact: apply must rebuild the same graph
         "cost": cost,
