@@ -10,9 +10,11 @@ reduction (1.0 = latency falls exactly as MACs do).
 ``--fold-bn`` folds BatchNorm into the convolutions of *both* models before
 timing, so the comparison still isolates pruning while neither pays for
 separate BatchNorm calls. ``--lower inductor`` lowers both models with
-``fxcomp.lower`` (torch.compile, compiled once per batch size) before timing.
+``fxcomp.lower`` (torch.compile, compiled once per batch size) before timing;
+``--channels-last`` lowers both with ``channels_last=True`` (NHWC weights and values).
 
-    python benchmarks/prune_latency.py [--repeats 10] [--threads 2] [--round-to 1] [--scope local] [--fold-bn] [--lower inductor]
+    python benchmarks/prune_latency.py [--repeats 10] [--threads 2] [--round-to 1] [--scope local] [--fold-bn]
+                                       [--lower inductor] [--channels-last]
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ def main() -> None:
     parser.add_argument("--scope", choices=("local", "global"), default="local")
     parser.add_argument("--fold-bn", action="store_true", help="fold BatchNorm in both models before timing")
     parser.add_argument("--lower", choices=("eager", "inductor"), default="eager", help="fxcomp.lower both models first")
+    parser.add_argument("--channels-last", action="store_true", help="lower both models with channels_last=True")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
@@ -45,7 +48,8 @@ def main() -> None:
     prune = {"pass": "prune", "target_macs": args.target_macs, "round_to": args.round_to, "scope": args.scope}
     result = fxcomp.compress(model, example, {"passes": [prune, *([{"pass": "fold_bn"}] if args.fold_bn else [])]})
     pruned = result.model.eval()
-    if args.fold_bn or args.lower != "eager":  # a GraphModule, as fxcomp.lower takes
+    lowered = args.lower != "eager" or args.channels_last
+    if args.fold_bn or lowered:  # a GraphModule, as fxcomp.lower takes
         model = fxcomp.compress(model, example, {"passes": [{"pass": "fold_bn"}] if args.fold_bn else []}).model.eval()
     before, after = result.report.before_totals, result.report.after_totals
     macs_reduction = before.macs / after.macs
@@ -53,7 +57,8 @@ def main() -> None:
     for batch in (1, 16):
         x = torch.randn(batch, 3, 224, 224)
         original_run, pruned_run = (
-            m if args.lower == "eager" else fxcomp.lower(m, args.lower, example_inputs=x).module for m in (model, pruned)
+            fxcomp.lower(m, args.lower, example_inputs=x, channels_last=args.channels_last).module if lowered else m
+            for m in (model, pruned)
         )
         medians = interleaved_latency(
             {"original": lambda: original_run(x), "pruned": lambda: pruned_run(x)},
@@ -72,7 +77,7 @@ def main() -> None:
             ]
         )
     print(
-        f"resnet50, scope {args.scope}, round_to {args.round_to}, fold_bn {args.fold_bn}, lowered to {args.lower}: {before.macs / 1e9:.2f} → {after.macs / 1e9:.2f} GMACs ({macs_reduction:.2f}× fewer), "
+        f"resnet50, scope {args.scope}, round_to {args.round_to}, fold_bn {args.fold_bn}, lowered to {args.lower}{' (channels-last)' if args.channels_last else ''}: {before.macs / 1e9:.2f} → {after.macs / 1e9:.2f} GMACs ({macs_reduction:.2f}× fewer), "
         f"params {before.params / 1e6:.1f}M → {after.params / 1e6:.1f}M; torch {torch.__version__}, "
         f"{args.threads} threads, median of {args.repeats} interleaved runs after 3 warm-ups"
     )

@@ -12,7 +12,7 @@
 Latency: one process, fixed threads, inference mode, the two models interleaved, median
 of ``--repeats`` runs after warm-up. Everything goes through ``fxcomp.compress``.
 
-    python benchmarks/rewrites.py [--part a|b|c|all] [--epochs 3] [--recover-epochs 2] [--threads 2]
+    python benchmarks/rewrites.py [--part a|b|c|all] [--epochs 3] [--recover-epochs 2] [--threads 2] [--channels-last]
 """
 
 from __future__ import annotations
@@ -56,16 +56,21 @@ class VGGSmall(nn.Module):
 
 
 def _latency_rows(
-    original: nn.Module, rewritten: nn.Module, shape: tuple[int, ...], batches: tuple[int, ...], args, *, inductor: bool = False
+    original: nn.Module, rewritten: nn.Module, shape: tuple[int, ...], batches: tuple[int, ...], args, *,
+    inductor: bool = False, channels_last: bool = False,
 ) -> list[list[str]]:
     """Per batch: both models' median latency and the speedup; with ``inductor`` also both lowered to
-    inductor (``fxcomp.lower``, compiled once per batch size) and timed in the same interleaved runs."""
+    inductor (``fxcomp.lower``, compiled once per batch size) and timed in the same interleaved runs.
+    With ``channels_last`` every model (two GraphModules) is lowered with ``channels_last=True``, eager ones too."""
     rows = []
     for batch in batches:
         x = torch.randn(batch, *shape)
-        runs = {"original": lambda: original(x), "rewritten": lambda: rewritten(x)}
+        first, second = original, rewritten
+        if channels_last:
+            first, second = (fxcomp.lower(m, "eager", example_inputs=x, channels_last=True).module for m in (original, rewritten))
+        runs = {"original": lambda: first(x), "rewritten": lambda: second(x)}
         if inductor:
-            compiled = {name: fxcomp.lower(model, "inductor", example_inputs=x).module for name, model in
+            compiled = {name: fxcomp.lower(model, "inductor", example_inputs=x, channels_last=channels_last).module for name, model in
                         (("original inductor", original), ("rewritten inductor", rewritten))}
             runs |= {name: (lambda module=module: module(x)) for name, module in compiled.items()}
         medians = interleaved_latency(runs, repeats=args.repeats, warmup=3, threads=args.threads)
@@ -124,7 +129,7 @@ def separable_vgg(data: Splits, args) -> None:
     # Deployed, both fold their BatchNorms; timing them folded isolates what separable changed.
     example, fold = data.example_inputs(), {"passes": [{"pass": "fold_bn"}]}
     original, converted = (fxcomp.compress(m, example, fold).model.eval() for m in (model, recovered))
-    rows = _latency_rows(original, converted, tuple(example.shape[1:]), (1, 32), args, inductor=True)
+    rows = _latency_rows(original, converted, tuple(example.shape[1:]), (1, 32), args, inductor=True, channels_last=args.channels_last)
     headers = ["batch", "original ms", "separable ms", "speedup", "original inductor ms", "separable inductor ms", "speedup (inductor)"]
     print(tabulate(rows, headers=headers))
 
@@ -188,6 +193,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--vgg-rank", type=int, default=256)
+    parser.add_argument("--channels-last", action="store_true", help="part (a): lower every timed model with channels_last=True")
     parser.add_argument("--data", choices=("fashion-mnist", "digits"), default="fashion-mnist")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")

@@ -185,12 +185,64 @@ def test_eager_returns_the_graph_unchanged_and_inductor_compiles_it(plugins, sma
     assert "compiled by torch.compile" in str(compiled.report)
 
 
+class _Upsampler(nn.Module):
+    """Two image inputs (one unused), a 4-D output and a 2-D one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6)
+
+    def forward(self, x, unused):
+        y = torch.relu(self.bn(self.conv(x)))
+        return {"image": nn.functional.interpolate(y, scale_factor=2.0), "pooled": y.mean((2, 3))}
+
+
+@pytest.mark.parametrize("backend", ["eager", "inductor"])
+def test_channels_last_keeps_the_outputs_and_their_layout(backend, plugins, image) -> None:
+    model = _model(_Upsampler)
+    inputs = (image, torch.randn(2, 3, 4, 4))
+    gm = fxcomp.trace(model, inputs)
+    code = gm.code
+    result = fxcomp.lower(gm, backend, plugins=plugins, channels_last=True)
+    with torch.no_grad():
+        got, want = result.module(*inputs), gm(*inputs)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert got["image"].is_contiguous() and got["image"].shape == (2, 6, 32, 32)
+    assert gm.code == code and gm.conv.weight.is_contiguous()  # the given graph is untouched
+    assert result.report.channels_last and "channels-last" in str(result.report)
+    if backend == "eager":
+        assert result.module.conv.weight.is_contiguous(memory_format=torch.channels_last)
+        conversions = [n.kwargs["memory_format"] for n in result.module.graph.nodes if n.target == "contiguous"]
+        assert conversions == [torch.channels_last, torch.contiguous_format]  # the used input in, the image out
+        assert fxcomp.layer_table(result.module)  # the lowered graph stays annotated
+
+
+class _ViewFlatten(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4 * 14 * 14, 5)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.fc(y.view(y.size(0), -1))
+
+
+def test_channels_last_makes_a_viewed_value_contiguous_again(plugins, image) -> None:
+    gm = fxcomp.trace(_model(_ViewFlatten), image)
+    result = fxcomp.lower(gm, "eager", plugins=plugins, channels_last=True)
+    torch.testing.assert_close(result.module(image), gm(image), rtol=1e-4, atol=1e-5)
+    formats = [n.kwargs["memory_format"] for n in result.module.graph.nodes if n.target == "contiguous"]
+    assert formats == [torch.channels_last, torch.contiguous_format]
+
+
 def test_unknown_backends_and_misplaced_options_are_refused(plugins, small_cnn, image) -> None:
     gm = fxcomp.trace(small_cnn, image)
     with pytest.raises(LoweringError, match="unknown lowering backend 'tpu'; available: eager, inductor, triton"):
         fxcomp.lower(gm, "tpu", plugins=plugins)
     with pytest.raises(LoweringError, match="mode 'max-autotune' needs backend 'inductor'"):
         fxcomp.lower(gm, "eager", mode="max-autotune", plugins=plugins)
+    with pytest.raises(LoweringError, match="channels_last applies to backends eager and inductor, not 'triton'; drop it"):
+        fxcomp.lower(gm, "triton", channels_last=True, plugins=plugins)
     with pytest.raises(LoweringError, match="takes a torch.fx GraphModule"):
         fxcomp.lower(small_cnn, plugins=plugins)
     with pytest.raises(LoweringError, match="no recorded shape; pass example_inputs"):
@@ -273,6 +325,13 @@ def test_a_kernel_that_changes_the_values_is_refused_naming_its_plugin() -> None
 def test_bad_lowering_registrations_are_plugin_errors(backend, lowering, message) -> None:
     with pytest.raises(PluginError, match=message):
         fxcomp.load_plugins(entry_points=False, extra={"bad": _third_party(lowering, backend)})
+
+
+def test_a_recipe_lower_step_takes_channels_last(plugins, small_cnn, image) -> None:
+    recipe = {"passes": [{"pass": "fold_bn"}, {"pass": "lower", "channels_last": True}]}
+    result = fxcomp.compress(small_cnn, image, recipe, plugins=plugins)
+    assert result.lowered.report.channels_last and not result.model.graph.find_nodes(op="call_method", target="contiguous")
+    torch.testing.assert_close(result.lowered.module(image), result.model(image), rtol=1e-4, atol=1e-5)
 
 
 def test_a_recipe_ends_with_a_lower_step(plugins) -> None:
@@ -469,6 +528,9 @@ def test_kernels_returning_nan_or_the_wrong_shape_are_refused(result, message) -
     [
         ({"pass": "lower", "backend": "tpu"}, r"passes\[1\].backend: unknown backend 'tpu'; available: eager, inductor, triton"),
         ({"pass": "lower", "backend": "triton", "mode": "max-autotune"}, r"passes\[1\].mode: expected one of .* with backend inductor"),
+        ({"pass": "lower", "channels_last": "yes"}, r"passes\[1\].channels_last: expected true or false, got 'yes'"),
+        ({"pass": "lower", "backend": "triton", "channels_last": True},
+         r"passes\[1\].channels_last: applies to backends eager and inductor, not 'triton'"),
     ],
 )
 def test_a_lower_step_is_checked_before_any_pass_runs(step, message, plugins, small_cnn, image) -> None:

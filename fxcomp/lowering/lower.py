@@ -2,6 +2,7 @@
 
 * ``eager``: the graph as it is (plain torch);
 * ``inductor``: ``torch.compile`` (on CPU inductor emits C++);
+  both with ``channels_last``: the 4-D weights and values in NHWC memory format;
 * any other name: the lowerings plugins registered for that backend (``triton`` for the
   built-in kernels) replace the patterns they match by kernel modules; every
   replacement is checked against the values it replaces, then the whole model is run.
@@ -21,8 +22,9 @@ from torch.nn.utils import parametrize
 from torch.utils import _pytree as pytree
 
 from fxcomp.dynamic.model import EarlyExitModel
-from fxcomp.errors import LoweringError
+from fxcomp.errors import LoweringError, first_line
 from fxcomp.lowering.base import Declined, Lowering
+from fxcomp.lowering.layout import to_channels_last
 from fxcomp.lowering.report import LoweringReport
 from fxcomp.passes.masks import class_before_parametrizations
 from fxcomp.passes.verify import output_mismatch, relative_error, run_graph
@@ -32,8 +34,8 @@ from fxcomp.tracing import NodeInfo, TensorSpec, as_input_tuple, node_info, qual
 from fxcomp.tracing.names import QUALNAME
 from fxcomp.tracing.shapes import INFO
 
-INDUCTOR_TOLERANCE = 1e-4
-"""The largest relative output change accepted from inductor (it reorders floating-point sums)."""
+REORDERING_TOLERANCE = 1e-4
+"""The largest relative output change accepted from inductor or the channels-last layout (they reorder floating-point sums)."""
 
 KERNELS_PATH = "lowered"
 """Where the kernel modules live in a graph lowered with pattern lowerings (``lowered.<node>``)."""
@@ -80,6 +82,7 @@ def lower(
     example_inputs: torch.Tensor | Sequence[torch.Tensor] | None = None,
     plugins: Plugins | None = None,
     mode: str | None = None,
+    channels_last: bool = False,
 ) -> LoweringResult:
     """Lower a copy of ``gm`` to ``backend`` for inference; ``gm`` is never modified.
 
@@ -91,6 +94,9 @@ def lower(
             like those ``gm`` was traced with.
         plugins: the plugins to take lowerings from; loaded from entry points when omitted.
         mode: ``torch.compile``'s mode, for ``inductor`` only.
+        channels_last: for ``eager`` and ``inductor``: store the 4-D weights channels-last and run
+            on channels-last values (the inputs are converted on entry, 4-D outputs converted back),
+            which CPU convolutions usually run faster.
 
     The lowered model's outputs are compared with ``gm``'s; with pattern lowerings each
     replaced value is compared too, against the lowering's tolerance. Raises
@@ -106,6 +112,8 @@ def lower(
         )
     if mode is not None and (backend != "inductor" or mode not in INDUCTOR_MODES):
         raise LoweringError(f"mode {mode!r} needs backend 'inductor' and one of {', '.join(INDUCTOR_MODES)}")
+    if channels_last and backend not in BUILT_IN_BACKENDS:
+        raise LoweringError(f"channels_last applies to backends {' and '.join(BUILT_IN_BACKENDS)}, not {backend!r}; drop it")
     plugins = plugins if plugins is not None else load_plugins()
     lowerings = _backend_lowerings(backend, plugins)
     inputs = as_input_tuple(example_inputs) if example_inputs is not None else _example_inputs(gm)
@@ -114,14 +122,33 @@ def lower(
         reference = run_graph(working, inputs)
     except RuntimeError as error:
         raise LoweringError(f"the graph fails to run on the example inputs before lowering: {error}") from error
+    if channels_last:
+        to_channels_last(working, inputs)
     if backend == "eager":
-        return LoweringResult(working, LoweringReport(backend))
+        error = _checked_layout_error(working, inputs, reference) if channels_last else 0.0
+        return LoweringResult(working, LoweringReport(backend, error=error, channels_last=channels_last))
     if backend == "inductor":
-        return _inductor(working, inputs, reference, mode)
+        return _inductor(working, inputs, reference, mode, channels_last)
     return _with_lowerings(working, backend, lowerings, inputs, reference, plugins)
 
 
-def _inductor(working: fx.GraphModule, inputs: tuple[torch.Tensor, ...], reference: Any, mode: str | None) -> LoweringResult:
+def _checked_layout_error(working: fx.GraphModule, inputs: tuple[torch.Tensor, ...], reference: Any) -> float:
+    try:
+        outputs = run_graph(working, inputs)
+    except RuntimeError as error:
+        raise LoweringError(f"in channels-last layout the graph fails to run: {first_line(error)}; lower without channels_last") from error
+    error, _ = relative_error(outputs, reference)
+    if not error <= REORDERING_TOLERANCE:
+        raise LoweringError(
+            f"in channels-last layout the model's outputs differ from the graph's by {error:.2e} (relative), "
+            f"more than {REORDERING_TOLERANCE:g}; lower without channels_last"
+        )
+    return error
+
+
+def _inductor(
+    working: fx.GraphModule, inputs: tuple[torch.Tensor, ...], reference: Any, mode: str | None, channels_last: bool
+) -> LoweringResult:
     compiled = torch.compile(working, backend="inductor", mode=mode)
     try:
         with torch.no_grad():
@@ -131,12 +158,12 @@ def _inductor(working: fx.GraphModule, inputs: tuple[torch.Tensor, ...], referen
         raise LoweringError(f"inductor failed to compile the graph ({type(error).__name__}: {first}); "
                             "lower with backend 'eager' instead") from error
     error, _ = relative_error(outputs, reference)
-    if not error <= INDUCTOR_TOLERANCE:
+    if not error <= REORDERING_TOLERANCE:
         raise LoweringError(
             f"the inductor-compiled model's outputs differ from the graph's by {error:.2e} (relative), "
-            f"more than {INDUCTOR_TOLERANCE:g}; lower with backend 'eager' instead"
+            f"more than {REORDERING_TOLERANCE:g}; lower with backend 'eager' instead"
         )
-    return LoweringResult(compiled, LoweringReport("inductor", error=error))
+    return LoweringResult(compiled, LoweringReport("inductor", error=error, channels_last=channels_last))
 
 
 @dataclass

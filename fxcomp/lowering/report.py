@@ -25,6 +25,7 @@ class LoweringReport:
         unlowered: layers with weights that no lowering replaced, grouped by ``kind`` (class and
             weight storage) with their ``nodes``: they run as they are.
         error: the relative change of the model's outputs on the example inputs.
+        channels_last: whether the 4-D weights and values are stored channels-last.
     """
 
     backend: str
@@ -32,6 +33,7 @@ class LoweringReport:
     declined: list[dict[str, Any]] = field(default_factory=list)
     unlowered: list[dict[str, Any]] = field(default_factory=list)
     error: float = 0.0
+    channels_last: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """The report as JSON-serializable data."""
@@ -39,7 +41,8 @@ class LoweringReport:
 
     def __str__(self) -> str:
         what = _WHOLE_GRAPH.get(self.backend, f"{len(self.lowered)} pattern occurrence(s) replaced by kernels")
-        lines = [f"lowered to backend '{self.backend}': {what}, output change {self.error:.2e} (relative)"]
+        layout = ", channels-last" if self.channels_last else ""
+        lines = [f"lowered to backend '{self.backend}': {what}{layout}, output change {self.error:.2e} (relative)"]
         if self.lowered:
             rows = [(r["pattern"], ", ".join(r["nodes"]), r["kernel"], f"{r['error']:.1e}") for r in self.lowered]
             lines.append(tabulate(rows, headers=("pattern", "nodes", "kernel", "error"), tablefmt="simple"))

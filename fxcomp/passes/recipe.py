@@ -27,7 +27,7 @@ from fxcomp.errors import RecipeError
 from fxcomp.passes.base import Pass
 from fxcomp.passes.options import validate_options
 from fxcomp.plugin.host import Plugins
-from fxcomp.plugin.registry import INDUCTOR_MODES
+from fxcomp.plugin.registry import BUILT_IN_BACKENDS, INDUCTOR_MODES
 
 RecipeLike = str | os.PathLike | Mapping[str, Any] | Sequence[Pass]
 
@@ -94,10 +94,10 @@ def _lower_options(entry: Mapping[str, Any], index: int, count: int, plugins: Pl
     path = f"passes[{index}]"
     if index != count - 1:
         raise RecipeError(f"{path}.pass: `lower` must be the last step of a recipe (it is step {index + 1} of {count})")
-    unknown = sorted(set(entry) - {"pass", "backend", "mode"})
+    unknown = sorted(set(entry) - {"pass", "backend", "mode", "channels_last"})
     if unknown:
-        raise RecipeError(f"{path}.{unknown[0]}: unknown option of `lower`; it takes backend and mode")
-    options = {"backend": entry.get("backend", "eager"), "mode": entry.get("mode")}
+        raise RecipeError(f"{path}.{unknown[0]}: unknown option of `lower`; it takes backend, mode and channels_last")
+    options = {"backend": entry.get("backend", "eager"), "mode": entry.get("mode"), "channels_last": entry.get("channels_last", False)}
     if not isinstance(options["backend"], str) or not options["backend"]:
         raise RecipeError(f"{path}.backend: expected a backend name such as eager, inductor or triton, got {options['backend']!r}")
     backends = plugins.registry.backends()
@@ -105,6 +105,10 @@ def _lower_options(entry: Mapping[str, Any], index: int, count: int, plugins: Pl
         raise RecipeError(f"{path}.backend: unknown backend {options['backend']!r}; available: {', '.join(backends)}")
     if options["mode"] is not None and (options["backend"] != "inductor" or options["mode"] not in INDUCTOR_MODES):
         raise RecipeError(f"{path}.mode: expected one of {', '.join(INDUCTOR_MODES)} with backend inductor, got {options['mode']!r}")
+    if not isinstance(options["channels_last"], bool):
+        raise RecipeError(f"{path}.channels_last: expected true or false, got {options['channels_last']!r}")
+    if options["channels_last"] and options["backend"] not in BUILT_IN_BACKENDS:
+        raise RecipeError(f"{path}.channels_last: applies to backends {' and '.join(BUILT_IN_BACKENDS)}, not {options['backend']!r}")
     return options
 
 
