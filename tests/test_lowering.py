@@ -217,22 +217,30 @@ def test_channels_last_keeps_the_outputs_and_their_layout(backend, plugins, imag
         assert fxcomp.layer_table(result.module)  # the lowered graph stays annotated
 
 
-class _ViewFlatten(nn.Module):
+class _Views(nn.Module):
+    """Views of a conv output, of the input and of a 3-D value; the input returned; a 3-D conv."""
+
     def __init__(self) -> None:
         super().__init__()
         self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4 * 14 * 14, 5)
+        self.head, self.volume = nn.Linear(3 * 16 * 16, 5), nn.Conv3d(1, 2, 3)
 
-    def forward(self, x):
+    def forward(self, x, v):
         y = self.conv(x)
-        return self.fc(y.view(y.size(0), -1))
+        flat = self.fc(y.view(y.size(0), -1)) + self.head(x.view(x.size(0), -1))
+        return flat, x, y.flatten(2).view_as(torch.zeros(2, 4 * 14 * 14)), self.volume(v)
 
 
-def test_channels_last_makes_a_viewed_value_contiguous_again(plugins, image) -> None:
-    gm = fxcomp.trace(_model(_ViewFlatten), image)
+def test_channels_last_turns_views_into_reshapes_and_leaves_other_ranks(plugins, image) -> None:
+    inputs = (image, torch.randn(1, 1, 5, 5, 5))
+    gm = fxcomp.trace(_model(_Views), inputs)
     result = fxcomp.lower(gm, "eager", plugins=plugins, channels_last=True)
-    torch.testing.assert_close(result.module(image), gm(image), rtol=1e-4, atol=1e-5)
-    formats = [n.kwargs["memory_format"] for n in result.module.graph.nodes if n.target == "contiguous"]
-    assert formats == [torch.channels_last, torch.contiguous_format]
+    got, want = result.module(*inputs), gm(*inputs)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert got[1].is_contiguous() and torch.equal(got[1], image)
+    targets = [n.target for n in result.module.graph.nodes if n.op == "call_method"]
+    assert "view" not in targets and "view_as" not in targets and {"reshape", "reshape_as"} <= set(targets)
+    assert result.module.volume.weight.is_contiguous()  # 5-D weights keep their layout
 
 
 def test_unknown_backends_and_misplaced_options_are_refused(plugins, small_cnn, image) -> None:

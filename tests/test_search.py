@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 import fxcomp
 from fxcomp import DataError, RecipeError
@@ -169,7 +169,9 @@ def test_recalibrate_batchnorm_averages_the_batch_statistics_and_restores_modes(
 
 def test_short_finetune_trains_a_copy_reproducibly(trained, data) -> None:
     before = {name: value.clone() for name, value in trained.state_dict().items()}
+    state = torch.random.get_rng_state()
     tuned, again = (short_finetune(trained, data.train, steps=5, lr=0.05, seed=1) for _ in range(2))
+    assert torch.equal(torch.random.get_rng_state(), state)
     other = short_finetune(trained, data.train, steps=5, lr=0.05, seed=2)
     assert all(torch.equal(value, trained.state_dict()[name]) for name, value in before.items())
     assert not tuned.training
@@ -189,6 +191,11 @@ def test_with_finetune_steps_the_applied_model_is_the_one_scored(trained, data) 
     assert [c["accuracy"] for c in plan["candidates"][:4]] != [c["accuracy"] for c in plain["candidates"][:4]]
     held_out = TensorDataset(*(t[: SMALL["eval_samples"]] for t in data.val.tensors))
     assert evaluate(result.model, held_out)[1] == plan["chosen"]["accuracy"]
+    # A shuffling DataLoader draws from the global generator: every candidate and apply still see the same batches.
+    shuffled = DataLoader(data.train, batch_size=64, shuffle=True)
+    step = {"pass": "search", **SMALL, "target_macs": 0.5, "finetune_steps": 3, "finetune_lr": 0.05}
+    result = fxcomp.compress(trained, data.example_inputs(), {"passes": [step]}, train_data=shuffled, val_data=data.val)
+    assert evaluate(result.model, held_out)[1] == result.plan[0]["plan"]["chosen"]["accuracy"]
     with pytest.raises(RecipeError, match="finetune_steps"):
         _search(trained, data, target_macs=0.5, finetune_steps=-1)
 

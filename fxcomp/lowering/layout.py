@@ -1,10 +1,10 @@
 """Channels-last memory format for a lowered graph: NHWC weights, inputs and intermediate values.
 
 On CPUs the oneDNN convolutions run faster on channels-last (NHWC) tensors, and inductor
-generates its fused code for the layout it is given. The graph keeps its semantics: the
-4-D inputs are converted on entry and the 4-D outputs converted back on exit, so callers
-see ordinary contiguous tensors; a ``view`` of a 4-D value (which needs its strides) gets
-it contiguous again.
+generates its fused code for the layout it is given. The graph keeps its values: the
+4-D inputs are converted on entry and the 4-D outputs converted back on exit, and every
+``view`` / ``view_as`` becomes ``reshape`` / ``reshape_as`` (the same values; it copies
+where the strides of a channels-last value do not allow a view).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from torch.utils import _pytree as pytree
 from fxcomp.tracing import TensorSpec, node_info
 from fxcomp.tracing.shapes import propagate
 
+_STRIDE_FREE = {"view": "reshape", "view_as": "reshape_as"}
+
 
 def _is_4d(node: fx.Node) -> bool:
     spec = node_info(node).output
@@ -28,24 +30,32 @@ def _as_layout(gm: fx.GraphModule, value: fx.Node, layout: torch.memory_format) 
     return gm.graph.call_method("contiguous", (value,), {"memory_format": layout})
 
 
+def _store_channels_last(gm: fx.GraphModule) -> None:
+    """Store every 4-D parameter and buffer of ``gm`` channels-last (other ranks stay as they are)."""
+    with torch.no_grad():
+        for tensor in (*gm.parameters(), *gm.buffers()):
+            if tensor.dim() == 4:
+                tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
+
+
 def to_channels_last(gm: fx.GraphModule, inputs: Sequence[torch.Tensor]) -> None:
     """Store ``gm``'s 4-D parameters and buffers channels-last and run it on channels-last values, in place."""
     propagate(gm, inputs)
-    gm.to(memory_format=torch.channels_last)
+    four_d = {node for node in gm.graph.nodes if node.op != "output" and _is_4d(node)}
+    _store_channels_last(gm)
+    for node in gm.graph.find_nodes(op="call_method"):
+        if node.target in _STRIDE_FREE:
+            node.target = _STRIDE_FREE[node.target]
     for placeholder in list(gm.graph.find_nodes(op="placeholder")):
-        if _is_4d(placeholder) and placeholder.users:
+        if placeholder in four_d and placeholder.users:
             with gm.graph.inserting_after(placeholder):
                 converted = _as_layout(gm, placeholder, torch.channels_last)
             placeholder.replace_all_uses_with(converted, delete_user_cb=lambda user: user is not converted)
-    for view in list(gm.graph.find_nodes(op="call_method", target="view")):
-        source = view.args[0]
-        if isinstance(source, fx.Node) and _is_4d(source):
-            with gm.graph.inserting_before(view):
-                view.replace_input_with(source, _as_layout(gm, source, torch.contiguous_format))
+            four_d.add(converted)
     output = next(iter(gm.graph.find_nodes(op="output")))
 
     def back(value: object) -> object:
-        if not isinstance(value, fx.Node) or not _is_4d(value):
+        if not isinstance(value, fx.Node) or value not in four_d:
             return value
         with gm.graph.inserting_before(output):
             return _as_layout(gm, value, torch.contiguous_format)

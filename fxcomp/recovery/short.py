@@ -6,6 +6,7 @@ import itertools
 import numbers
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 from fxcomp.data.batches import loader
@@ -21,11 +22,14 @@ def short_finetune(
     NetAdapt's short-term fine-tune: SGD with Nesterov momentum, the rate decaying to zero
     over the steps (at most one pass over the data). How far a pruned model gets in a few
     steps predicts how well it recovers better than its accuracy right after pruning does.
-    The same ``seed`` (and thread count) gives the same model; ``model`` is not modified.
+    The same ``seed`` (and thread count) gives the same model; ``model`` is not modified,
+    and neither is the global random state.
     """
     if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
         raise UsageError(f"short_finetune needs steps >= 1 (a whole number), got {steps!r}")
-    batches = list(itertools.islice(loader(train_data, batch_size, shuffle=True, seed=seed), steps))
-    if not batches:
-        raise DataError("the training data holds no examples")
-    return recover(model, batches, epochs=1, lr=lr, seed=seed, progress=False).model
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # a DataLoader the caller passes shuffles with the global generator
+        batches = list(itertools.islice(loader(train_data, batch_size, shuffle=True, seed=seed), steps))
+        if not batches:
+            raise DataError("the training data holds no examples")
+        return recover(model, batches, epochs=1, lr=lr, seed=seed, progress=False).model

@@ -28,7 +28,7 @@ from fxcomp.export import check_writable
 from fxcomp.passes import Option, Pass, PassContext, PassResult, boolean, integer, number, optional, string
 
 from fxcomp_plugins.search.budget import CostModel
-from fxcomp_plugins.search.evaluation import Problem, held_out, prune_with, score_all
+from fxcomp_plugins.search.evaluation import Problem, held_out, prune_with, score_all, worker_threads
 from fxcomp_plugins.search.evolution import Candidate, Evolution, pareto_front, ranked
 from fxcomp_plugins.search.latency import LatencyTable, model_ms
 from fxcomp_plugins.search.plot import check_plotting, plot_search
@@ -61,7 +61,7 @@ class Search(Pass):
         "round_to": Option(integer(1), default=1, doc="prune's round_to"),
         "recalibration_batches": Option(integer(0), default=8, doc="training batches that re-estimate BatchNorm"),
         "finetune_steps": Option(integer(0), default=0,
-                                 doc="training steps (batches of 128) each candidate gets before it is scored"),
+                                 doc="training steps (batches of 128, at most one pass) each candidate gets before it is scored"),
         "finetune_lr": Option(number(0, None, low_open=True), default=0.01, doc="learning rate of those steps"),
         "eval_samples": Option(optional(integer(1)), default=2000, doc="held-out examples scoring each candidate"),
         "workers": Option(integer(1), default=1, doc="processes scoring candidates on this machine"),
@@ -213,8 +213,14 @@ class Search(Pass):
                 f"search: the chosen ratios give {cost:.3f} of the original {self.metric}, off the budget "
                 f"{problem.target:.3g}, on this machine; run the search where it is applied"
             )
-        # The model the search scored: BatchNorm statistics re-estimated (and fine-tuned) as for the proxy.
-        pruned = problem.settle(pruned)
+        # The model the search scored: BatchNorm statistics re-estimated (and fine-tuned) as for the
+        # proxy, with as many threads as a scoring process had (float sums depend on the split).
+        threads = torch.get_num_threads()
+        torch.set_num_threads(worker_threads(self.options["workers"]))
+        try:
+            pruned = problem.settle(pruned)
+        finally:
+            torch.set_num_threads(threads)
         return PassResult(pruned, modified=True, stats={self.metric: round(cost, 4), "proxy_accuracy": plan["chosen"]["accuracy"]})
 
 

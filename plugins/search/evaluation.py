@@ -61,10 +61,16 @@ class Problem:
         return real_fraction(pruned, self.model.full, self.metric)
 
     def settle(self, pruned: fx.GraphModule) -> fx.GraphModule:
-        """The pruned graph as the proxy scores it: BatchNorm re-estimated, then fine-tuned ``finetune_steps`` steps."""
-        recalibrate_batchnorm(pruned, self.context.train_data, batches=self.recalibration_batches, seed=self.seed)
-        if self.finetune_steps:
-            pruned = short_finetune(pruned, self.context.train_data, steps=self.finetune_steps, lr=self.finetune_lr, seed=self.seed)
+        """The pruned graph as the proxy scores it: BatchNorm re-estimated, then fine-tuned ``finetune_steps`` steps.
+
+        Every candidate sees the same random state (a shuffling DataLoader draws from the
+        global generator), so the batches depend only on the seed; the caller's state is kept.
+        """
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            recalibrate_batchnorm(pruned, self.context.train_data, batches=self.recalibration_batches, seed=self.seed)
+            if self.finetune_steps:
+                pruned = short_finetune(pruned, self.context.train_data, steps=self.finetune_steps, lr=self.finetune_lr, seed=self.seed)
         return pruned
 
 
@@ -204,6 +210,11 @@ def _score(problem: Problem, direction: Sequence[float]) -> dict[str, Any]:
 _WORKER_PROBLEM: Problem | None = None
 
 
+def worker_threads(workers: int) -> int:
+    """The threads each of ``workers`` scoring processes gets: this process's, shared out."""
+    return max(1, torch.get_num_threads() // workers)
+
+
 def _start_worker(problem: Problem, threads: int) -> None:
     global _WORKER_PROBLEM
     _WORKER_PROBLEM = problem
@@ -233,11 +244,11 @@ def _score_all(problem: Problem, directions: Sequence[list[float]], workers: int
         dist.all_gather_object(gathered, mine)
         merged = {index: record for part in gathered for index, record in (part or {}).items()}
         return [merged[index] for index in range(len(directions))]
-    if workers <= 1 or len(directions) <= 1:
+    if workers <= 1:
         return [score(problem, direction) for direction in directions]
     if "fork" not in multiprocessing.get_all_start_methods():
         raise RecipeError("search.workers: worker processes need the 'fork' start method, which this platform lacks; use workers: 1")
-    threads = max(1, torch.get_num_threads() // workers)
+    threads = worker_threads(workers)
     context = multiprocessing.get_context("fork")
     with context.Pool(workers, initializer=_start_worker, initargs=(problem, threads)) as pool:
         return pool.map(_score_in_worker, directions, chunksize=1)
