@@ -132,18 +132,23 @@ def lower(
     return _with_lowerings(working, backend, lowerings, inputs, reference, plugins)
 
 
+def _reordering_error(outputs: Any, reference: Any, whose: str, instead: str) -> float:
+    """The relative change of ``outputs`` from ``reference``; a LoweringError beyond :data:`REORDERING_TOLERANCE`."""
+    error, _ = relative_error(outputs, reference)
+    if not error <= REORDERING_TOLERANCE:
+        raise LoweringError(
+            f"{whose} outputs differ from the graph's by {error:.2e} (relative), "
+            f"more than {REORDERING_TOLERANCE:g}; {instead}"
+        )
+    return error
+
+
 def _checked_layout_error(working: fx.GraphModule, inputs: tuple[torch.Tensor, ...], reference: Any) -> float:
     try:
         outputs = run_graph(working, inputs)
     except RuntimeError as error:
         raise LoweringError(f"in channels-last layout the graph fails to run: {first_line(error)}; lower without channels_last") from error
-    error, _ = relative_error(outputs, reference)
-    if not error <= REORDERING_TOLERANCE:
-        raise LoweringError(
-            f"in channels-last layout the model's outputs differ from the graph's by {error:.2e} (relative), "
-            f"more than {REORDERING_TOLERANCE:g}; lower without channels_last"
-        )
-    return error
+    return _reordering_error(outputs, reference, "in channels-last layout the model's", "lower without channels_last")
 
 
 def _inductor(
@@ -157,12 +162,7 @@ def _inductor(
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise LoweringError(f"inductor failed to compile the graph ({type(error).__name__}: {first}); "
                             "lower with backend 'eager' instead") from error
-    error, _ = relative_error(outputs, reference)
-    if not error <= REORDERING_TOLERANCE:
-        raise LoweringError(
-            f"the inductor-compiled model's outputs differ from the graph's by {error:.2e} (relative), "
-            f"more than {REORDERING_TOLERANCE:g}; lower with backend 'eager' instead"
-        )
+    error = _reordering_error(outputs, reference, "the inductor-compiled model's", "lower with backend 'eager' instead")
     return LoweringResult(compiled, LoweringReport("inductor", error=error, channels_last=channels_last))
 
 
