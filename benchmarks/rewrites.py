@@ -12,7 +12,7 @@
 Latency: one process, fixed threads, inference mode, the two models interleaved, median
 of ``--repeats`` runs after warm-up. Everything goes through ``fxcomp.compress``.
 
-    python benchmarks/rewrites.py [--part a|b|c|all] [--epochs 3] [--recover-epochs 2] [--threads 2] [--channels-last]
+    python benchmarks/rewrites.py [--part a|b|c|all] [--epochs 3] [--recover-epochs 2] [--threads 2] [--channels-last | --autotune]
 """
 
 from __future__ import annotations
@@ -57,29 +57,38 @@ class VGGSmall(nn.Module):
 
 def _latency_rows(
     original: nn.Module, rewritten: nn.Module, shape: tuple[int, ...], batches: tuple[int, ...], args, *,
-    inductor: bool = False, channels_last: bool = False,
-) -> list[list[str]]:
+    inductor: bool = False, layout: dict | None = None,
+) -> tuple[list[list[str]], list[str]]:
     """Per batch: both models' median latency and the speedup; with ``inductor`` also both lowered to
     inductor (``fxcomp.lower``, compiled once per batch size) and timed in the same interleaved runs.
-    With ``channels_last`` every model (two GraphModules) is lowered with ``channels_last=True``, eager ones too."""
-    rows = []
+    ``layout`` (``fxcomp.lower`` options such as ``channels_last`` or ``autotune``) applies to every
+    model (two GraphModules), eager ones too. Also returns, per autotuned lowering, the candidate it kept."""
+    rows, choices = [], []
+    layout = layout or {}
+
+    def lowered(name: str, model: nn.Module, backend: str, x: torch.Tensor) -> nn.Module:
+        if not layout and backend == "eager":
+            return model
+        result = fxcomp.lower(model, backend, example_inputs=x, **layout)
+        if result.report.autotune:
+            times = ", ".join(f"{r['candidate']} {r['ms']:.3f} ms" for r in result.report.autotune if r["ms"] is not None)
+            choices.append(f"batch {x.shape[0]}, {name} ({backend}): kept {result.report.layout} ({times})")
+        return result.module
+
     for batch in batches:
         x = torch.randn(batch, *shape)
-        first, second = original, rewritten
-        if channels_last:
-            first, second = (fxcomp.lower(m, "eager", example_inputs=x, channels_last=True).module for m in (original, rewritten))
-        runs = {"original": lambda: first(x), "rewritten": lambda: second(x)}
+        models = {"original": original, "rewritten": rewritten}
+        runs = {name: (lambda module=lowered(name, model, "eager", x): module(x)) for name, model in models.items()}
         if inductor:
-            compiled = {name: fxcomp.lower(model, "inductor", example_inputs=x, channels_last=channels_last).module for name, model in
-                        (("original inductor", original), ("rewritten inductor", rewritten))}
-            runs |= {name: (lambda module=module: module(x)) for name, module in compiled.items()}
+            runs |= {f"{name} inductor": (lambda module=lowered(name, model, "inductor", x): module(x)) for name, model in models.items()}
         medians = interleaved_latency(runs, repeats=args.repeats, warmup=3, threads=args.threads)
         row = [batch, f"{1e3 * medians['original']:.2f}", f"{1e3 * medians['rewritten']:.2f}", f"{medians['original'] / medians['rewritten']:.2f}"]
         if inductor:
             original_ms, rewritten_ms = medians["original inductor"], medians["rewritten inductor"]
             row += [f"{1e3 * original_ms:.2f}", f"{1e3 * rewritten_ms:.2f}", f"{original_ms / rewritten_ms:.2f}"]
         rows.append(row)
-    return rows
+    return rows, choices
+
 
 
 def _layer_macs(plan: dict, key: str) -> int:
@@ -129,9 +138,12 @@ def separable_vgg(data: Splits, args) -> None:
     # Deployed, both fold their BatchNorms; timing them folded isolates what separable changed.
     example, fold = data.example_inputs(), {"passes": [{"pass": "fold_bn"}]}
     original, converted = (fxcomp.compress(m, example, fold).model.eval() for m in (model, recovered))
-    rows = _latency_rows(original, converted, tuple(example.shape[1:]), (1, 32), args, inductor=True, channels_last=args.channels_last)
+    layout = {"channels_last": True} if args.channels_last else {"autotune": True} if args.autotune else {}
+    rows, choices = _latency_rows(original, converted, tuple(example.shape[1:]), (1, 32), args, inductor=True, layout=layout)
     headers = ["batch", "original ms", "separable ms", "speedup", "original inductor ms", "separable inductor ms", "speedup (inductor)"]
     print(tabulate(rows, headers=headers))
+    if choices:
+        print("autotuned lowerings (median ms on the example batch):\n  " + "\n  ".join(choices))
 
 
 def lowrank_lenet(data: Splits, args) -> None:
@@ -178,8 +190,8 @@ def lowrank_vgg16(args) -> None:
         f"GMACs {before.macs / 1e9:.2f} → {after.macs / 1e9:.2f}"
     )
     original_head, factored_head = model.classifier, nn.Sequential(*[result.model.get_submodule(f"classifier.{i}") for i in range(7)])
-    head = _latency_rows(original_head, factored_head, (25088,), (1, 32), args)
-    whole = _latency_rows(model, result.model, (3, 224, 224), (1,), args)
+    head, _ = _latency_rows(original_head, factored_head, (25088,), (1, 32), args)
+    whole, _ = _latency_rows(model, result.model, (3, 224, 224), (1,), args)
     rows = [["classifier", *row] for row in head] + [["whole model", *row] for row in whole]
     print(tabulate(rows, headers=["part", "batch", "original ms", "lowrank ms", "speedup"]))
 
@@ -193,7 +205,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--vgg-rank", type=int, default=256)
-    parser.add_argument("--channels-last", action="store_true", help="part (a): lower every timed model with channels_last=True")
+    layouts = parser.add_mutually_exclusive_group()
+    layouts.add_argument("--channels-last", action="store_true", help="part (a): lower every timed model with channels_last=True")
+    layouts.add_argument("--autotune", action="store_true", help="part (a): lower every timed model with autotune=True")
     parser.add_argument("--data", choices=("fashion-mnist", "digits"), default="fashion-mnist")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")

@@ -2,7 +2,9 @@
 
 * ``eager``: the graph as it is (plain torch);
 * ``inductor``: ``torch.compile`` (on CPU inductor emits C++);
-  both with ``channels_last``: the 4-D weights and values in NHWC memory format;
+  both with ``channels_last`` (the 4-D weights and values in NHWC memory format) and
+  ``direct_convs`` (convolutions written as NHWC slices and matrix products), or with
+  ``autotune``: each combination of the two timed on the example inputs, the fastest kept;
 * any other name: the lowerings plugins registered for that backend (``triton`` for the
   built-in kernels) replace the patterns they match by kernel modules; every
   replacement is checked against the values it replaces, then the whole model is run.
@@ -24,18 +26,22 @@ from torch.utils import _pytree as pytree
 from fxcomp.dynamic.model import EarlyExitModel
 from fxcomp.errors import LoweringError, first_line
 from fxcomp.lowering.base import Declined, Lowering
-from fxcomp.lowering.layout import to_channels_last
-from fxcomp.lowering.report import LoweringReport
+from fxcomp.lowering.layout import to_layout
+from fxcomp.lowering.report import LoweringReport, layout_name
 from fxcomp.passes.masks import class_before_parametrizations
 from fxcomp.passes.verify import output_mismatch, relative_error, run_graph
 from fxcomp.plugin.host import DISABLE_ENV, Plugins, load_plugins
 from fxcomp.plugin.registry import BUILT_IN_BACKENDS, INDUCTOR_MODES
 from fxcomp.tracing import NodeInfo, TensorSpec, as_input_tuple, node_info, qualname
 from fxcomp.tracing.names import QUALNAME
+from fxcomp.timing import interleaved_latency
 from fxcomp.tracing.shapes import INFO
 
 REORDERING_TOLERANCE = 1e-4
 """The largest relative output change accepted from inductor or the channels-last layout (they reorder floating-point sums)."""
+
+AUTOTUNE_REPEATS = 11
+"""Timed runs per candidate when :func:`lower` autotunes (the median counts), after two unmeasured runs."""
 
 KERNELS_PATH = "lowered"
 """Where the kernel modules live in a graph lowered with pattern lowerings (``lowered.<node>``)."""
@@ -83,6 +89,8 @@ def lower(
     plugins: Plugins | None = None,
     mode: str | None = None,
     channels_last: bool = False,
+    direct_convs: bool = False,
+    autotune: bool = False,
 ) -> LoweringResult:
     """Lower a copy of ``gm`` to ``backend`` for inference; ``gm`` is never modified.
 
@@ -97,6 +105,15 @@ def lower(
         channels_last: for ``eager`` and ``inductor``: store the 4-D weights channels-last and run
             on channels-last values (the inputs are converted on entry, 4-D outputs converted back),
             which CPU convolutions usually run faster.
+        direct_convs: for ``eager`` and ``inductor``: compute plain zero-padded ``nn.Conv2d``
+            layers (depthwise, 1×1 and ``groups=1``) as slices and matrix products of NHWC
+            values (:class:`fxcomp.lowering.direct.DirectConv2d`), which inductor fuses with
+            their neighbours; small convolutions often run faster so, large ones slower.
+        autotune: for ``eager`` and ``inductor``: lower with each combination of
+            ``channels_last`` and ``direct_convs`` that changes something, time them on the
+            example inputs (interleaved, median of :data:`AUTOTUNE_REPEATS`, the current thread
+            count) and keep the fastest; the report lists the times. The choice holds for the
+            example inputs' shapes: lower once per input shape you deploy.
 
     The lowered model's outputs are compared with ``gm``'s; with pattern lowerings each
     replaced value is compared too, against the lowering's tolerance. Raises
@@ -112,8 +129,12 @@ def lower(
         )
     if mode is not None and (backend != "inductor" or mode not in INDUCTOR_MODES):
         raise LoweringError(f"mode {mode!r} needs backend 'inductor' and one of {', '.join(INDUCTOR_MODES)}")
-    if channels_last and backend not in BUILT_IN_BACKENDS:
-        raise LoweringError(f"channels_last applies to backends {' and '.join(BUILT_IN_BACKENDS)}, not {backend!r}; drop it")
+    layout_options = {"channels_last": channels_last, "direct_convs": direct_convs, "autotune": autotune}
+    for name, value in layout_options.items():
+        if value and backend not in BUILT_IN_BACKENDS:
+            raise LoweringError(f"{name} applies to backends {' and '.join(BUILT_IN_BACKENDS)}, not {backend!r}; drop it")
+    if autotune and (channels_last or direct_convs):
+        raise LoweringError("autotune chooses channels_last and direct_convs itself; drop them or drop autotune")
     plugins = plugins if plugins is not None else load_plugins()
     lowerings = _backend_lowerings(backend, plugins)
     inputs = as_input_tuple(example_inputs) if example_inputs is not None else _example_inputs(gm)
@@ -122,13 +143,10 @@ def lower(
         reference = run_graph(working, inputs)
     except RuntimeError as error:
         raise LoweringError(f"the graph fails to run on the example inputs before lowering: {error}") from error
-    if channels_last:
-        to_channels_last(working, inputs)
-    if backend == "eager":
-        error = _checked_layout_error(working, inputs, reference) if channels_last else 0.0
-        return LoweringResult(working, LoweringReport(backend, error=error, channels_last=channels_last))
-    if backend == "inductor":
-        return _inductor(working, inputs, reference, mode, channels_last)
+    if autotune:
+        return _autotuned(working, backend, inputs, reference, mode)
+    if backend in BUILT_IN_BACKENDS:
+        return _built_in(working, backend, inputs, reference, mode, channels_last, direct_convs)
     return _with_lowerings(working, backend, lowerings, inputs, reference, plugins)
 
 
@@ -143,16 +161,35 @@ def _reordering_error(outputs: Any, reference: Any, whose: str, instead: str) ->
     return error
 
 
-def _checked_layout_error(working: fx.GraphModule, inputs: tuple[torch.Tensor, ...], reference: Any) -> float:
-    try:
-        outputs = run_graph(working, inputs)
-    except RuntimeError as error:
-        raise LoweringError(f"in channels-last layout the graph fails to run: {first_line(error)}; lower without channels_last") from error
-    return _reordering_error(outputs, reference, "in channels-last layout the model's", "lower without channels_last")
+def _layout_words(channels_last: bool, direct_convs: bool) -> tuple[str, str]:
+    """How a layout is described in messages, and the options to drop to avoid it."""
+    names = [name for name, on in (("channels_last", channels_last), ("direct_convs", direct_convs)) if on]
+    words = {"channels_last": "in channels-last layout", "direct_convs": "with direct convolutions"}
+    return " and ".join(words[name] for name in names), " and ".join(names)
+
+
+def _built_in(
+    working: fx.GraphModule, backend: str, inputs: tuple[torch.Tensor, ...], reference: Any, mode: str | None,
+    channels_last: bool, direct_convs: bool,
+) -> LoweringResult:
+    """``working`` in the chosen layout, as it is (``eager``) or compiled (``inductor``), its outputs checked."""
+    converted, kept = to_layout(working, inputs, channels_last=channels_last, direct_convs=direct_convs)
+    layout = {"channels_last": channels_last, "direct_convs": converted, "kept_convs": kept}
+    if backend == "inductor":
+        return _inductor(working, inputs, reference, mode, layout)
+    error = 0.0
+    if channels_last or direct_convs:
+        how, options = _layout_words(channels_last, direct_convs)
+        try:
+            outputs = run_graph(working, inputs)
+        except RuntimeError as failure:
+            raise LoweringError(f"{how} the graph fails to run: {first_line(failure)}; lower without {options}") from failure
+        error = _reordering_error(outputs, reference, f"{how} the model's", f"lower without {options}")
+    return LoweringResult(working, LoweringReport(backend, error=error, **layout))
 
 
 def _inductor(
-    working: fx.GraphModule, inputs: tuple[torch.Tensor, ...], reference: Any, mode: str | None, channels_last: bool
+    working: fx.GraphModule, inputs: tuple[torch.Tensor, ...], reference: Any, mode: str | None, layout: dict[str, Any]
 ) -> LoweringResult:
     compiled = torch.compile(working, backend="inductor", mode=mode)
     try:
@@ -163,7 +200,40 @@ def _inductor(
         raise LoweringError(f"inductor failed to compile the graph ({type(error).__name__}: {first}); "
                             "lower with backend 'eager' instead") from error
     error = _reordering_error(outputs, reference, "the inductor-compiled model's", "lower with backend 'eager' instead")
-    return LoweringResult(compiled, LoweringReport("inductor", error=error, channels_last=channels_last))
+    return LoweringResult(compiled, LoweringReport("inductor", error=error, **layout))
+
+
+def _autotuned(
+    working: fx.GraphModule, backend: str, inputs: tuple[torch.Tensor, ...], reference: Any, mode: str | None
+) -> LoweringResult:
+    """The fastest of ``working`` lowered with each combination of channels_last and direct_convs."""
+    four_d_weights = any(tensor.dim() == 4 for tensor in (*working.parameters(), *working.buffers()))
+    results: dict[str, LoweringResult] = {}
+    failed: list[dict[str, Any]] = []
+    for channels_last in (False, True) if four_d_weights else (False,):
+        for direct_convs in (False, True):
+            layout = {"channels_last": channels_last, "direct_convs": direct_convs}
+            try:
+                result = _built_in(copy.deepcopy(working), backend, inputs, reference, mode, **layout)
+            except LoweringError as error:
+                if not (channels_last or direct_convs):
+                    raise
+                failed.append({"candidate": layout_name(**layout), **layout, "ms": None, "failed": str(error)})
+                continue
+            if direct_convs and not result.report.direct_convs:
+                continue  # no convolution to write directly: the same as without
+            results[result.report.layout] = result
+    medians = interleaved_latency(
+        {key: (lambda module=result.module: module(*inputs)) for key, result in results.items()},
+        repeats=AUTOTUNE_REPEATS, warmup=2,
+    )
+    chosen = results[min(medians, key=medians.__getitem__)]
+    chosen.report.autotune = [
+        {"candidate": result.report.layout, "channels_last": result.report.channels_last,
+         "direct_convs": bool(result.report.direct_convs), "ms": 1e3 * medians[key], "failed": None}
+        for key, result in results.items()
+    ] + failed
+    return chosen
 
 
 @dataclass

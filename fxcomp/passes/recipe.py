@@ -8,6 +8,7 @@ A recipe has the form::
         ratio: 0.5
       - pass: lower      # optional, last: fxcomp.lower the result (CompressionResult.lowered)
         backend: inductor
+        autotune: true   # or channels_last / direct_convs: true (fxcomp.lower's options)
     save:                # optional: how CompressionResult.save (and the CLI's --out) writes the model
       codec: deep        # the Deep Compression codec of fxcomp.save
       index_bits: 5
@@ -70,7 +71,8 @@ def _build(entry: Any, index: int, plugins: Plugins) -> Pass:
 @dataclass
 class Recipe:
     """A loaded recipe: its passes, the options to save the result with (``fxcomp.save``'s) and,
-    when it ends with a ``lower`` step, that step's options (``fxcomp.lower``'s ``backend`` and ``mode``)."""
+    when it ends with a ``lower`` step, that step's options (``fxcomp.lower``'s ``backend``, ``mode``, ``channels_last``,
+    ``direct_convs`` and ``autotune``)."""
 
     passes: list[Pass]
     save: dict[str, Any] = field(default_factory=dict)
@@ -94,10 +96,11 @@ def _lower_options(entry: Mapping[str, Any], index: int, count: int, plugins: Pl
     path = f"passes[{index}]"
     if index != count - 1:
         raise RecipeError(f"{path}.pass: `lower` must be the last step of a recipe (it is step {index + 1} of {count})")
-    unknown = sorted(set(entry) - {"pass", "backend", "mode", "channels_last"})
+    layout = ("channels_last", "direct_convs", "autotune")
+    unknown = sorted(set(entry) - {"pass", "backend", "mode", *layout})
     if unknown:
-        raise RecipeError(f"{path}.{unknown[0]}: unknown option of `lower`; it takes backend, mode and channels_last")
-    options = {"backend": entry.get("backend", "eager"), "mode": entry.get("mode"), "channels_last": entry.get("channels_last", False)}
+        raise RecipeError(f"{path}.{unknown[0]}: unknown option of `lower`; it takes backend, mode, {', '.join(layout)}")
+    options = {"backend": entry.get("backend", "eager"), "mode": entry.get("mode")} | {name: entry.get(name, False) for name in layout}
     if not isinstance(options["backend"], str) or not options["backend"]:
         raise RecipeError(f"{path}.backend: expected a backend name such as eager, inductor or triton, got {options['backend']!r}")
     backends = plugins.registry.backends()
@@ -105,10 +108,13 @@ def _lower_options(entry: Mapping[str, Any], index: int, count: int, plugins: Pl
         raise RecipeError(f"{path}.backend: unknown backend {options['backend']!r}; available: {', '.join(backends)}")
     if options["mode"] is not None and (options["backend"] != "inductor" or options["mode"] not in INDUCTOR_MODES):
         raise RecipeError(f"{path}.mode: expected one of {', '.join(INDUCTOR_MODES)} with backend inductor, got {options['mode']!r}")
-    if not isinstance(options["channels_last"], bool):
-        raise RecipeError(f"{path}.channels_last: expected true or false, got {options['channels_last']!r}")
-    if options["channels_last"] and options["backend"] not in BUILT_IN_BACKENDS:
-        raise RecipeError(f"{path}.channels_last: applies to backends {' and '.join(BUILT_IN_BACKENDS)}, not {options['backend']!r}")
+    for name in layout:
+        if not isinstance(options[name], bool):
+            raise RecipeError(f"{path}.{name}: expected true or false, got {options[name]!r}")
+        if options[name] and options["backend"] not in BUILT_IN_BACKENDS:
+            raise RecipeError(f"{path}.{name}: applies to backends {' and '.join(BUILT_IN_BACKENDS)}, not {options['backend']!r}")
+    if options["autotune"] and (options["channels_last"] or options["direct_convs"]):
+        raise RecipeError(f"{path}.autotune: it chooses channels_last and direct_convs itself; drop them or drop autotune")
     return options
 
 
