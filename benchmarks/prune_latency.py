@@ -64,11 +64,11 @@ def main() -> None:
     def lowered_run(name: str, m: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
         if not lowered:
             return m
-        report = (result := fxcomp.lower(m, args.lower, example_inputs=x, **layout)).report
-        if report.autotune:
-            times = ", ".join(f"{r['candidate']} {r['ms']:.1f} ms" for r in report.autotune if r["ms"] is not None)
-            kept.append(f"batch {x.shape[0]}, {name}: kept {report.layout} ({times})")
-        return result.module
+        lowering = fxcomp.lower(m, args.lower, example_inputs=x, **layout)
+        if lowering.report.autotune:
+            times = ", ".join(f"{r['candidate']} {r['ms']:.1f} ms" for r in lowering.report.autotune if r["ms"] is not None)
+            kept.append(f"batch {x.shape[0]}, {name}: kept {lowering.report.layout} ({times})")
+        return lowering.module
 
     for batch in (1, 16):
         x = torch.randn(batch, 3, 224, 224)
@@ -98,7 +98,6 @@ def main() -> None:
     print(tabulate(rows, headers=headers))
     if kept:
         print("autotuned lowerings (median ms on the example batch):\n  " + "\n  ".join(kept))
-
 
 
 if __name__ == "__main__":

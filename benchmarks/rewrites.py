@@ -90,7 +90,6 @@ def _latency_rows(
     return rows, choices
 
 
-
 def _layer_macs(plan: dict, key: str) -> int:
     return sum(entry[key] for entry in plan["layers"])
 

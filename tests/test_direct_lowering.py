@@ -22,6 +22,8 @@ def plugins() -> fxcomp.Plugins:
         (nn.Conv2d(6, 6, 3, padding=1, groups=6), "depthwise"),
         (nn.Conv2d(6, 6, (3, 5), stride=(2, 1), padding=(0, 2), dilation=(1, 2), groups=6, bias=False), "depthwise"),
         (nn.Conv2d(6, 6, 5, padding="same", dilation=2, groups=6), "depthwise"),
+        (nn.Conv2d(6, 6, 4, padding="same", groups=6), "depthwise"),
+        (nn.Conv2d(6, 18, 3, stride=2, padding=1, groups=6), "depthwise"),
         (nn.Conv2d(6, 9, 1), "pointwise"),
         (nn.Conv2d(6, 9, 1, stride=2, bias=False), "pointwise"),
         (nn.Conv2d(6, 9, 1, padding=1), "dense"),
@@ -62,7 +64,6 @@ class _Convs(nn.Module):
 
 
 def _traced(model: nn.Module, x: torch.Tensor, plugins) -> torch.fx.GraphModule:
-    torch.manual_seed(0)
     return fxcomp.compress(model, x, {"passes": []}, plugins=plugins, leaf_modules=["block"]).model
 
 
@@ -105,6 +106,12 @@ def test_convolutions_that_cannot_be_written_directly_stay_with_their_reason(plu
     assert result.report.direct_convs == []
 
 
+def test_a_direct_convolution_refuses_an_input_smaller_than_its_kernel() -> None:
+    direct = DirectConv2d(nn.Conv2d(2, 2, 5, dilation=2))
+    with pytest.raises(ValueError, match="an input of 6×20 .* is smaller than the dilated kernel 9×9"):
+        direct(torch.randn(1, 2, 6, 20))
+
+
 class _MyConv(nn.Conv2d):
     pass
 
@@ -116,31 +123,70 @@ class _Shared(nn.Module):
         super().__init__()
         self.block = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.ReLU())
         self.mine = _MyConv(3, 3, 1)
+        self.read, self.hooked, self.by_keyword = nn.Conv2d(3, 3, 3, padding=1), nn.Conv2d(3, 3, 1), nn.Conv2d(3, 3, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mine(self.block(x) + self.block[0](x))
+        y = self.mine(self.block(x) + self.block[0](x))
+        y = self.read(y) * self.read.weight.mean()
+        return self.by_keyword(input=self.hooked(y))
 
 
-def test_a_conv_also_called_inside_another_module_or_subclassed_stays(plugins) -> None:
+def test_convs_a_direct_form_would_change_stay_with_their_reason(plugins) -> None:
     x = torch.randn(1, 3, 8, 8)
-    gm = fxcomp.compress(_Shared().eval(), x, {"passes": []}, plugins=plugins, leaf_modules=["block", _MyConv]).model
+    torch.manual_seed(0)
+    model = _Shared().eval()
+    seen = []
+    model.hooked.register_forward_hook(lambda module, args, output: seen.append(output.shape))
+    gm = fxcomp.compress(model, x, {"passes": []}, plugins=plugins, leaf_modules=["block", _MyConv]).model
     result = fxcomp.lower(gm, example_inputs=x, plugins=plugins, direct_convs=True)
     assert result.report.kept_convs == [
         {"node": "block.0", "reason": "it is also called inside another module"},
         {"node": "mine", "reason": "_MyConv is a subclass of Conv2d, whose forward may differ"},
+        {"node": "read", "reason": "the graph also reads its weight or bias, which a direct convolution stores differently"},
+        {"node": "hooked", "reason": "it has forward hooks, which a direct convolution would drop"},
     ]
+    assert result.report.direct_convs == [{"node": "by_keyword", "form": "pointwise"}]  # called with input=
     assert isinstance(result.module.block[0], nn.Conv2d) and not isinstance(result.module.block[0], DirectConv2d)
+    seen.clear()
+    torch.testing.assert_close(result.module(x), gm(x), rtol=1e-4, atol=1e-5)
+    assert len(seen) == 2  # the hook still runs in the lowered model
+
+
+class _FlattensInside(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(x.size(0), -1).sum(1)
+
+
+def test_a_layout_the_graph_cannot_run_in_is_a_lowering_error_and_autotune_skips_it(plugins) -> None:
+    x = torch.randn(2, 3, 8, 8)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), _FlattensInside()).eval()
+    gm = fxcomp.compress(model, x, {"passes": []}, plugins=plugins, leaf_modules=[_FlattensInside]).model
+    with pytest.raises(LoweringError, match="with direct convolutions the graph fails to run: .*; lower without direct_convs"):
+        fxcomp.lower(gm, example_inputs=x, plugins=plugins, direct_convs=True)
+    result = fxcomp.lower(gm, example_inputs=x, plugins=plugins, autotune=True)
+    failed = {t["candidate"]: t["failed"] for t in result.report.autotune if t["failed"]}
+    assert set(failed) == {"direct_convs", "channels_last", "channels_last + direct_convs"}  # NHWC strides break the view
+    assert result.report.layout == "as is" and "failed: " in str(result.report)
+    torch.testing.assert_close(result.module(x), gm(x))
+
+
+def test_autotune_takes_cpu_inputs_only(plugins, small_cnn, image) -> None:
+    gm = fxcomp.trace(small_cnn, image)
+    with pytest.raises(LoweringError, match="autotune times the candidates on the CPU; pass CPU example_inputs"):
+        fxcomp.lower(gm, example_inputs=image.to("meta"), plugins=plugins, autotune=True)
 
 
 @pytest.mark.parametrize("backend", ["eager", "inductor"])
 def test_autotune_keeps_the_fastest_candidate_it_timed(backend, plugins) -> None:
     x = torch.randn(2, 3, 16, 16)
+    torch.manual_seed(0)
     gm = _traced(_Convs().eval(), x, plugins)
     result = fxcomp.lower(gm, backend, example_inputs=x, plugins=plugins, autotune=True)
     trials = result.report.autotune
     assert [(t["channels_last"], t["direct_convs"]) for t in trials] == [(False, False), (False, True), (True, False), (True, True)]
-    fastest = min(trials, key=lambda t: t["ms"])
-    assert (result.report.channels_last, bool(result.report.direct_convs)) == (fastest["channels_last"], fastest["direct_convs"])
+    assert all(t["ms"] > 0 and t["failed"] is None for t in trials)
+    assert result.report.layout == min(trials, key=lambda t: t["ms"])["candidate"]
     assert "autotuned on the example inputs" in str(result.report) and "kept" in str(result.report)
     assert [t["candidate"] for t in trials] == ["as is", "direct_convs", "channels_last", "channels_last + direct_convs"]
     with torch.no_grad():

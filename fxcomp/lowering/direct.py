@@ -2,10 +2,11 @@
 
 A small convolution costs the CPU library (oneDNN) more in dispatch and layout
 conversion than in arithmetic; written out as plain tensor operations it lets inductor
-fuse it with its neighbours into one generated loop:
+fuse the slicing, padding, depthwise multiply-adds, bias and the elementwise neighbours
+into generated loops (the matrix products still call a GEMM library):
 
-* ``depthwise`` (``groups == in_channels == out_channels``): one multiply-add per kernel
-  tap over shifted slices of the padded input;
+* ``depthwise`` (``groups == in_channels``, ``out_channels`` a multiple of it): one
+  multiply-add per kernel tap over shifted slices of the padded input;
 * ``pointwise`` (1×1, no padding): one matrix product over the channels;
 * ``dense`` (``groups == 1``): the taps' slices concatenated along the channels (im2col)
   and one matrix product.
@@ -44,7 +45,7 @@ def _padding(conv: nn.Conv2d) -> tuple[int, int, int, int]:
 
 def form_of(conv: nn.Conv2d) -> str:
     """The direct form ``conv`` would be written in (one of :data:`FORMS`)."""
-    if conv.groups == conv.in_channels == conv.out_channels and conv.groups > 1:
+    if conv.groups == conv.in_channels > 1 and conv.out_channels % conv.in_channels == 0:
         return "depthwise"
     if conv.kernel_size == (1, 1) and _padding(conv) == (0, 0, 0, 0):
         return "pointwise"
@@ -54,8 +55,9 @@ def form_of(conv: nn.Conv2d) -> str:
 class DirectConv2d(nn.Module):
     """An ``nn.Conv2d`` (zero padding, ``groups`` 1 or depthwise) computed on NHWC slices.
 
-    The weight is stored for its form: ``depthwise`` (kh, kw, C), ``pointwise`` (O, C),
-    ``dense`` (O, kh·kw·C) with the taps in row-major order.
+    The weight is stored for its form: ``depthwise`` (kh, kw, C·m) for a depth multiplier
+    m (each input channel repeated m times), ``pointwise`` (O, C), ``dense`` (O, kh·kw·C)
+    with the taps in row-major order.
     """
 
     def __init__(self, conv: nn.Conv2d) -> None:
@@ -64,17 +66,21 @@ class DirectConv2d(nn.Module):
         self.kernel_size, self.stride, self.dilation = conv.kernel_size, conv.stride, conv.dilation
         self.padding = _padding(conv)
         weight = conv.weight.detach()
+        self.multiplier = weight.shape[0] // conv.in_channels if self.form == "depthwise" else 1
         if self.form == "depthwise":
             stored = weight[:, 0].permute(1, 2, 0)
         elif self.form == "pointwise":
             stored = weight[:, :, 0, 0]
         else:
-            stored = weight.permute(0, 2, 3, 1).reshape(conv.out_channels, -1)
+            stored = weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)
         self.weight = nn.Parameter(stored.contiguous().clone(), requires_grad=False)
         self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
+        self.train(conv.training)
 
     def extra_repr(self) -> str:
-        return f"form={self.form}, kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, dilation={self.dilation}"
+        multiplier = f", multiplier={self.multiplier}" if self.multiplier > 1 else ""
+        return (f"form={self.form}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, dilation={self.dilation}{multiplier}")
 
     def _taps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The input slices each kernel tap multiplies, NHWC, in row-major tap order."""
@@ -83,20 +89,27 @@ class DirectConv2d(nn.Module):
         (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
         rows = (padded.shape[1] - dh * (kh - 1) - 1) // sh + 1
         cols = (padded.shape[2] - dw * (kw - 1) - 1) // sw + 1
+        if rows < 1 or cols < 1:
+            raise ValueError(
+                f"an input of {x.shape[1]}×{x.shape[2]} (padded {padded.shape[1]}×{padded.shape[2]}) is smaller "
+                f"than the dilated kernel {dh * (kh - 1) + 1}×{dw * (kw - 1) + 1}"
+            )
         return [
             padded[:, i * dh : i * dh + sh * (rows - 1) + 1 : sh, j * dw : j * dw + sw * (cols - 1) + 1 : sw, :]
             for i in range(kh)
             for j in range(kw)
         ]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.permute(0, 2, 3, 1)
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 - the name Conv2d.forward takes it by
+        x = input.permute(0, 2, 3, 1)
         if self.form == "pointwise":
             sh, sw = self.stride
             out = F.linear(x[:, ::sh, ::sw, :], self.weight, self.bias)
         elif self.form == "dense":
             out = F.linear(torch.cat(self._taps(x), dim=-1), self.weight, self.bias)
         else:
+            if self.multiplier > 1:  # output channel c·m + k reads input channel c
+                x = x.unsqueeze(-1).expand(*x.shape, self.multiplier).flatten(-2)
             weights = self.weight.flatten(0, 1)
             taps = self._taps(x)
             out = taps[0] * weights[0]
@@ -107,49 +120,77 @@ class DirectConv2d(nn.Module):
         return out.permute(0, 3, 1, 2)
 
 
-def _why_not(node: fx.Node, conv: nn.Conv2d, called: Collection[str]) -> str | None:
-    """Why the convolution ``node`` calls stays a convolution, if it does (``called``: the paths the graph calls)."""
+def _input_spec(node: fx.Node) -> object:
+    """What shape propagation recorded for the tensor a module call ``node`` takes (positional or ``input=``)."""
+    value = node.args[0] if node.args else node.kwargs.get("input")
+    return node_info(value).output if isinstance(value, fx.Node) and INFO in value.meta else None
+
+
+def _why_not(node: fx.Node, conv: nn.Conv2d, called: Collection[str], read: Collection[str]) -> str | None:
+    """Why the convolution ``node`` calls stays a convolution, if it does.
+
+    ``called``: the module paths the graph calls; ``read``: the attribute paths it reads (``get_attr``).
+    """
     path = str(node.target)
     if any(path.startswith(leaf + ".") for leaf in called):
         return "it is also called inside another module"
+    if any(target == path or target.startswith(path + ".") for target in read):
+        return "the graph also reads its weight or bias, which a direct convolution stores differently"
+    if conv._forward_hooks or conv._forward_pre_hooks:
+        return "it has forward hooks, which a direct convolution would drop"
     if conv.padding_mode != "zeros":
         return f"padding_mode {conv.padding_mode!r} (only zero padding is written directly)"
     if conv.groups != 1 and form_of(conv) != "depthwise":
         return f"grouped convolution (groups={conv.groups}) that is not depthwise"
     if not conv.weight.dtype.is_floating_point:
         return f"weight dtype {conv.weight.dtype}"
-    spec = node_info(node).inputs[0] if INFO in node.meta and node_info(node).inputs else None
+    spec = _input_spec(node)
     if not (isinstance(spec, TensorSpec) and len(spec.shape) == 4):
         return "its input is not a batch of images (N, C, H, W)"
     return None
 
 
-def to_direct_convs(gm: fx.GraphModule) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    """Replace ``gm``'s plain ``nn.Conv2d`` modules by :class:`DirectConv2d`, in place.
-
-    ``gm`` must carry shapes (:func:`fxcomp.tracing.shapes.propagate`). Returns the converted
-    convolutions (``node``, ``form``) and those left as they are (``node``, ``reason``).
-    """
+def _convs(gm: fx.GraphModule) -> dict[str, tuple[nn.Conv2d, str | None, fx.Node]]:
+    """Each ``Conv2d`` the graph calls, by path: the module, why it stays (``None``: it can be written directly), its first call."""
     calls: dict[str, list[fx.Node]] = {}
     for node in gm.graph.find_nodes(op="call_module"):
         calls.setdefault(str(node.target), []).append(node)
-    converted: list[dict[str, str]] = []
-    kept: list[dict[str, str]] = []
+    read = {str(node.target) for node in gm.graph.find_nodes(op="get_attr")}
+    convs = {}
     for path, nodes in calls.items():
         conv = gm.get_submodule(path)
         if not isinstance(conv, nn.Conv2d):
             continue
         if parametrize.is_parametrized(conv):
-            reasons = ["its weight is parametrized (a mask or quantization), which a direct convolution would drop"]
+            reason = "its weight is parametrized (a mask or quantization), which a direct convolution would drop"
         elif type(conv) is not nn.Conv2d:
-            reasons = [f"{type(conv).__name__} is a subclass of Conv2d, whose forward may differ"]
+            reason = f"{type(conv).__name__} is a subclass of Conv2d, whose forward may differ"
         else:
-            reasons = [reason for node in nodes if (reason := _why_not(node, conv, calls)) is not None]
-        if reasons:
-            kept.append({"node": qualname(nodes[0]), "reason": reasons[0]})
+            reason = next((why for node in nodes if (why := _why_not(node, conv, calls, read)) is not None), None)
+        convs[path] = (conv, reason, nodes[0])
+    return convs
+
+
+def can_write_directly(gm: fx.GraphModule) -> bool:
+    """Whether :func:`to_direct_convs` would convert at least one convolution of ``gm`` (annotated with shapes)."""
+    return any(reason is None for _, reason, _ in _convs(gm).values())
+
+
+def to_direct_convs(gm: fx.GraphModule) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """Replace ``gm``'s plain ``nn.Conv2d`` modules by :class:`DirectConv2d`, in place.
+
+    ``gm`` must carry shapes (:func:`fxcomp.tracing.shapes.propagate`). Returns, one record
+    per module (named by its first call), the converted convolutions (``node``, ``form``)
+    and those left as they are (``node``, ``reason``).
+    """
+    converted: list[dict[str, str]] = []
+    kept: list[dict[str, str]] = []
+    for path, (conv, reason, first) in _convs(gm).items():
+        if reason is not None:
+            kept.append({"node": qualname(first), "reason": reason})
             continue
         direct = DirectConv2d(conv)
         owner, _, name = path.rpartition(".")
         setattr(gm.get_submodule(owner), name, direct)
-        converted.extend({"node": qualname(node), "form": direct.form} for node in nodes)
+        converted.append({"node": qualname(first), "form": direct.form})
     return converted, kept

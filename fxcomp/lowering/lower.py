@@ -24,8 +24,9 @@ from torch.nn.utils import parametrize
 from torch.utils import _pytree as pytree
 
 from fxcomp.dynamic.model import EarlyExitModel
-from fxcomp.errors import LoweringError, first_line
+from fxcomp.errors import FxcompError, LoweringError, first_line
 from fxcomp.lowering.base import Declined, Lowering
+from fxcomp.lowering.direct import can_write_directly
 from fxcomp.lowering.layout import to_layout
 from fxcomp.lowering.report import LoweringReport, layout_name
 from fxcomp.passes.masks import class_before_parametrizations
@@ -35,10 +36,10 @@ from fxcomp.plugin.registry import BUILT_IN_BACKENDS, INDUCTOR_MODES
 from fxcomp.tracing import NodeInfo, TensorSpec, as_input_tuple, node_info, qualname
 from fxcomp.tracing.names import QUALNAME
 from fxcomp.timing import interleaved_latency
-from fxcomp.tracing.shapes import INFO
+from fxcomp.tracing.shapes import INFO, propagate
 
 REORDERING_TOLERANCE = 1e-4
-"""The largest relative output change accepted from inductor or the channels-last layout (they reorder floating-point sums)."""
+"""The largest relative output change accepted from inductor, the channels-last layout or direct convolutions (they reorder floating-point sums)."""
 
 AUTOTUNE_REPEATS = 11
 """Timed runs per candidate when :func:`lower` autotunes (the median counts), after two unmeasured runs."""
@@ -138,6 +139,8 @@ def lower(
     plugins = plugins if plugins is not None else load_plugins()
     lowerings = _backend_lowerings(backend, plugins)
     inputs = as_input_tuple(example_inputs) if example_inputs is not None else _example_inputs(gm)
+    if autotune and any(tensor.device.type != "cpu" for tensor in inputs):
+        raise LoweringError("autotune times the candidates on the CPU; pass CPU example_inputs, or choose channels_last / direct_convs yourself")
     working = copy.deepcopy(gm).eval()
     try:
         reference = run_graph(working, inputs)
@@ -173,18 +176,16 @@ def _built_in(
     channels_last: bool, direct_convs: bool,
 ) -> LoweringResult:
     """``working`` in the chosen layout, as it is (``eager``) or compiled (``inductor``), its outputs checked."""
-    converted, kept = to_layout(working, inputs, channels_last=channels_last, direct_convs=direct_convs)
+    how, options = _layout_words(channels_last, direct_convs)
+    try:  # the layout's shape propagation is its first run
+        converted, kept = to_layout(working, inputs, channels_last=channels_last, direct_convs=direct_convs)
+        outputs = run_graph(working, inputs) if backend == "eager" and options else None
+    except (FxcompError, RuntimeError, ValueError) as failure:
+        raise LoweringError(f"{how} the graph fails to run: {first_line(failure)}; lower without {options}") from failure
     layout = {"channels_last": channels_last, "direct_convs": converted, "kept_convs": kept}
     if backend == "inductor":
         return _inductor(working, inputs, reference, mode, layout)
-    error = 0.0
-    if channels_last or direct_convs:
-        how, options = _layout_words(channels_last, direct_convs)
-        try:
-            outputs = run_graph(working, inputs)
-        except RuntimeError as failure:
-            raise LoweringError(f"{how} the graph fails to run: {first_line(failure)}; lower without {options}") from failure
-        error = _reordering_error(outputs, reference, f"{how} the model's", f"lower without {options}")
+    error = _reordering_error(outputs, reference, f"{how} the model's", f"lower without {options}") if options else 0.0
     return LoweringResult(working, LoweringReport(backend, error=error, **layout))
 
 
@@ -208,10 +209,12 @@ def _autotuned(
 ) -> LoweringResult:
     """The fastest of ``working`` lowered with each combination of channels_last and direct_convs."""
     four_d_weights = any(tensor.dim() == 4 for tensor in (*working.parameters(), *working.buffers()))
+    propagate(working, inputs)
+    direct = can_write_directly(working)
     results: dict[str, LoweringResult] = {}
     failed: list[dict[str, Any]] = []
     for channels_last in (False, True) if four_d_weights else (False,):
-        for direct_convs in (False, True):
+        for direct_convs in (False, True) if direct else (False,):
             layout = {"channels_last": channels_last, "direct_convs": direct_convs}
             try:
                 result = _built_in(copy.deepcopy(working), backend, inputs, reference, mode, **layout)
@@ -220,8 +223,6 @@ def _autotuned(
                     raise
                 failed.append({"candidate": layout_name(**layout), **layout, "ms": None, "failed": str(error)})
                 continue
-            if direct_convs and not result.report.direct_convs:
-                continue  # no convolution to write directly: the same as without
             results[result.report.layout] = result
     medians = interleaved_latency(
         {key: (lambda module=result.module: module(*inputs)) for key, result in results.items()},
