@@ -5,10 +5,22 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(count)`` (``None``: as it is); the count is restored afterwards."""
+    previous = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def interleaved_latency(
@@ -26,20 +38,14 @@ def interleaved_latency(
     ``torch.set_num_threads`` for the measurement (restored afterwards). With
     ``inference`` (the default) they run under ``torch.inference_mode()``.
     """
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        with torch.inference_mode() if inference else contextlib.nullcontext():
-            for _ in range(warmup):
-                for run in candidates.values():
-                    run()
-            samples: dict[str, list[float]] = {name: [] for name in candidates}
-            for _ in range(repeats):
-                for name, run in candidates.items():
-                    start = time.perf_counter()
-                    run()
-                    samples[name].append(time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(previous)
+    with torch_threads(threads), torch.inference_mode() if inference else contextlib.nullcontext():
+        for _ in range(warmup):
+            for run in candidates.values():
+                run()
+        samples: dict[str, list[float]] = {name: [] for name in candidates}
+        for _ in range(repeats):
+            for name, run in candidates.items():
+                start = time.perf_counter()
+                run()
+                samples[name].append(time.perf_counter() - start)
     return {name: statistics.median(times) for name, times in samples.items()}

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from fxcomp.timing import interleaved_latency
+from fxcomp.timing import interleaved_latency, torch_threads
 
 
 def test_runs_interleaved_with_warmup_and_restores_threads() -> None:
@@ -31,3 +32,17 @@ def test_inference_mode_can_be_turned_off() -> None:
     seen: list[bool] = []
     interleaved_latency({"a": lambda: seen.append(torch.is_grad_enabled())}, repeats=2, warmup=0, inference=False)
     assert seen == [True, True]
+
+
+def test_the_thread_count_is_restored_when_a_run_fails() -> None:
+    before = torch.get_num_threads()
+
+    def fail() -> None:
+        assert torch.get_num_threads() == 1
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        interleaved_latency({"a": fail}, repeats=1, warmup=0, threads=1)
+    assert torch.get_num_threads() == before
+    with torch_threads(None):
+        assert torch.get_num_threads() == before

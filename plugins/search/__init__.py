@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from fxcomp import DataError, RecipeError, SaveError, analyze, hookimpl
+from fxcomp import DataError, RecipeError, SaveError, analyze, hookimpl, torch_threads
 from fxcomp.export import check_writable
 from fxcomp.passes import Option, Pass, PassContext, PassResult, boolean, integer, number, optional, string
 
@@ -215,12 +215,8 @@ class Search(Pass):
             )
         # The model the search scored: BatchNorm statistics re-estimated (and fine-tuned) as for the
         # proxy, with as many threads as a scoring process had (float sums depend on the split).
-        threads = torch.get_num_threads()
-        torch.set_num_threads(worker_threads(self.options["workers"]))
-        try:
+        with torch_threads(worker_threads(self.options["workers"])):
             pruned = problem.settle(pruned)
-        finally:
-            torch.set_num_threads(threads)
         return PassResult(pruned, modified=True, stats={self.metric: round(cost, 4), "proxy_accuracy": plan["chosen"]["accuracy"]})
 
 

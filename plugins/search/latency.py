@@ -12,8 +12,6 @@ the thread count and torch version too.
 from __future__ import annotations
 
 import json
-import statistics
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from fxcomp import RecipeError, TensorSpec, node_info
+from fxcomp import RecipeError, TensorSpec, interleaved_latency, node_info
 
 _REPEATS = 7
 _WARMUP = 5
@@ -41,20 +39,7 @@ def _layer_key(module: nn.Module, spec: TensorSpec, threads: int) -> str | None:
 
 def _time(run: Any, threads: int, repeats: int = _REPEATS) -> float:
     """Median seconds of ``repeats`` runs of ``run()`` under inference mode with ``threads`` threads."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.inference_mode():
-            for _ in range(_WARMUP):
-                run()
-            samples = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                run()
-                samples.append(time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(previous)
-    return statistics.median(samples)
+    return interleaved_latency({"run": run}, repeats=repeats, warmup=_WARMUP, threads=threads)["run"]
 
 
 class LatencyTable:
