@@ -12,8 +12,8 @@ timing, so the comparison still isolates pruning while neither pays for
 separate BatchNorm calls. ``--lower inductor`` lowers both models with
 ``fxcomp.lower`` (torch.compile, compiled once per batch size) before timing;
 ``--channels-last`` lowers both with ``channels_last=True`` (NHWC weights and values);
-``--autotune`` lowers both with ``autotune=True`` (the faster of the layouts and direct
-convolutions, timed per model and batch size; the kept one is printed).
+``--autotune`` lowers both with ``autotune=True`` (the fastest of the four combinations of
+channels-last and direct convolutions, timed per model and batch size; the kept one is printed).
 
     python benchmarks/prune_latency.py [--repeats 10] [--threads 2] [--round-to 1] [--scope local] [--fold-bn]
                                        [--lower inductor] [--channels-last | --autotune]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn as nn
@@ -187,6 +189,7 @@ def test_autotune_keeps_the_fastest_candidate_it_timed(backend, plugins) -> None
     assert [(t["channels_last"], t["direct_convs"]) for t in trials] == [(False, False), (False, True), (True, False), (True, True)]
     assert all(t["ms"] > 0 and t["failed"] is None for t in trials)
     assert result.report.layout == min(trials, key=lambda t: t["ms"])["candidate"]
+    assert json.loads(json.dumps(result.report.to_dict()))["layout"] == result.report.layout
     assert "autotuned on the example inputs" in str(result.report) and "kept" in str(result.report)
     assert [t["candidate"] for t in trials] == ["as is", "direct_convs", "channels_last", "channels_last + direct_convs"]
     with torch.no_grad():

@@ -45,7 +45,7 @@ def _padding(conv: nn.Conv2d) -> tuple[int, int, int, int]:
 
 def form_of(conv: nn.Conv2d) -> str:
     """The direct form ``conv`` would be written in (one of :data:`FORMS`)."""
-    if conv.groups == conv.in_channels > 1 and conv.out_channels % conv.in_channels == 0:
+    if conv.groups == conv.in_channels > 1:  # out_channels is a multiple of groups
         return "depthwise"
     if conv.kernel_size == (1, 1) and _padding(conv) == (0, 0, 0, 0):
         return "pointwise"

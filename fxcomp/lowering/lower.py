@@ -24,7 +24,7 @@ from torch.nn.utils import parametrize
 from torch.utils import _pytree as pytree
 
 from fxcomp.dynamic.model import EarlyExitModel
-from fxcomp.errors import FxcompError, LoweringError, first_line
+from fxcomp.errors import LoweringError, first_line
 from fxcomp.lowering.base import Declined, Lowering
 from fxcomp.lowering.direct import can_write_directly
 from fxcomp.lowering.layout import to_layout
@@ -33,16 +33,19 @@ from fxcomp.passes.masks import class_before_parametrizations
 from fxcomp.passes.verify import output_mismatch, relative_error, run_graph
 from fxcomp.plugin.host import DISABLE_ENV, Plugins, load_plugins
 from fxcomp.plugin.registry import BUILT_IN_BACKENDS, INDUCTOR_MODES
+from fxcomp.timing import interleaved_latency
 from fxcomp.tracing import NodeInfo, TensorSpec, as_input_tuple, node_info, qualname
 from fxcomp.tracing.names import QUALNAME
-from fxcomp.timing import interleaved_latency
 from fxcomp.tracing.shapes import INFO, propagate
 
 REORDERING_TOLERANCE = 1e-4
 """The largest relative output change accepted from inductor, the channels-last layout or direct convolutions (they reorder floating-point sums)."""
 
 AUTOTUNE_REPEATS = 11
-"""Timed runs per candidate when :func:`lower` autotunes (the median counts), after two unmeasured runs."""
+"""Timed runs per candidate when :func:`lower` autotunes (the median counts), after :data:`AUTOTUNE_WARMUP`."""
+
+AUTOTUNE_WARMUP = 2
+"""Unmeasured runs per candidate before :func:`lower` times it when it autotunes."""
 
 KERNELS_PATH = "lowered"
 """Where the kernel modules live in a graph lowered with pattern lowerings (``lowered.<node>``)."""
@@ -118,8 +121,11 @@ def lower(
 
     The lowered model's outputs are compared with ``gm``'s; with pattern lowerings each
     replaced value is compared too, against the lowering's tolerance. Raises
-    :class:`fxcomp.LoweringError` for an unknown backend, kernels that cannot run on this
-    machine, or a kernel whose output disagrees with what it replaces.
+    :class:`fxcomp.LoweringError` for an unknown backend, options the backend does not take
+    (or ``autotune`` with ``channels_last`` / ``direct_convs``, or with inputs not on the CPU),
+    a graph that fails to run or changes its outputs beyond 1e-4 in the asked layout or
+    under inductor, kernels that cannot run on this machine, or a kernel whose output
+    disagrees with what it replaces.
     """
     if isinstance(gm, EarlyExitModel):
         raise LoweringError("an early-exit model cannot be lowered yet; lower a model without exits")
@@ -180,17 +186,18 @@ def _built_in(
     try:  # the layout's shape propagation is its first run
         converted, kept = to_layout(working, inputs, channels_last=channels_last, direct_convs=direct_convs)
         outputs = run_graph(working, inputs) if backend == "eager" and options else None
-    except (FxcompError, RuntimeError, ValueError) as failure:
+    except Exception as failure:  # noqa: BLE001 - whatever breaks the layout, the fix is to drop it
         raise LoweringError(f"{how} the graph fails to run: {first_line(failure)}; lower without {options}") from failure
     layout = {"channels_last": channels_last, "direct_convs": converted, "kept_convs": kept}
     if backend == "inductor":
-        return _inductor(working, inputs, reference, mode, layout)
+        return _inductor(working, inputs, reference, mode, layout, f" (or without {options})" if options else "")
     error = _reordering_error(outputs, reference, f"{how} the model's", f"lower without {options}") if options else 0.0
     return LoweringResult(working, LoweringReport(backend, error=error, **layout))
 
 
 def _inductor(
-    working: fx.GraphModule, inputs: tuple[torch.Tensor, ...], reference: Any, mode: str | None, layout: dict[str, Any]
+    working: fx.GraphModule, inputs: tuple[torch.Tensor, ...], reference: Any, mode: str | None, layout: dict[str, Any],
+    or_without: str,
 ) -> LoweringResult:
     compiled = torch.compile(working, backend="inductor", mode=mode)
     try:
@@ -199,8 +206,8 @@ def _inductor(
     except Exception as error:  # noqa: BLE001 - any compiler failure means: use another backend
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise LoweringError(f"inductor failed to compile the graph ({type(error).__name__}: {first}); "
-                            "lower with backend 'eager' instead") from error
-    error = _reordering_error(outputs, reference, "the inductor-compiled model's", "lower with backend 'eager' instead")
+                            f"lower with backend 'eager' instead{or_without}") from error
+    error = _reordering_error(outputs, reference, "the inductor-compiled model's", f"lower with backend 'eager' instead{or_without}")
     return LoweringResult(compiled, LoweringReport("inductor", error=error, **layout))
 
 
@@ -226,7 +233,7 @@ def _autotuned(
             results[result.report.layout] = result
     medians = interleaved_latency(
         {key: (lambda module=result.module: module(*inputs)) for key, result in results.items()},
-        repeats=AUTOTUNE_REPEATS, warmup=2,
+        repeats=AUTOTUNE_REPEATS, warmup=AUTOTUNE_WARMUP,
     )
     chosen = results[min(medians, key=medians.__getitem__)]
     chosen.report.autotune = [

@@ -53,8 +53,8 @@ class LoweringReport:
         return layout_name(self.channels_last, bool(self.direct_convs))
 
     def to_dict(self) -> dict[str, Any]:
-        """The report as JSON-serializable data."""
-        return asdict(self)
+        """The report as JSON-serializable data (with its :attr:`layout`)."""
+        return asdict(self) | {"layout": self.layout}
 
     def __str__(self) -> str:
         what = _WHOLE_GRAPH.get(self.backend, f"{len(self.lowered)} pattern occurrence(s) replaced by kernels")
