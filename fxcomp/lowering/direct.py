@@ -28,9 +28,6 @@ from torch.nn.utils import parametrize
 from fxcomp.tracing import TensorSpec, node_info, qualname
 from fxcomp.tracing.shapes import INFO
 
-FORMS = ("depthwise", "pointwise", "dense")
-
-
 def _padding(conv: nn.Conv2d) -> tuple[int, int, int, int]:
     """``(top, bottom, left, right)`` zero padding of ``conv``, also for ``padding='same'`` / ``'valid'``."""
     if conv.padding == "valid":
@@ -44,7 +41,7 @@ def _padding(conv: nn.Conv2d) -> tuple[int, int, int, int]:
 
 
 def form_of(conv: nn.Conv2d) -> str:
-    """The direct form ``conv`` would be written in (one of :data:`FORMS`)."""
+    """The direct form ``conv`` would be written in: ``depthwise``, ``pointwise`` or ``dense``."""
     if conv.groups == conv.in_channels > 1:  # out_channels is a multiple of groups
         return "depthwise"
     if conv.kernel_size == (1, 1) and _padding(conv) == (0, 0, 0, 0):
@@ -92,7 +89,7 @@ class DirectConv2d(nn.Module):
         if rows < 1 or cols < 1:
             raise ValueError(
                 f"an input of {x.shape[1]}×{x.shape[2]} (padded {padded.shape[1]}×{padded.shape[2]}) is smaller "
-                f"than the dilated kernel {dh * (kh - 1) + 1}×{dw * (kw - 1) + 1}"
+                f"than the dilated kernel {dh * (kh - 1) + 1}×{dw * (kw - 1) + 1}; give images at least that large"
             )
         return [
             padded[:, i * dh : i * dh + sh * (rows - 1) + 1 : sh, j * dw : j * dw + sw * (cols - 1) + 1 : sw, :]
@@ -120,18 +117,11 @@ class DirectConv2d(nn.Module):
         return out.permute(0, 3, 1, 2)
 
 
-def _input_spec(node: fx.Node) -> object:
-    """What shape propagation recorded for the tensor a module call ``node`` takes (positional or ``input=``)."""
-    value = node.args[0] if node.args else node.kwargs.get("input")
-    return node_info(value).output if isinstance(value, fx.Node) and INFO in value.meta else None
-
-
-def _why_not(node: fx.Node, conv: nn.Conv2d, called: Collection[str], read: Collection[str]) -> str | None:
-    """Why the convolution ``node`` calls stays a convolution, if it does.
+def _why_not(path: str, conv: nn.Conv2d, called: Collection[str], read: Collection[str]) -> str | None:
+    """Why the plain ``Conv2d`` at ``path`` stays a convolution whatever it is called on, if it does.
 
     ``called``: the module paths the graph calls; ``read``: the attribute paths it reads (``get_attr``).
     """
-    path = str(node.target)
     if any(path.startswith(leaf + ".") for leaf in called):
         return "it is also called inside another module"
     if any(target == path or target.startswith(path + ".") for target in read):
@@ -144,10 +134,14 @@ def _why_not(node: fx.Node, conv: nn.Conv2d, called: Collection[str], read: Coll
         return f"grouped convolution (groups={conv.groups}) that is not depthwise"
     if not conv.weight.dtype.is_floating_point:
         return f"weight dtype {conv.weight.dtype}"
-    spec = _input_spec(node)
-    if not (isinstance(spec, TensorSpec) and len(spec.shape) == 4):
-        return "its input is not a batch of images (N, C, H, W)"
     return None
+
+
+def _takes_images(node: fx.Node) -> bool:
+    """Whether the module call ``node`` passes it a 4-D tensor (a batch of images), positionally or as ``input=``."""
+    value = node.args[0] if node.args else node.kwargs.get("input")
+    spec = node_info(value).output if isinstance(value, fx.Node) and INFO in value.meta else None
+    return isinstance(spec, TensorSpec) and len(spec.shape) == 4
 
 
 def _convs(gm: fx.GraphModule) -> dict[str, tuple[nn.Conv2d, str | None, fx.Node]]:
@@ -166,7 +160,9 @@ def _convs(gm: fx.GraphModule) -> dict[str, tuple[nn.Conv2d, str | None, fx.Node
         elif type(conv) is not nn.Conv2d:
             reason = f"{type(conv).__name__} is a subclass of Conv2d, whose forward may differ"
         else:
-            reason = next((why for node in nodes if (why := _why_not(node, conv, calls, read)) is not None), None)
+            reason = _why_not(path, conv, calls, read)
+            if reason is None and not all(map(_takes_images, nodes)):
+                reason = "its input is not a batch of images (N, C, H, W)"
         convs[path] = (conv, reason, nodes[0])
     return convs
 

@@ -28,7 +28,7 @@ from fxcomp.errors import LoweringError, first_line
 from fxcomp.lowering.base import Declined, Lowering
 from fxcomp.lowering.direct import can_write_directly
 from fxcomp.lowering.layout import to_layout
-from fxcomp.lowering.report import LoweringReport, layout_name
+from fxcomp.lowering.report import LoweringReport, layout_name, layout_options
 from fxcomp.passes.masks import class_before_parametrizations
 from fxcomp.passes.verify import output_mismatch, relative_error, run_graph
 from fxcomp.plugin.host import DISABLE_ENV, Plugins, load_plugins
@@ -172,7 +172,7 @@ def _reordering_error(outputs: Any, reference: Any, whose: str, instead: str) ->
 
 def _layout_words(channels_last: bool, direct_convs: bool) -> tuple[str, str]:
     """How a layout is described in messages, and the options to drop to avoid it."""
-    names = [name for name, on in (("channels_last", channels_last), ("direct_convs", direct_convs)) if on]
+    names = layout_options(channels_last, direct_convs)
     words = {"channels_last": "in channels-last layout", "direct_convs": "with direct convolutions"}
     return " and ".join(words[name] for name in names), " and ".join(names)
 

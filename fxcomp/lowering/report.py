@@ -88,10 +88,14 @@ class LoweringReport:
         return "\n".join(lines)
 
 
+def layout_options(channels_last: bool, direct_convs: bool) -> list[str]:
+    """The names of the layout options that are on, in their fixed order."""
+    return [name for name, on in (("channels_last", channels_last), ("direct_convs", direct_convs)) if on]
+
+
 def layout_name(channels_last: bool, direct_convs: bool) -> str:
     """How a lowering's layout options are named in reports: ``as is``, ``channels_last``, ``direct_convs`` or both."""
-    options = [name for name, on in (("channels_last", channels_last), ("direct_convs", direct_convs)) if on]
-    return " + ".join(options) or "as is"
+    return " + ".join(layout_options(channels_last, direct_convs)) or "as is"
 
 
 def _shortened(names: list[str], shown: int = 4) -> str:
