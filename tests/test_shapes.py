@@ -109,6 +109,63 @@ def test_module_rules_match_real_calls(module) -> None:
             _real_and_rule(module_rule(module, (x.to("meta"),), {}), module.eval()(x.clone()))
 
 
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [
+        (([torch.randn(2, 3, 4), torch.randn(2, 5, 4)], 1), {}),
+        (([torch.randn(2, 3), torch.randn(4, 3)],), {}),
+        (((torch.randn(2, 3, 4), torch.randn(2, 3, 1)),), {"dim": -1}),
+        (([torch.randn(1, 2, 2)],), {"dim": 2}),
+    ],
+)
+def test_cat_rule_matches_real_calls(args, kwargs) -> None:
+    meta = (type(args[0])(t.to("meta") for t in args[0]), *args[1:])
+    for function in (torch.cat, torch.concat):
+        _real_and_rule(FUNCTION_RULES[function](meta, kwargs), function(*args, **kwargs))
+
+
+def test_cat_rule_leaves_mixed_dtypes_and_ranks_to_the_real_kernel() -> None:
+    x = torch.empty(2, 3, device="meta")
+    assert FUNCTION_RULES[torch.cat](([x, x.double()], 1), {}) is None
+    assert FUNCTION_RULES[torch.cat](([x, x[0]], 0), {}) is None
+    assert FUNCTION_RULES[torch.cat](([x, x], 2), {}) is None
+
+
+@pytest.mark.parametrize(
+    ("module", "shapes", "kwargs"),
+    [
+        (nn.MultiheadAttention(8, 2), [(5, 3, 8)] * 3, {}),
+        (nn.MultiheadAttention(8, 2, batch_first=True), [(3, 5, 8), (3, 7, 8), (3, 7, 8)], {"need_weights": False}),
+        (nn.MultiheadAttention(8, 4, batch_first=True), [(3, 5, 8)] * 3, {"average_attn_weights": False}),
+        (nn.MultiheadAttention(8, 2, kdim=6, vdim=4), [(5, 3, 8), (7, 3, 6), (7, 3, 4)], {"need_weights": True}),
+        (nn.MultiheadAttention(8, 2), [(5, 8), (6, 8), (6, 8)], {"average_attn_weights": False}),
+        (nn.MultiheadAttention(8, 2), [(5, 8)] * 3, {}),
+    ],
+)
+def test_attention_rule_matches_real_calls(module, shapes, kwargs) -> None:
+    inputs = [torch.randn(*shape) for shape in shapes]
+    with torch.no_grad():
+        real = module.eval()(*inputs, **kwargs)
+        rule = module_rule(module, [t.to("meta") for t in inputs[:2]], {"value": inputs[2].to("meta"), **kwargs})
+    _real_and_rule(rule[0], real[0])
+    if real[1] is None:
+        assert rule[1] is None
+    else:
+        _real_and_rule(rule[1], real[1])
+
+
+def test_attention_rule_leaves_masks_and_mismatches_to_the_real_module() -> None:
+    attention = nn.MultiheadAttention(8, 2)
+    x = torch.empty(5, 3, 8, device="meta")
+    assert module_rule(attention, (x, x, x), {"attn_mask": torch.zeros(5, 5, dtype=torch.bool, device="meta")}) is None
+    assert module_rule(attention, (x, x, x), {"is_causal": True}) is None
+    assert module_rule(attention, (x, x, x.double()), {}) is None
+    assert module_rule(attention, (x, x[:, :2], x[:, :2]), {}) is None  # batch sizes differ
+    assert module_rule(attention, (x, x, x[:4]), {}) is None  # key and value lengths differ
+    assert module_rule(attention, (x[..., :6],) * 3, {}) is None  # not the embedding width
+    assert module_rule(attention, (x, x, x), {"bogus": 1}) is None
+
+
 def test_rules_only_answer_for_exact_types_and_plain_arguments() -> None:
     class Doubling(nn.ReLU):
         def forward(self, x):

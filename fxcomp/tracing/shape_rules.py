@@ -60,6 +60,28 @@ def _adaptive_avg_pool2d(args: Sequence[Any], kwargs: dict[str, Any]) -> torch.T
     return _adaptive_pool(args[1], args[0], 2)
 
 
+def _cat(args: Sequence[Any], kwargs: dict[str, Any]) -> torch.Tensor | None:
+    """Concatenation of tensors of one dtype and rank that differ only along ``dim``."""
+    if not 1 <= len(args) <= 2 or kwargs.keys() - {"dim"} or (len(args) == 2 and "dim" in kwargs):
+        return None
+    tensors, dim = args[0], args[1] if len(args) == 2 else kwargs.get("dim", 0)
+    if not isinstance(tensors, (tuple, list)) or not tensors or not isinstance(dim, int):
+        return None
+    if not all(isinstance(t, torch.Tensor) for t in tensors):
+        return None
+    first = tensors[0]
+    if not first.dim() or not -first.dim() <= dim < first.dim():
+        return None
+    dim %= first.dim()
+    for tensor in tensors:
+        same = tensor.dim() == first.dim() and tensor.dtype == first.dtype
+        if not same or any(tensor.shape[a] != first.shape[a] for a in range(first.dim()) if a != dim):
+            return None
+    shape = list(first.shape)
+    shape[dim] = sum(tensor.shape[dim] for tensor in tensors)
+    return _empty(shape, first.dtype)
+
+
 _UNARY_MODULES = (
     nn.BatchNorm1d,
     nn.BatchNorm2d,
@@ -126,6 +148,8 @@ FUNCTION_RULES: dict[Any, Rule] = {
     **dict.fromkeys(_UNARY_FUNCTIONS, _like_first),
     **dict.fromkeys(_BINARY_FUNCTIONS, _broadcast),
     F.adaptive_avg_pool2d: _adaptive_avg_pool2d,
+    torch.cat: _cat,
+    torch.concat: _cat,
 }
 """Rules for ``call_function`` targets."""
 
@@ -170,9 +194,45 @@ def _pool(module: nn.MaxPool2d | nn.AvgPool2d, x: torch.Tensor) -> torch.Tensor 
     return _empty((*x.shape[:2], *sizes), x.dtype) if min(sizes) > 0 else None
 
 
-def module_rule(module: nn.Module, args: Sequence[Any], kwargs: dict[str, Any]) -> torch.Tensor | None:
+_ATTENTION_ARGUMENTS = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask", "average_attn_weights", "is_causal")
+
+
+def _attention(module: nn.MultiheadAttention, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
+    """``nn.MultiheadAttention`` without masks: ``(output, weights or None)``."""
+    if len(args) > len(_ATTENTION_ARGUMENTS) or kwargs.keys() - set(_ATTENTION_ARGUMENTS[len(args) :]):
+        return None
+    bound = {**dict(zip(_ATTENTION_ARGUMENTS, args)), **kwargs}
+    query, key, value = (bound.get(name) for name in ("query", "key", "value"))
+    if not all(isinstance(t, torch.Tensor) for t in (query, key, value)):
+        return None
+    masked = bound.get("key_padding_mask") is not None or bound.get("attn_mask") is not None or bound.get("is_causal", False)
+    dtype = module.out_proj.weight.dtype
+    if masked or not query.dim() == key.dim() == value.dim() or query.dim() not in (2, 3):
+        return None
+    if not query.dtype == key.dtype == value.dtype == dtype or not dtype.is_floating_point:
+        return None
+    if (query.shape[-1], key.shape[-1], value.shape[-1]) != (module.embed_dim, module.kdim, module.vdim):
+        return None
+    batched = query.dim() == 3
+    batch_axis, sequence_axis = (0, 1) if module.batch_first else (1, 0)
+    if batched and not query.shape[batch_axis] == key.shape[batch_axis] == value.shape[batch_axis]:
+        return None
+    if key.shape[sequence_axis if batched else 0] != value.shape[sequence_axis if batched else 0]:
+        return None
+    output = _empty(query.shape, dtype)
+    if not bound.get("need_weights", True):
+        return output, None
+    targets, sources = query.shape[sequence_axis if batched else 0], key.shape[sequence_axis if batched else 0]
+    heads = () if bound.get("average_attn_weights", True) else (module.num_heads,)
+    batch = (query.shape[batch_axis],) if batched else ()
+    return output, _empty((*batch, *heads, targets, sources), dtype)
+
+
+def module_rule(module: nn.Module, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
     """The output of calling ``module`` on meta ``args``, if a rule knows its exact type; else None."""
     module_type = type(module)
+    if module_type is nn.MultiheadAttention:
+        return _attention(module, args, kwargs)
     if len(args) != 1 or kwargs or not isinstance(args[0], torch.Tensor):
         return None
     x = args[0]
