@@ -73,9 +73,8 @@ def _parameters(group: ChannelGroup, gm: fx.GraphModule) -> list[tuple[Member, t
 
 def _scatter(scores: torch.Tensor, member: Member, per_entry: torch.Tensor) -> None:
     """Add ``per_entry`` (one value per entry along the member's axis) to the channels they belong to."""
-    channels = torch.tensor(member.channels)
-    inside = channels >= 0
-    scores.index_add_(0, channels[inside], per_entry.double()[inside])
+    positions = torch.as_tensor(member.positions)
+    scores.index_add_(0, torch.tensor(member.group_channels), per_entry.double()[positions])
 
 
 def _per_entry(values: torch.Tensor, axis: int) -> torch.Tensor:

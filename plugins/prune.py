@@ -156,11 +156,11 @@ def _keep_every_member_alive(
     """
     gone = set(removed)
     for member in group.members:
-        if _OTHER_GROUP in member.channels or not set(member.channels) <= gone:
+        if not member.whole or not set(member.group_channels) <= gone:
             continue
         if group.segments > 1 or round_to > 1:
             return []
-        best = max(set(member.channels), key=lambda c: (float(scores[c]), -c))
+        best = max(set(member.group_channels), key=lambda c: (float(scores[c]), -c))
         gone.discard(best)
     return sorted(gone)
 
@@ -395,10 +395,8 @@ class Prune(Pass):
             gone = set(removed)
             for member in group.members:
                 axes = tables[_TABLES[member.kind]].setdefault(member.name, {})
-                previous = set(axes.get(str(member.axis), range(len(member.channels))))
-                axes[str(member.axis)] = sorted(
-                    i for i in previous if not (member.channels[i] >= 0 and member.channels[i] in gone)
-                )
+                dropped = {i for i, channel in zip(member.positions, member.group_channels) if channel in gone}
+                axes[str(member.axis)] = sorted(set(axes.get(str(member.axis), range(member.size))) - dropped)
         return {"groups": planned, **tables}
 
     def apply(self, gm: fx.GraphModule, plan: dict[str, Any], context: PassContext) -> PassResult:

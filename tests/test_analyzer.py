@@ -81,6 +81,33 @@ def test_concat_maps_each_input_to_its_offset() -> None:
     groups = _by_producer(_groups(_Concat(), torch.randn(1, 3, 4, 4)))
     assert _member(groups["a"], "c.weight", 1).channels == (0, 1, 2, 3) + (-1,) * 6
     assert _member(groups["b"], "c.weight", 1).channels == (-1,) * 4 + (0, 1, 2, 3, 4, 5)
+    a, b = _member(groups["a"], "c.weight", 1), _member(groups["b"], "c.weight", 1)
+    assert (a.size, a.positions, a.group_channels, a.whole) == (10, range(0, 4), (0, 1, 2, 3), False)
+    assert (b.size, b.positions, b.group_channels, b.whole) == (10, range(4, 10), (0, 1, 2, 3, 4, 5), False)
+    own = _member(groups["a"], "a.weight", 0)
+    assert (own.positions, own.whole) == (range(4), True)
+
+
+class _Repeated(nn.Module):
+    """One producer concatenated twice around another: the reader's entries of its group are not contiguous."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 3, 1)
+        self.b = nn.Conv2d(3, 2, 1)
+        self.c = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        a = self.a(x)
+        return self.c(torch.cat([a, self.b(x), a], 1))
+
+
+def test_a_member_split_between_groups_lists_each_entry_in_exactly_one() -> None:
+    groups = _by_producer(_groups(_Repeated(), torch.randn(1, 3, 4, 4)))
+    a, b = _member(groups["a"], "c.weight", 1), _member(groups["b"], "c.weight", 1)
+    assert (a.positions, a.group_channels) == ((0, 1, 2, 5, 6, 7), (0, 1, 2, 0, 1, 2))
+    assert (b.positions, b.group_channels) == (range(3, 5), (0, 1))
+    assert a.channels == (0, 1, 2, -1, -1, 0, 1, 2) and b.channels == (-1, -1, -1, 0, 1, -1, -1, -1)
 
 
 class _Split(nn.Module):

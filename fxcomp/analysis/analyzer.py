@@ -449,8 +449,7 @@ class _Walk:
 
     def roots(self, labels: torch.Tensor) -> torch.Tensor:
         """The set each label belongs to now (-1 stays -1)."""
-        found = [self.labels.find(label) if label >= 0 else NO_LABEL for label in labels.reshape(-1).tolist()]
-        return torch.tensor(found, dtype=torch.int64).reshape(labels.shape)
+        return self.labels.find(labels)
 
     def tie(self, node: fx.Node, labels: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
         """Channels spread over several axes (heads, channel shuffle, pixel shuffle): let one axis carry them.
@@ -1020,15 +1019,17 @@ def _equal_blocks(channel: torch.Tensor, count: int, channels: int) -> int | Non
     """
     if len(channel) % count:
         return None
-    starts, width = set(), None
-    for segment in channel.reshape(count, -1):
-        found, times = segment.unique(return_counts=True)
-        width = width or len(found)
-        start = int(found[0])
-        if len(found) != width or start % width or int(found[-1]) != start + width - 1 or len(times.unique()) != 1:
-            return None
-        starts.add(start)
-    return channels // width if width and len(starts) * width == channels else None
+    segments = channel.reshape(count, -1).sort(dim=1).values
+    length = segments.shape[1]
+    width = int((segments[0, 1:] != segments[0, :-1]).sum()) + 1
+    if length % width:
+        return None
+    # Sorted, each segment must read start, start+1, …, start+width-1, every one length/width times.
+    starts = segments[:, 0]
+    expected = starts[:, None] + torch.arange(length)[None, :] // (length // width)
+    if not torch.equal(segments, expected) or bool((starts % width).any()):
+        return None
+    return channels // width if len(starts.unique()) * width == channels else None
 
 
 def _build_groups(walk: _Walk, ignore: Sequence[str]) -> list[ChannelGroup]:
@@ -1085,15 +1086,23 @@ def _build_groups(walk: _Walk, ignore: Sequence[str]) -> list[ChannelGroup]:
         for (name, axis, _, kind), size in zip(walk.members, sizes):
             owner, channel = owners[start : start + size], channels[start : start + size]
             start += size
-            high = int(owner.max())
+            low, high = int(owner.min()), int(owner.max())
             if high < 0:
                 continue
-            if int(owner.min()) == high:
-                groups[high].members.append(Member(name, axis, tuple(channel.tolist()), kind))
+            if low == high:  # the common case: every entry in one group
+                groups[high].members.append(Member(name, axis, size, range(size), tuple(channel.tolist()), kind))
                 continue
-            for index in np.unique(owner[owner >= 0]).tolist():
-                mine = np.where(owner == index, channel, -1)
-                groups[index].members.append(Member(name, axis, tuple(mine.tolist()), kind))
+            # Positions grouped by owner (ascending within each): every entry is listed once.
+            inside = np.flatnonzero(owner >= 0)
+            order = inside[np.argsort(owner[inside], kind="stable")]
+            ordered = owner[order]
+            cuts = [0, *(np.flatnonzero(ordered[1:] != ordered[:-1]) + 1).tolist(), len(order)]
+            for begin, end in zip(cuts, cuts[1:]):
+                part = order[begin:end]
+                first, last = int(part[0]), int(part[-1])
+                positions = range(first, last + 1) if last - first == end - begin - 1 else tuple(part.tolist())
+                member = Member(name, axis, size, positions, tuple(channel[part].tolist()), kind)
+                groups[int(ordered[begin])].members.append(member)
     for labels, reason in walk.pins:
         owner, _ = located(labels)
         for index in owner[owner >= 0].unique().tolist():

@@ -2,57 +2,75 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 
 class LabelSets:
-    """Union-find over channel labels (dense integers from 0)."""
+    """Union-find over channel labels (dense integers from 0), with whole arrays of labels per call.
+
+    Every set is a tree whose parent pointers go to smaller labels, so the root of a set
+    is its smallest label.
+    """
 
     def __init__(self) -> None:
-        self._parent: list[int] = []
+        self._parent = np.zeros(0, dtype=np.int64)
+        self._size = 0
 
     def new(self, count: int) -> int:
         """Allocate ``count`` fresh labels; return the first."""
-        start = len(self._parent)
-        self._parent.extend(range(start, start + count))
+        start, end = self._size, self._size + count
+        if end > len(self._parent):
+            grown = np.empty(max(end, 2 * len(self._parent)), dtype=np.int64)
+            grown[:start] = self._parent[:start]
+            self._parent = grown
+        self._parent[start:end] = np.arange(start, end)
+        self._size = end
         return start
 
-    def find(self, label: int) -> int:
-        """The root of ``label``'s set."""
-        parent = self._parent
-        root = label
-        while parent[root] != root:
-            root = parent[root]
-        while parent[label] != root:
-            parent[label], label = root, parent[label]
-        return root
+    def find(self, labels: torch.Tensor) -> torch.Tensor:
+        """The root of every label in ``labels`` (-1 stays -1), in its shape."""
+        flat = labels.reshape(-1).numpy()
+        found = flat.copy()
+        valid = flat >= 0
+        found[valid] = self._roots(flat[valid])
+        return torch.from_numpy(found).reshape(labels.shape)
+
+    def _roots(self, labels: np.ndarray) -> np.ndarray:
+        """Roots of valid ``labels``, shortening the paths walked to one step."""
+        parent, roots = self._parent, labels
+        while True:
+            up = parent[roots]
+            if np.array_equal(up, roots):
+                break
+            roots = up
+        parent[labels] = roots
+        return roots
 
     def union(self, left: torch.Tensor, right: torch.Tensor) -> None:
         """Merge ``left[i]`` with ``right[i]`` wherever both are labels (≥ 0)."""
+        left, right = left.reshape(-1).numpy(), right.reshape(-1).numpy()
         both = (left >= 0) & (right >= 0)
-        if not bool(both.any()):
-            return
-        # Distinct pairs through one 1-D key: unique over rows is far slower.
-        keys = (left[both] * len(self._parent) + right[both]).unique()
-        for key in keys.tolist():
-            a, b = divmod(key, len(self._parent))
-            root_a, root_b = self.find(a), self.find(b)
-            if root_a != root_b:
-                self._parent[max(root_a, root_b)] = min(root_a, root_b)
+        left, right = left[both], right[both]
+        while len(left):
+            left_root, right_root = self._roots(left), self._roots(right)
+            apart = left_root != right_root
+            left, right = left[apart], right[apart]
+            high = np.maximum(left_root[apart], right_root[apart])
+            low = np.minimum(left_root[apart], right_root[apart])
+            # Each root hangs under the smallest root paired with it; pairs still apart go round again.
+            np.minimum.at(self._parent, high, low)
 
     def roots(self) -> torch.Tensor:
-        """The root of every label at once. A root is the smallest label of its set."""
-        parent = torch.tensor(self._parent, dtype=torch.int64)
-        while True:
-            jumped = parent[parent]
-            if torch.equal(jumped, parent):
-                return parent
-            parent = jumped
+        """The root of every label at once."""
+        return torch.from_numpy(self._roots(np.arange(self._size)).copy())
 
     def __len__(self) -> int:
-        return len(self._parent)
+        return self._size
 
 
 @dataclass(frozen=True)
@@ -63,14 +81,30 @@ class Member:
     (``layer1.0.conv1.weight``) or, for ``kind="split"``, of the graph node whose
     split sizes follow the channels, or, for ``kind="shape"``, of the view /
     reshape / expand node whose literal size for output axis ``axis`` must
-    become the number of entries kept. ``channels[i]`` is the group channel that
-    entry ``i`` along ``axis`` belongs to, or -1 when it belongs to another group.
+    become the number of entries kept. Of the ``size`` entries along ``axis``,
+    entry ``positions[i]`` belongs to group channel ``group_channels[i]``
+    (``positions`` ascending, a ``range`` where they are contiguous); the other entries belong to other groups.
     """
 
     name: str
     axis: int
-    channels: tuple[int, ...]
+    size: int
+    positions: Sequence[int]
+    group_channels: tuple[int, ...]
     kind: str = "parameter"
+
+    @functools.cached_property
+    def channels(self) -> tuple[int, ...]:
+        """For every entry along ``axis``, the group channel it belongs to, or -1 for another group's."""
+        dense = [-1] * self.size
+        for position, channel in zip(self.positions, self.group_channels):
+            dense[position] = channel
+        return tuple(dense)
+
+    @property
+    def whole(self) -> bool:
+        """Whether every entry along ``axis`` belongs to this group."""
+        return len(self.positions) == self.size
 
 
 @dataclass

@@ -34,8 +34,8 @@ def _axis_shares(groups: Sequence[ChannelGroup]) -> dict[str, dict[int, list[tup
     shares: dict[str, dict[int, list[tuple[int, float]]]] = {}
     for index, group in enumerate(groups):
         for member in group.members:
-            if member.kind == "parameter" and member.channels:
-                owned = sum(channel >= 0 for channel in member.channels) / len(member.channels)
+            if member.kind == "parameter" and member.size:
+                owned = len(member.positions) / member.size
                 shares.setdefault(member.name, {}).setdefault(member.axis, []).append((index, owned))
     return shares
 
