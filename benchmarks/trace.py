@@ -1,8 +1,9 @@
 """How long fxcomp.trace takes compared with one real forward pass of the same model.
 
-fxcomp.trace annotates shapes on fake tensors, so its cost should not grow with
+fxcomp.trace annotates shapes on meta tensors, so its cost should not grow with
 the model's FLOPs. For each model, in one process with a fixed thread count,
-the two are interleaved (trace, forward, trace, forward, …) and the median of
+the two are interleaved (trace, forward, trace, forward, …) with the shape
+annotation alone (``fxcomp.propagate`` on the traced graph), and the median of
 the runs is printed; also the time to trace every torchvision classification
 model built on the meta device.
 
@@ -30,19 +31,20 @@ def compare(repeats: int, threads: int) -> list[list[str]]:
     for name in MODELS:
         model = torchvision.models.get_model(name).eval()
         x = torch.randn(1, 3, 224, 224)
+        gm = fxcomp.trace(model, x)
         medians = interleaved_latency(
-            {"trace": lambda: fxcomp.trace(model, x), "forward": lambda: model(x)},
+            {"trace": lambda: fxcomp.trace(model, x), "shapes": lambda: fxcomp.propagate(gm, (x,)), "forward": lambda: model(x)},
             repeats=repeats,
             warmup=1,
             threads=threads,
         )
-        gm = fxcomp.trace(model, x)
         gmacs = sum(fxcomp.node_info(n).macs for n in gm.graph.nodes) / 1e9
         rows.append(
             [
                 name,
                 f"{gmacs:.2f}",
                 f"{1e3 * medians['trace']:.0f}",
+                f"{1e3 * medians['shapes']:.0f}",
                 f"{1e3 * medians['forward']:.0f}",
                 f"{medians['trace'] / medians['forward']:.2f}",
             ]
@@ -75,7 +77,7 @@ def main() -> None:
     parser.add_argument("--zoo", action="store_true", help="also trace all torchvision classification models")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {args.threads} threads, median of {args.repeats} interleaved runs, input 1×3×224×224")
-    headers = ["model", "GMACs", "trace ms", "forward ms", "trace ÷ forward"]
+    headers = ["model", "GMACs", "trace ms", "of which shapes ms", "forward ms", "trace ÷ forward"]
     print(tabulate(compare(args.repeats, args.threads), headers=headers))
     if args.zoo:
         count, total, median = zoo(args.threads)

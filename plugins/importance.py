@@ -73,8 +73,12 @@ def _parameters(group: ChannelGroup, gm: fx.GraphModule) -> list[tuple[Member, t
 
 def _scatter(scores: torch.Tensor, member: Member, per_entry: torch.Tensor) -> None:
     """Add ``per_entry`` (one value per entry along the member's axis) to the channels they belong to."""
-    positions = torch.as_tensor(member.positions)
-    scores.index_add_(0, torch.tensor(member.group_channels), per_entry.double()[positions])
+    positions = member.positions
+    if isinstance(positions, range):
+        entries = per_entry[positions.start : positions.stop]
+    else:
+        entries = per_entry[torch.tensor(positions)]
+    scores.index_add_(0, torch.tensor(member.group_channels), entries.double())
 
 
 def _per_entry(values: torch.Tensor, axis: int) -> torch.Tensor:

@@ -45,9 +45,6 @@ from fxcomp_plugins.importance import (
 )
 
 
-_OTHER_GROUP = -1
-"""A member entry that belongs to another group."""
-
 _TABLES = {"parameter": "kept", "split": "splits", "shape": "shapes"}
 """Member kind → the plan table recording its kept entries."""
 
@@ -68,7 +65,7 @@ def _channels_to_remove(scores: torch.Tensor, ratio: float, round_to: int, segme
     for segment in range(segments):
         part = scores[segment * per_segment : (segment + 1) * per_segment]
         order = torch.argsort(part, stable=True)
-        removed.extend(int(i) + segment * per_segment for i in order[: per_segment - keep])
+        removed.extend(i + segment * per_segment for i in order[: per_segment - keep].tolist())
     return sorted(removed)
 
 

@@ -9,9 +9,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fxcomp
 from fxcomp.analysis import ChannelGroup, Member, analyze
+from fxcomp.analysis.groups import LabelSets
 
 
 def _gate(x: torch.Tensor) -> torch.Tensor:
@@ -617,3 +620,45 @@ def test_einsum_on_parameters_makes_members_and_permutes_channels() -> None:
 def test_analyze_needs_a_traced_graph(small_cnn) -> None:
     with pytest.raises(fxcomp.TraceError, match=r"analyze takes a GraphModule from fxcomp.trace, got SmallCNN; pass fxcomp.trace\(model"):
         analyze(small_cnn)
+
+
+def test_members_with_the_same_positions_compare_equal_however_given() -> None:
+    as_range = Member("w", 1, 6, range(2, 5), (0, 1, 2))
+    assert Member("w", 1, 6, (2, 3, 4), [0, 1, 2]) == as_range
+    assert hash(Member("w", 1, 6, [2, 3, 4], (0, 1, 2))) == hash(as_range)
+    assert as_range.channels == (-1, -1, 0, 1, 2, -1) and not as_range.whole
+    assert Member("w", 1, 6, (0, 2), (1, 0)).positions == (0, 2)
+    with pytest.raises(ValueError, match="2 positions but 1 channels"):
+        Member("w", 1, 6, (0, 2), (1,))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 6), min_size=1, max_size=5),
+    merges=st.lists(st.lists(st.tuples(st.integers(-1, 29), st.integers(-1, 29)), max_size=8), max_size=6),
+)
+def test_label_sets_agree_with_a_plain_union_find(sizes, merges) -> None:
+    labels = LabelSets()
+    for size in sizes:
+        labels.new(size)
+    total = sum(sizes)
+    reference = list(range(total))
+
+    def root(label: int) -> int:
+        while reference[label] != label:
+            label = reference[label]
+        return label
+
+    for pairs in merges:
+        pairs = [(a, b) for a, b in pairs if a < total and b < total]
+        left, right = (torch.tensor([pair[i] for pair in pairs], dtype=torch.int64) for i in (0, 1))
+        labels.union(left, right)
+        for a, b in pairs:
+            if a >= 0 and b >= 0:
+                low, high = sorted((root(a), root(b)))
+                reference[high] = low
+        probe = torch.arange(-1, total)
+        assert labels.find(probe).tolist() == [-1] + [root(label) for label in range(total)]
+    assert labels.roots().tolist() == [root(label) for label in range(total)]
+    with pytest.raises(IndexError, match="never allocated"):
+        labels.find(torch.tensor([total]))

@@ -124,11 +124,14 @@ def test_cat_rule_matches_real_calls(args, kwargs) -> None:
         _real_and_rule(FUNCTION_RULES[function](meta, kwargs), function(*args, **kwargs))
 
 
-def test_cat_rule_leaves_mixed_dtypes_and_ranks_to_the_real_kernel() -> None:
+def test_cat_rule_leaves_what_it_is_not_sure_of_to_the_real_kernel() -> None:
     x = torch.empty(2, 3, device="meta")
     assert FUNCTION_RULES[torch.cat](([x, x.double()], 1), {}) is None
     assert FUNCTION_RULES[torch.cat](([x, x[0]], 0), {}) is None
     assert FUNCTION_RULES[torch.cat](([x, x], 2), {}) is None
+    assert FUNCTION_RULES[torch.cat](([x, x], True), {}) is None
+    assert FUNCTION_RULES[torch.cat](([x, torch.empty(2, 3)], 0), {}) is None  # two devices
+    assert FUNCTION_RULES[torch.cat](([x, x.t().contiguous().t()], 0), {}) is None  # a non-contiguous input
 
 
 @pytest.mark.parametrize(
@@ -140,6 +143,9 @@ def test_cat_rule_leaves_mixed_dtypes_and_ranks_to_the_real_kernel() -> None:
         (nn.MultiheadAttention(8, 2, kdim=6, vdim=4), [(5, 3, 8), (7, 3, 6), (7, 3, 4)], {"need_weights": True}),
         (nn.MultiheadAttention(8, 2), [(5, 8), (6, 8), (6, 8)], {"average_attn_weights": False}),
         (nn.MultiheadAttention(8, 2), [(5, 8)] * 3, {}),
+        (nn.MultiheadAttention(8, 2, add_bias_kv=True), [(5, 2, 8)] * 3, {}),
+        (nn.MultiheadAttention(8, 2, add_zero_attn=True, batch_first=True), [(2, 5, 8)] * 3, {}),
+        (nn.MultiheadAttention(8, 2, add_bias_kv=True, add_zero_attn=True), [(5, 8), (4, 8), (4, 8)], {}),
     ],
 )
 def test_attention_rule_matches_real_calls(module, shapes, kwargs) -> None:
@@ -164,6 +170,8 @@ def test_attention_rule_leaves_masks_and_mismatches_to_the_real_module() -> None
     assert module_rule(attention, (x, x, x[:4]), {}) is None  # key and value lengths differ
     assert module_rule(attention, (x[..., :6],) * 3, {}) is None  # not the embedding width
     assert module_rule(attention, (x, x, x), {"bogus": 1}) is None
+    attention.in_proj_weight.data = attention.in_proj_weight.data.double()
+    assert module_rule(attention, (x, x, x), {}) is None  # the projections' dtypes differ
 
 
 def test_rules_only_answer_for_exact_types_and_plain_arguments() -> None:

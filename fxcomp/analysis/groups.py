@@ -37,8 +37,13 @@ class LabelSets:
         flat = labels.reshape(-1).numpy()
         found = flat.copy()
         valid = flat >= 0
-        found[valid] = self._roots(flat[valid])
+        found[valid] = self._roots(self._allocated(flat[valid]))
         return torch.from_numpy(found).reshape(labels.shape)
+
+    def _allocated(self, labels: np.ndarray) -> np.ndarray:
+        if len(labels) and int(labels.max()) >= self._size:
+            raise IndexError(f"label {int(labels.max())} was never allocated (there are {self._size})")
+        return labels
 
     def _roots(self, labels: np.ndarray) -> np.ndarray:
         """Roots of valid ``labels``, shortening the paths walked to one step."""
@@ -55,7 +60,7 @@ class LabelSets:
         """Merge ``left[i]`` with ``right[i]`` wherever both are labels (≥ 0)."""
         left, right = left.reshape(-1).numpy(), right.reshape(-1).numpy()
         both = (left >= 0) & (right >= 0)
-        left, right = left[both], right[both]
+        left, right = self._allocated(left[both]), self._allocated(right[both])
         while len(left):
             left_root, right_root = self._roots(left), self._roots(right)
             apart = left_root != right_root
@@ -92,6 +97,18 @@ class Member:
     positions: Sequence[int]
     group_channels: tuple[int, ...]
     kind: str = "parameter"
+
+    def __post_init__(self) -> None:
+        positions = self.positions
+        if type(positions) is not range:  # one form per set of positions, so equal members compare equal
+            positions = tuple(positions)
+            if positions and positions[-1] - positions[0] == len(positions) - 1:
+                positions = range(positions[0], positions[-1] + 1)
+            object.__setattr__(self, "positions", positions)
+        if type(self.group_channels) is not tuple:
+            object.__setattr__(self, "group_channels", tuple(self.group_channels))
+        if len(self.positions) != len(self.group_channels):
+            raise ValueError(f"member '{self.name}': {len(self.positions)} positions but {len(self.group_channels)} channels")
 
     @functools.cached_property
     def channels(self) -> tuple[int, ...]:

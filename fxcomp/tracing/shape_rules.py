@@ -65,11 +65,12 @@ def _cat(args: Sequence[Any], kwargs: dict[str, Any]) -> torch.Tensor | None:
     if not 1 <= len(args) <= 2 or kwargs.keys() - {"dim"} or (len(args) == 2 and "dim" in kwargs):
         return None
     tensors, dim = args[0], args[1] if len(args) == 2 else kwargs.get("dim", 0)
-    if not isinstance(tensors, (tuple, list)) or not tensors or not isinstance(dim, int):
-        return None
-    if not all(isinstance(t, torch.Tensor) for t in tensors):
+    if not isinstance(tensors, (tuple, list)) or not tensors or type(dim) is not int:
         return None
     first = tensors[0]
+    # Contiguous inputs on one device: the real output is then contiguous too.
+    if not all(isinstance(t, torch.Tensor) and t.device == first.device and t.is_contiguous() for t in tensors):
+        return None
     if not first.dim() or not -first.dim() <= dim < first.dim():
         return None
     dim %= first.dim()
@@ -211,6 +212,8 @@ def _attention(module: nn.MultiheadAttention, args: Sequence[Any], kwargs: dict[
         return None
     if not query.dtype == key.dtype == value.dtype == dtype or not dtype.is_floating_point:
         return None
+    if any(parameter.dtype != dtype for parameter in module.parameters()):
+        return None
     if (query.shape[-1], key.shape[-1], value.shape[-1]) != (module.embed_dim, module.kdim, module.vdim):
         return None
     batched = query.dim() == 3
@@ -223,6 +226,7 @@ def _attention(module: nn.MultiheadAttention, args: Sequence[Any], kwargs: dict[
     if not bound.get("need_weights", True):
         return output, None
     targets, sources = query.shape[sequence_axis if batched else 0], key.shape[sequence_axis if batched else 0]
+    sources += (module.bias_k is not None) + module.add_zero_attn  # each appends one key/value slot
     heads = () if bound.get("average_attn_weights", True) else (module.num_heads,)
     batch = (query.shape[batch_axis],) if batched else ()
     return output, _empty((*batch, *heads, targets, sources), dtype)
