@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import operator
 import warnings
 
@@ -153,7 +154,9 @@ def test_attention_rule_matches_real_calls(module, shapes, kwargs) -> None:
     with torch.no_grad():
         real = module.eval()(*inputs, **kwargs)
         rule = module_rule(module, [t.to("meta") for t in inputs[:2]], {"value": inputs[2].to("meta"), **kwargs})
+        on_meta = copy.deepcopy(module).to("meta")(*(t.to("meta") for t in inputs), **kwargs)
     _real_and_rule(rule[0], real[0])
+    assert rule[0].stride() == on_meta[0].stride()  # batch_first: a transposed view, as the module returns
     if real[1] is None:
         assert rule[1] is None
     else:

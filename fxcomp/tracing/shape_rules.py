@@ -223,6 +223,8 @@ def _attention(module: nn.MultiheadAttention, args: Sequence[Any], kwargs: dict[
     if key.shape[sequence_axis if batched else 0] != value.shape[sequence_axis if batched else 0]:
         return None
     output = _empty(query.shape, dtype)
+    if batched and module.batch_first:  # computed sequence-first, returned as a transposed view
+        output = _empty((query.shape[1], query.shape[0], query.shape[2]), dtype).transpose(0, 1)
     if not bound.get("need_weights", True):
         return output, None
     targets, sources = query.shape[sequence_axis if batched else 0], key.shape[sequence_axis if batched else 0]
