@@ -13,7 +13,7 @@ The data flows one way: trace → analyze → plan → rewrite → verify → lo
 * :func:`lower` runs a rewritten graph on a backend: as it is, compiled by inductor, or with
   kernels plugins register as :class:`Lowering` s (the built-in ones are Triton kernels);
 * :func:`save` / :func:`load` store a rewritten graph in a format that never runs code on load;
-* :func:`layer_table` and :func:`to_dot` show a graph;
+* :func:`layer_table` and :func:`to_dot` show a graph, :func:`group_table` its channel groups;
 * :func:`interleaved_latency` times models against each other on a noisy machine, and
   :func:`torch_threads` fixes the thread count for a block (:mod:`fxcomp.timing`).
 """
@@ -41,7 +41,7 @@ from fxcomp.passes.masks import Mask, sparsity, strip_masks
 from fxcomp.passes.pipeline import CompressionResult, compress
 from fxcomp.plugin import PluginInfo, Plugins, hookimpl, load_plugins
 from fxcomp.recovery import RecoveryResult, recover
-from fxcomp.report import CompressionReport, layer_table
+from fxcomp.report import CompressionReport, group_table, layer_table
 from fxcomp.timing import interleaved_latency, torch_threads
 from fxcomp.tracing import NodeInfo, TensorSpec, node_info, propagate, qualname, trace
 
@@ -87,6 +87,7 @@ __all__ = [
     "calibrate_exits",
     "compress",
     "exit_statistics",
+    "group_table",
     "hookimpl",
     "interleaved_latency",
     "layer_table",

@@ -23,7 +23,8 @@ from fxcomp.errors import FxcompError, UsageError, first_line
 from fxcomp.export import check_writable, load, save, to_dot
 from fxcomp.passes.pipeline import compress
 from fxcomp.plugin.host import load_plugins
-from fxcomp.report import exit_table, layer_table
+from fxcomp.analysis import analyze
+from fxcomp.report import exit_table, group_table, layer_table
 from fxcomp.tracing import trace
 
 
@@ -106,6 +107,8 @@ def _cmd_inspect(args: argparse.Namespace) -> None:
     else:
         loaded = gm = trace(load_model(args.model), _example_inputs(args.input_shape))
     print(layer_table(gm))
+    if args.groups:
+        print(f"\nchannel groups\n{group_table(analyze(gm, plugins=load_plugins()))}")
     if isinstance(loaded, EarlyExitModel):
         print(f"\nearly exits (criterion: {loaded.criterion})\n{exit_table(loaded.exit_plan())}")
     if args.dot:
@@ -181,10 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_cmd_demo)
 
     shape_help = "input shape like 1,3,224,224; repeat for models with several inputs"
-    inspect = commands.add_parser("inspect", help="print the per-layer table of a model (and its exit plan)")
+    inspect = commands.add_parser("inspect", help="print the per-layer table of a model (and its exit plan, channel groups)")
     inspect.add_argument("model", help="MODULE:CALLABLE, e.g. torchvision.models:resnet18, or a file from fxcomp.save")
     inspect.add_argument("--input-shape", type=_input_shape, action="append", help=shape_help + " (not for a file)")
     inspect.add_argument("--dot", help="also write the graph as a Graphviz DOT file")
+    inspect.add_argument(
+        "--groups", action="store_true", help="also print the coupled channel groups pruning works on, and why any is pinned"
+    )
     inspect.set_defaults(run=_cmd_inspect)
 
     comp = commands.add_parser("compress", help="run a recipe on a model")

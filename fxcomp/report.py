@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -11,6 +11,7 @@ import torch.fx as fx
 import torch.nn as nn
 from tabulate import tabulate
 
+from fxcomp.analysis import ChannelGroup
 from fxcomp.passes.masks import parameter_values
 from fxcomp.tracing import TensorSpec, node_info, require_graph
 
@@ -149,6 +150,32 @@ def layer_table(gm: fx.GraphModule) -> str:
     if not _shows_sparsity(layers):
         rows, headers = [row[:-1] for row in rows], headers[:-1]
     return tabulate(rows, headers=headers, tablefmt="simple")
+
+
+_PRODUCERS_SHOWN = 3
+
+
+def group_table(groups: Sequence[ChannelGroup]) -> str:
+    """The channel groups of :func:`fxcomp.analyze` as a table, then how much of the model pruning may touch.
+
+    One row per group, in graph order: its first producers (the layers whose output channels it
+    holds), its channel count, equal segments (groups, heads), and whether it may be pruned or
+    why it is pinned.
+    """
+    rows = []
+    for index, group in enumerate(groups):
+        producers = ", ".join(group.producers[:_PRODUCERS_SHOWN])
+        if len(group.producers) > _PRODUCERS_SHOWN:
+            producers += f" (+{len(group.producers) - _PRODUCERS_SHOWN} more)"
+        rows.append([index, producers, group.channels, group.segments, "yes" if group.prunable else "no", "; ".join(group.pinned)])
+    table = tabulate(rows, headers=["group", "producers", "channels", "segments", "prunable", "pinned because"])
+    prunable = [group for group in groups if group.prunable]
+    channels = sum(group.channels for group in groups)
+    summary = (
+        f"{len(prunable)} of {len(groups)} groups prunable, holding "
+        f"{sum(group.channels for group in prunable)} of {channels} channels"
+    )
+    return f"{table}\n\n{summary}"
 
 
 def _ratio(before: int, after: int) -> str:

@@ -35,6 +35,52 @@ def test_layer_table_matches_node_info(small_cnn, image) -> None:
     assert fxcomp.node_info(next(n for n in gm.graph.nodes if n.target == "conv2")).macs == 2 * 32 * 16 * 16 * 16 * 9
 
 
+def _group_rows(printed: str) -> tuple[list[str], str]:
+    """The rows of the channel-group table ``inspect --groups`` prints, and its summary line."""
+    section = printed.split("\nchannel groups\n", 1)[1].splitlines()
+    return section[2:-2], section[-1]
+
+
+def test_inspect_groups_lists_every_group_and_why_it_is_pinned(capsys) -> None:
+    assert main(["inspect", "torchvision.models:resnet18", "--input-shape", "1,3,64,64", "--groups"]) == 0
+    rows, summary = _group_rows(capsys.readouterr().out)
+    assert len(rows) == 13
+    assert rows[0].split() == ["0", "conv1,", "layer1.0.conv2,", "layer1.1.conv2", "64", "1", "yes"]
+    assert rows[-1].split() == ["12", "fc", "1000", "1", "no", "the", "model", "returns", "these", "channels"]
+    assert summary == "12 of 13 groups prunable, holding 2880 of 3880 channels"
+
+
+class _GroupedWithShortcut(torch.nn.Module):
+    """Four producers added together (one group), and a grouped conv (two equal segments)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.convs = torch.nn.ModuleList(torch.nn.Conv2d(3, 8, 1) for _ in range(4))
+        self.grouped = torch.nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.head = torch.nn.Conv2d(8, 3, 1)
+
+    def forward(self, x):
+        return self.head(self.grouped(sum(conv(x) for conv in self.convs)))
+
+
+def test_group_table_shortens_long_producer_lists_and_shows_segments() -> None:
+    groups = fxcomp.analyze(fxcomp.trace(_GroupedWithShortcut(), torch.randn(1, 3, 6, 6)))
+    rows = fxcomp.group_table(groups).splitlines()
+    # The grouped conv reads input j and j + 4 with the same weight column: 4 channels, not 8.
+    assert rows[2].split() == ["0", "convs.0,", "convs.1,", "convs.2", "(+1", "more)", "4", "1", "yes"]
+    assert rows[3].split() == ["1", "grouped", "8", "2", "yes"]
+    assert rows[-1] == "2 of 3 groups prunable, holding 12 of 15 channels"
+
+
+def test_inspect_groups_of_a_saved_model(tmp_path, capsys, small_cnn, image) -> None:
+    saved = tmp_path / "model.fxc"
+    fxcomp.save(fxcomp.trace(small_cnn, image), saved)
+    assert main(["inspect", str(saved), "--groups"]) == 0
+    rows, summary = _group_rows(capsys.readouterr().out)
+    assert [row.split()[:4] for row in rows] == [["0", "conv1", "16", "1"], ["1", "conv2", "32", "1"], ["2", "fc", "10", "1"]]
+    assert summary == "2 of 3 groups prunable, holding 48 of 58 channels"
+
+
 def test_inspect_writes_dot(tmp_path, capsys) -> None:
     dot = tmp_path / "graph.dot"
     assert main(["inspect", "tests.conftest:SmallCNN", "--input-shape", "1,3,8,8", "--dot", str(dot)]) == 0
