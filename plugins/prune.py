@@ -379,14 +379,16 @@ class Prune(Pass):
         """Remove ``fractions[i]`` of group ``i``'s channels, the lowest scored first."""
         planned: list[dict[str, Any]] = []
         tables: dict[str, dict[str, dict[str, list[int]]]] = {table: {} for table in _TABLES.values()}
+        whole: list[ChannelGroup] = []
         for group, group_scores, fraction in zip(groups, scores, fractions):
-            if group_scores is None or fraction <= 0:
-                continue
-            round_to = self.options["round_to"]
-            removed = _keep_every_member_alive(
-                group, group_scores, _channels_to_remove(group_scores, fraction, round_to, group.segments), round_to
-            )
+            removed = []
+            if group_scores is not None and fraction > 0:
+                round_to = self.options["round_to"]
+                removed = _keep_every_member_alive(
+                    group, group_scores, _channels_to_remove(group_scores, fraction, round_to, group.segments), round_to
+                )
             if not removed:
+                whole.append(group)
                 continue
             planned.append({"producers": group.producers, "channels": group.channels, "removed": removed})
             gone = set(removed)
@@ -394,6 +396,12 @@ class Prune(Pass):
                 axes = tables[_TABLES[member.kind]].setdefault(member.name, {})
                 dropped = {i for i, channel in zip(member.positions, member.group_channels) if channel in gone}
                 axes[str(member.axis)] = sorted(set(axes.get(str(member.axis), range(member.size))) - dropped)
+        if planned:
+            # A size the graph computes from another group's channels (``C // heads``) changes when that
+            # group is pruned; where it sizes a group kept whole, its full count is written in its place.
+            for member in (m for group in whole for m in group.members if m.kind == "shape"):
+                axes = tables["shapes"].setdefault(member.name, {})
+                axes.setdefault(str(member.axis), list(range(member.size)))
         return {"groups": planned, **tables}
 
     def apply(self, gm: fx.GraphModule, plan: dict[str, Any], context: PassContext) -> PassResult:

@@ -71,9 +71,11 @@ class _Sizes:
 
 _UNARY_MODULES = (
     nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh,
-    nn.LeakyReLU, nn.ELU, nn.Mish, nn.PReLU, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.Identity,
-    nn.Softmax, nn.LogSoftmax,
+    nn.LeakyReLU, nn.ELU, nn.Mish, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.Identity,
 )  # fmt: skip
+_SOFTMAX_MODULES = (nn.Softmax, nn.LogSoftmax, nn.Softmin)
+_SOFTMAX_FUNCTIONS = {F.softmax, F.log_softmax, F.softmin, torch.softmax, torch.log_softmax}
+_SOFTMAX_METHODS = {"softmax", "log_softmax"}
 _SPATIAL_MODULES = (
     nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
     nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
@@ -101,6 +103,8 @@ _MOVEMENT_FUNCTIONS = {
     torch.unsqueeze, torch.split, torch.chunk, torch.narrow, torch.channel_shuffle, F.pixel_shuffle,
     F.pixel_unshuffle, operator.getitem, torch.swapaxes, torch.swapdims, torch.movedim, torch.unbind,
 }  # fmt: skip
+_SELECTIONS = {operator.getitem, torch.narrow, "__getitem__", "narrow"}
+"""Movements that may keep some entries of an axis and drop others, by positions written in the graph."""
 _MOVEMENT_METHODS = {
     "view", "reshape", "flatten", "unflatten", "permute", "transpose", "squeeze", "unsqueeze", "split", "chunk",
     "narrow", "expand", "expand_as", "view_as", "reshape_as", "__getitem__", "swapaxes", "swapdims", "movedim",
@@ -215,6 +219,9 @@ class _Walk:
                 self.pin(line, reason)
             out = self.new_labels(qualname(node), module.out_channels, channel_axis, ndim)
             self.segments.append((out.reshape(-1), groups))
+            if transposed:  # its weight holds out_channels / groups columns, each serving every group
+                self.pin(out, f"'{qualname(node)}' is a grouped transposed convolution, whose outputs it cannot prune")
+                return out
         self.member(f"{name}.weight", out_axis, out)
         if bias:
             self.member(bias, 0, out)
@@ -409,6 +416,8 @@ class _Walk:
         if any(isinstance(i, fx.Node) and isinstance(self.env[i], (torch.Tensor, _Param)) for i in indices):
             return self.unknown(node, args, kwargs, "indexing with a tensor")
         result = _run_on_labels(function, pytree.tree_map(real, tuple(args)), pytree.tree_map(real, dict(kwargs)))
+        if node.target in _SELECTIONS and isinstance(self.env.get(args[0]), torch.Tensor):
+            self.pin_selected(node, args[0], result)
         result = pytree.tree_map(lambda t: compact(t) if isinstance(t, torch.Tensor) else t, result)
         leaves, structure = pytree.tree_flatten(result)
         spread = [i for i, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor) and len(labelled_axes(leaf)) > 1]
@@ -420,6 +429,25 @@ class _Walk:
         if isinstance(result, torch.Tensor):
             self.literal_sizes(node, result)
         return result
+
+    def pin_selected(self, node: fx.Node, source: fx.Node, selected: Any) -> None:
+        """Pin the channels of a slice or index that keeps some channels and drops others.
+
+        Its positions are written in the graph, so after pruning they would pick other channels.
+        Selecting along axes without channels (a token, every other pixel) keeps every channel
+        equally often and is fine.
+        """
+        labels = self.env[source]
+        if not isinstance(selected, torch.Tensor) or not bool((labels >= 0).any()):
+            return
+        size = len(self.labels)
+        before = torch.bincount(expand(labels, self.spec(source).shape).reshape(-1) + 1, minlength=size + 1)[1:]
+        after = torch.bincount(selected.reshape(-1) + 1, minlength=size + 1)[1:]
+        present = before > 0
+        before, after = before[present], after[present]
+        # Every channel must keep the same share of its entries: after / before equal for all.
+        if not torch.equal(after * before[0], before * after[0]):
+            self.pin(labels, f"'{qualname(node)}' selects channels by positions written in the graph, which pruning would shift")
 
     def positions(self, function: Callable[..., Any], args: Sequence[Any], kwargs: dict) -> list[Any] | None:
         """Where a movement puts each entry of its one labelled input, when that input has one labelled axis.
@@ -442,7 +470,7 @@ class _Walk:
                 return self.env[arg].value
             if isinstance(arg, fx.Node) and isinstance(self.env[arg], (torch.Tensor, _Param)):
                 return torch.full(self.spec(arg).shape, NO_LABEL)
-            return arg
+            return self.env[arg] if isinstance(arg, fx.Node) else arg
 
         moved = _run_on_labels(function, pytree.tree_map(real, tuple(args)), pytree.tree_map(real, dict(kwargs)))
         return [compact(t) if isinstance(t, torch.Tensor) else t for t in pytree.tree_leaves(moved)]
@@ -675,6 +703,32 @@ def _reduction(walk: _Walk, node: fx.Node) -> Any:
         return labels
     kept = [size for axis, size in enumerate(labels.shape) if axis not in dims]
     return labels.reshape(kept)
+
+
+def _softmax(walk: _Walk, node: fx.Node, source: Any, dim: Any) -> Any:
+    """softmax / log_softmax / softmin: over an axis without channels they keep the channels; over channels, pin them.
+
+    (Each output depends on every entry along ``dim``; removing channels there changes the rest.)
+    """
+    labels, spec = walk.env.get(source), walk.spec(source)
+    if not isinstance(labels, torch.Tensor) or not isinstance(spec, TensorSpec) or not isinstance(dim, int):
+        return walk.unknown(node, node.args, node.kwargs, "a softmax over an axis it cannot tell")
+    if labels.dim() and dim % labels.dim() in labelled_axes(labels):
+        walk.pin(labels, f"'{qualname(node)}' normalizes over the channel axis")
+        return _unlabelled_like(walk.spec(node))
+    return labels
+
+
+def _prelu(walk: _Walk, node: fx.Node, module: nn.PReLU, labels: torch.Tensor) -> Any:
+    """``nn.PReLU``: one slope for all, or one per channel along axis 1 (the weight becomes a member)."""
+    if module.num_parameters == 1:
+        return labels
+    line = along(labels, 1 if labels.dim() > 1 else 0, module.num_parameters)
+    if line is None:
+        walk.pin(labels, f"'{qualname(node)}' has per-channel slopes for channels spread over several axes")
+        return labels
+    walk.member(f"{node.target}.weight", 0, line)
+    return labels
 
 
 def _size_arithmetic(walk: _Walk, node: fx.Node) -> Any:
@@ -944,6 +998,10 @@ def _step(walk: _Walk, node: fx.Node) -> Any:
             return walk.attention(node, module, node.target)
         if type(module) in _UNARY_MODULES:
             return walk.elementwise(node, args)
+        if type(module) in _SOFTMAX_MODULES and len(args) == 1 and not kwargs:
+            return _softmax(walk, node, args[0], module.dim)
+        if type(module) is nn.PReLU and found is not None and len(args) == 1:
+            return _prelu(walk, node, module, found[1])
         if type(module) in _SPATIAL_MODULES:
             return _channels_only(walk, node, args)
         if type(module) is nn.ChannelShuffle:
@@ -973,6 +1031,8 @@ def _step(walk: _Walk, node: fx.Node) -> Any:
             return _channels_only(walk, node, args)
         if target in _REDUCTIONS:
             return _reduction(walk, node)
+        if target in _SOFTMAX_FUNCTIONS and args:
+            return _softmax(walk, node, args[0], args[1] if len(args) > 1 else kwargs.get("dim"))
         if target in (F.linear, F.conv1d, F.conv2d, F.conv3d):
             return walk.functional_layer(node)
         if target in (F.layer_norm, torch.layer_norm):
@@ -992,6 +1052,8 @@ def _step(walk: _Walk, node: fx.Node) -> Any:
             return walk.elementwise(node, args[:1] if target in ("to", "float", "half", "type_as") else args)
         if target in _REDUCTIONS:
             return _reduction(walk, node)
+        if target in _SOFTMAX_METHODS:
+            return _softmax(walk, node, args[0], args[1] if len(args) > 1 else kwargs.get("dim"))
         if target in ("matmul", "bmm", "__matmul__"):
             return _matmul(walk, node)
         if target in ("expand", "expand_as") and isinstance(walk.env.get(args[0]), _Param):
