@@ -69,7 +69,10 @@ def test_broadcast_rule_matches_real_arithmetic(left, drop, ones, left_dtype, ri
     # The right operand: a suffix of the left shape with some sizes set to 1, so it broadcasts.
     right = [1 if one else size for size, one in zip(left[drop:], ones + [False] * 4)]
     a, b = torch.zeros(left, dtype=left_dtype), torch.zeros(right, dtype=right_dtype)
-    for target in (operator.add, operator.mul, torch.sub if torch.bool not in (left_dtype, right_dtype) else torch.mul):
+    if torch.bool in (left_dtype, right_dtype):  # boolean arithmetic has rules of its own: the real kernel decides
+        assert FUNCTION_RULES[operator.add]((a.to("meta"), b.to("meta")), {}) is None
+        return
+    for target in (operator.add, operator.mul, torch.sub):
         real = target(a, b)
         rule = FUNCTION_RULES[target]((a.to("meta"), b.to("meta")), {})
         _real_and_rule(rule, real)
@@ -224,3 +227,61 @@ def test_fallback_to_a_real_run_only_for_real_data() -> None:
     assert fxcomp.node_info(next(n for n in gm.graph.nodes if n.op == "call_module")).output.shape == (2, 5)
     with pytest.raises(fxcomp.TraceError, match=r"cannot compute the shapes of node 'scale'"):
         fxcomp.trace(Model(), torch.empty(2, 5, device="meta"), leaf_modules=[_NeedsValues])
+
+
+class _IntegerActivations(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.act = nn.Sigmoid()
+
+    def forward(self, x):
+        return self.act(x), torch.tanh(x), x.sigmoid(), x.relu()
+
+
+def test_activations_of_integers_get_the_dtype_the_real_ones_give() -> None:
+    x = torch.arange(6).reshape(2, 3)
+    gm = fxcomp.trace(_IntegerActivations(), x)
+    output = next(node for node in gm.graph.nodes if node.op == "output")
+    real = _IntegerActivations()(x)
+    assert fxcomp.node_info(output).output == tuple(fxcomp.TensorSpec(tuple(t.shape), t.dtype) for t in real)
+
+
+class _InPlace(nn.Module):
+    def forward(self, x, y):
+        return x.mul_(y)
+
+
+def test_in_place_arithmetic_keeps_the_left_operand_or_fails_as_it_would() -> None:
+    gm = fxcomp.trace(_InPlace(), (torch.randn(3), torch.randn(3, dtype=torch.float64)))
+    (node,) = [n for n in gm.graph.nodes if n.target == "mul_"]
+    assert fxcomp.node_info(node).output == fxcomp.TensorSpec((3,), torch.float32)
+    with pytest.raises(fxcomp.TraceError, match="'mul_'.*doesn't match the broadcast shape"):
+        fxcomp.trace(_InPlace(), (torch.randn(3), torch.randn(2, 3)))
+    assert FUNCTION_RULES[operator.iadd]((torch.empty(3, dtype=torch.uint8, device="meta"), torch.empty(3, device="meta")), {}) is None
+
+
+@pytest.mark.parametrize(
+    ("model", "x", "message"),
+    [
+        (torchvision.models.resnet18(), torch.randn(1, 3, 64, 64, dtype=torch.float64), "'conv1'.*float64 but the layer's weight is torch.float32"),
+        (nn.Sequential(nn.BatchNorm2d(3)), torch.randn(3, 4, 4), "expected 4D input"),
+        (nn.Sequential(nn.LayerNorm(5)), torch.randn(2, 4), "normalized_shape"),
+        (nn.Sequential(nn.GroupNorm(2, 4)), torch.randn(1, 6, 2, 2), "channels"),
+        (nn.Sequential(nn.Conv2d(1, 1, 1, padding=3, padding_mode="reflect")), torch.randn(1, 1, 2, 2), "[Pp]adding size"),
+        (nn.Sequential(nn.MaxPool2d(2, padding=2)), torch.randn(1, 1, 6, 6), "pad should be"),
+    ],
+)  # fmt: skip
+def test_inputs_the_real_model_refuses_are_refused_when_tracing(model, x, message) -> None:
+    with pytest.raises(fxcomp.TraceError, match=message):
+        fxcomp.trace(model.eval(), x)
+    with pytest.raises((RuntimeError, ValueError, NotImplementedError)):
+        model.eval()(x)  # as the real model does
+
+
+def test_rules_leave_inputs_laid_out_otherwise_to_the_real_kernels() -> None:
+    x = torch.empty(2, 3, 4, 4, device="meta").to(memory_format=torch.channels_last)
+    assert module_rule(nn.Conv2d(3, 4, 1), (x,), {}) is None
+    assert FUNCTION_RULES[F.relu]((x,), {}) is None
+    assert FUNCTION_RULES[operator.add]((x, x), {}) is None
+    assert METHOD_RULES["contiguous"]((x,), {"memory_format": torch.channels_last}) is None
+    assert FUNCTION_RULES[operator.add]((x.contiguous(), 1), {"alpha": 2}) is None

@@ -25,28 +25,97 @@ def _empty(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
     return torch.empty(tuple(shape), dtype=dtype, device="meta")
 
 
+def _plain(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` has the strides of a new contiguous tensor, as every rule's output has.
+
+    A rule answers only for such inputs: then the real operation's output is contiguous too,
+    and a later ``view`` fails or succeeds on the rule's output as it would for real.
+    """
+    expected, step = [], 1
+    for size in reversed(tensor.shape):
+        expected.append(step)
+        step *= max(size, 1)
+    return tensor.stride() == tuple(reversed(expected))
+
+
 def _like_first(args: Sequence[Any], kwargs: dict[str, Any]) -> torch.Tensor | None:
-    """Output shaped and typed like the first argument (activations, normalization, dropout)."""
+    """Output shaped and typed like the first argument (activations, dropout), for plain floating-point inputs."""
     first = args[0] if args else kwargs.get("input")
-    if not isinstance(first, torch.Tensor) or kwargs.get("dtype") is not None:
+    if not isinstance(first, torch.Tensor) or kwargs.get("dtype") is not None or "memory_format" in kwargs:
         return None
+    if not first.dtype.is_floating_point or not _plain(first):
+        return None  # integer inputs promote (sigmoid) or fail (gelu); the real kernel knows which
     return _empty(first.shape, first.dtype)
 
 
-def _broadcast(args: Sequence[Any], kwargs: dict[str, Any]) -> torch.Tensor | None:
-    """Add, subtract, multiply: broadcast shapes, promoted dtype."""
-    if len(args) != 2 or kwargs.keys() - {"alpha"}:
+def _per_channel(tensors: Sequence[Any], x: torch.Tensor) -> bool:
+    """Whether the given statistics / affine tensors (None allowed) are 1-D, one entry per channel, of x's dtype."""
+    present = [t for t in tensors if t is not None]
+    return all(isinstance(t, torch.Tensor) and t.shape == (x.shape[1],) and t.dtype == x.dtype for t in present)
+
+
+def _batch_norm(args: Sequence[Any], kwargs: dict[str, Any]) -> torch.Tensor | None:
+    """``F.batch_norm``: statistics and affine parameters must match the channels."""
+    names = ("input", "running_mean", "running_var", "weight", "bias")
+    bound = {**dict(zip(names, args)), **kwargs}
+    x = bound.get("input")
+    if not isinstance(x, torch.Tensor) or x.dim() < 2 or not _per_channel([bound.get(n) for n in names[1:]], x):
         return None
+    return _like_first((x,), {})
+
+
+def _layer_norm(args: Sequence[Any], kwargs: dict[str, Any]) -> torch.Tensor | None:
+    """``F.layer_norm``: ``normalized_shape`` must be the input's trailing sizes."""
+    names = ("input", "normalized_shape", "weight", "bias")
+    bound = {**dict(zip(names, args)), **kwargs}
+    x, shape = bound.get("input"), bound.get("normalized_shape")
+    if not isinstance(x, torch.Tensor) or not isinstance(shape, (list, tuple, torch.Size)) or not shape:
+        return None
+    affine = [bound.get(n) for n in ("weight", "bias") if bound.get(n) is not None]
+    if tuple(x.shape[-len(shape) :]) != tuple(shape) or len(shape) > x.dim():
+        return None
+    if not all(isinstance(t, torch.Tensor) and tuple(t.shape) == tuple(shape) and t.dtype == x.dtype for t in affine):
+        return None
+    return _like_first((x,), {})
+
+
+def _group_norm(args: Sequence[Any], kwargs: dict[str, Any]) -> torch.Tensor | None:
+    """``F.group_norm``: the channels must split into ``num_groups``."""
+    names = ("input", "num_groups", "weight", "bias")
+    bound = {**dict(zip(names, args)), **kwargs}
+    x, groups = bound.get("input"), bound.get("num_groups")
+    if not isinstance(x, torch.Tensor) or x.dim() < 2 or type(groups) is not int or groups <= 0 or x.shape[1] % groups:
+        return None
+    return _like_first((x,), {}) if _per_channel([bound.get("weight"), bound.get("bias")], x) else None
+
+
+def _broadcast(args: Sequence[Any], kwargs: dict[str, Any]) -> torch.Tensor | None:
+    """Add, subtract, multiply of plain non-boolean operands: broadcast shapes, promoted dtype."""
+    if len(args) != 2 or kwargs:
+        return None  # alpha= has type rules of its own; the real kernel checks them
     left, right = args
     tensors = [value for value in args if isinstance(value, torch.Tensor)]
-    if not tensors or not all(isinstance(v, (torch.Tensor, int, float, bool)) for v in args):
+    if not tensors or not all(isinstance(v, (torch.Tensor, int, float)) and not isinstance(v, bool) for v in args):
+        return None
+    if any(t.dtype == torch.bool or not _plain(t) for t in tensors):
         return None
     shape = torch.broadcast_shapes(*(t.shape for t in tensors))
     return _empty(shape, torch.result_type(left, right))
 
 
+def _in_place(args: Sequence[Any], kwargs: dict[str, Any]) -> torch.Tensor | None:
+    """``x += y``, ``x.mul_(y)``: the result is ``x`` itself, so the broadcast must keep its shape and dtype."""
+    result = _broadcast(args, kwargs)
+    left = args[0] if args else None
+    if result is None or not isinstance(left, torch.Tensor) or (result.shape, result.dtype) != (left.shape, left.dtype):
+        return None
+    return result
+
+
 def _adaptive_pool(output_size: Any, x: torch.Tensor, spatial: int) -> torch.Tensor | None:
     sizes = (output_size,) * spatial if isinstance(output_size, int) else tuple(output_size)
+    if not x.dtype.is_floating_point or not _plain(x):
+        return None
     if len(sizes) != spatial or x.dim() not in (spatial + 1, spatial + 2):
         return None
     kept = x.shape[: x.dim() - spatial]
@@ -83,15 +152,41 @@ def _cat(args: Sequence[Any], kwargs: dict[str, Any]) -> torch.Tensor | None:
     return _empty(shape, first.dtype)
 
 
+_NORM_RANKS: dict[type[nn.Module], tuple[int, ...]] = {
+    nn.BatchNorm1d: (2, 3),
+    nn.BatchNorm2d: (4,),
+    nn.BatchNorm3d: (5,),
+    nn.InstanceNorm1d: (3,),
+    nn.InstanceNorm2d: (4,),
+    nn.InstanceNorm3d: (5,),
+}
+"""The input ranks a norm module's rule answers for (batched inputs only for instance norms)."""
+
+_NORM_MODULES = (*_NORM_RANKS, nn.GroupNorm, nn.LayerNorm)
+
+
+def _norm_module(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """Normalization modules: the input must have their rank, channels or trailing shape, and dtype."""
+    state = [t for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()]
+    if any(t.dtype != x.dtype for t in state):
+        return None
+    if isinstance(module, nn.LayerNorm):
+        shape = tuple(module.normalized_shape)
+        fits = len(shape) <= x.dim() and tuple(x.shape[x.dim() - len(shape) :]) == shape
+    elif isinstance(module, nn.GroupNorm):
+        fits = x.dim() >= 2 and x.shape[1] == module.num_channels
+    else:
+        fits = x.dim() in _NORM_RANKS[type(module)] and (x.shape[1] == module.num_features or not state)
+    return _like_first((x,), {}) if fits else None
+
+
+def _dropout_accepts(module: nn.Module, x: torch.Tensor) -> bool:
+    """Channel dropout modules accept inputs of two ranks only (others raise or warn)."""
+    ranks = {nn.Dropout1d: (2, 3), nn.Dropout3d: (4, 5)}.get(type(module))
+    return ranks is None or x.dim() in ranks
+
+
 _UNARY_MODULES = (
-    nn.BatchNorm1d,
-    nn.BatchNorm2d,
-    nn.BatchNorm3d,
-    nn.GroupNorm,
-    nn.LayerNorm,
-    nn.InstanceNorm1d,
-    nn.InstanceNorm2d,
-    nn.InstanceNorm3d,
     nn.ReLU,
     nn.ReLU6,
     nn.GELU,
@@ -128,9 +223,6 @@ _UNARY_FUNCTIONS = (
     F.elu,
     F.mish,
     F.dropout,
-    F.batch_norm,
-    F.layer_norm,
-    F.group_norm,
 )
 
 _BINARY_FUNCTIONS = (
@@ -148,6 +240,10 @@ _BINARY_FUNCTIONS = (
 FUNCTION_RULES: dict[Any, Rule] = {
     **dict.fromkeys(_UNARY_FUNCTIONS, _like_first),
     **dict.fromkeys(_BINARY_FUNCTIONS, _broadcast),
+    **dict.fromkeys((operator.iadd, operator.isub, operator.imul), _in_place),
+    F.batch_norm: _batch_norm,
+    F.layer_norm: _layer_norm,
+    F.group_norm: _group_norm,
     F.adaptive_avg_pool2d: _adaptive_avg_pool2d,
     torch.cat: _cat,
     torch.concat: _cat,
@@ -156,7 +252,8 @@ FUNCTION_RULES: dict[Any, Rule] = {
 
 METHOD_RULES: dict[str, Rule] = {
     **dict.fromkeys(("relu", "relu_", "sigmoid", "tanh", "contiguous"), _like_first),
-    **dict.fromkeys(("add", "add_", "sub", "mul", "mul_"), _broadcast),
+    **dict.fromkeys(("add", "sub", "mul"), _broadcast),
+    **dict.fromkeys(("add_", "mul_"), _in_place),
 }
 """Rules for ``call_method`` targets (the tensor is the first argument)."""
 
@@ -178,6 +275,12 @@ def _conv(module: nn.modules.conv._ConvNd, x: torch.Tensor) -> torch.Tensor | No
     spatial = len(module.kernel_size)
     if module.transposed or isinstance(module.padding, str) or x.dim() != spatial + 2 or x.shape[1] != module.in_channels:
         return None
+    if any(p.dtype != x.dtype for p in module.parameters()) or not _plain(x) or min(x.shape[2:]) == 0:
+        return None
+    if module.padding_mode != "zeros":  # reflect needs padding < size; circular wraps at most once
+        limit = [size - (module.padding_mode == "reflect") for size in x.shape[2:]]
+        if any(pad > most for pad, most in zip(module.padding, limit)):
+            return None
     sizes = [
         _window(x.shape[2 + i], module.kernel_size[i], module.stride[i], module.padding[i], module.dilation[i])
         for i in range(spatial)
@@ -191,6 +294,10 @@ def _pool(module: nn.MaxPool2d | nn.AvgPool2d, x: torch.Tensor) -> torch.Tensor 
     kernel, padding = _tuple(module.kernel_size, 2), _tuple(module.padding, 2)
     stride = _tuple(module.stride if module.stride is not None else module.kernel_size, 2)
     dilation = _tuple(getattr(module, "dilation", 1), 2)
+    if any(2 * padding[i] > dilation[i] * (kernel[i] - 1) + 1 for i in range(2)) or not _plain(x):
+        return None  # at most half the (dilated) kernel may be padding
+    if isinstance(module, nn.AvgPool2d) and not x.dtype.is_floating_point:
+        return None
     sizes = [_window(x.shape[2 + i], kernel[i], stride[i], padding[i], dilation[i], module.ceil_mode) for i in range(2)]
     return _empty((*x.shape[:2], *sizes), x.dtype) if min(sizes) > 0 else None
 
@@ -242,14 +349,18 @@ def module_rule(module: nn.Module, args: Sequence[Any], kwargs: dict[str, Any]) 
     if len(args) != 1 or kwargs or not isinstance(args[0], torch.Tensor):
         return None
     x = args[0]
+    if module_type in _NORM_MODULES:
+        return _norm_module(module, x)
     if module_type in _UNARY_MODULES:
-        return _like_first(args, kwargs)
+        return _like_first(args, kwargs) if _dropout_accepts(module, x) else None
     if module_type is nn.AdaptiveAvgPool2d:
         return _adaptive_pool(module.output_size, x, 2)
     if module_type in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
         return _conv(module, x)
     if module_type is nn.Linear:
-        return _empty((*x.shape[:-1], module.out_features), x.dtype) if x.dim() and x.shape[-1] == module.in_features else None
+        if not x.dim() or x.shape[-1] != module.in_features or not _plain(x):
+            return None
+        return _empty((*x.shape[:-1], module.out_features), x.dtype) if module.weight.dtype == x.dtype else None
     if module_type in (nn.MaxPool2d, nn.AvgPool2d):
         return _pool(module, x)
     return None

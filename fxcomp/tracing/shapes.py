@@ -108,12 +108,28 @@ class _NodeFailure(Exception):
         self.error = error
 
 
+def _check_weight_dtype(module: nn.Module, args: tuple) -> None:
+    """Refuse a conv or linear layer fed another floating dtype than its weight's, as real kernels do.
+
+    (Meta and fake kernels accept the mix, so propagation would pass a model that cannot run.)
+    """
+    if not isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)) or not args or not isinstance(args[0], torch.Tensor):
+        return
+    weight, x = getattr(module, "weight", None), args[0]
+    if isinstance(weight, torch.Tensor) and weight.is_floating_point() and x.is_floating_point() and weight.dtype != x.dtype:
+        raise RuntimeError(f"the input is {x.dtype} but the layer's weight is {weight.dtype}")
+
+
 class _Propagator(fx.Interpreter):
     """Runs the graph once and writes a :class:`NodeInfo` into every node."""
 
     def __init__(self, gm: fx.GraphModule) -> None:
         super().__init__(gm)
         self.modules = modules_by_path(gm)
+
+    def call_module(self, target: Any, args: tuple, kwargs: dict) -> Any:
+        _check_weight_dtype(self.modules[target], args)
+        return super().call_module(target, args, kwargs)
 
     def run_node(self, node: fx.Node) -> Any:
         try:
@@ -157,6 +173,7 @@ class _MetaPropagator(_Propagator):
 
     def call_module(self, target: Any, args: tuple, kwargs: dict) -> Any:
         module = self.modules[target]
+        _check_weight_dtype(module, args)
         result = module_rule(module, args, kwargs)
         if result is not None:
             return result
