@@ -148,3 +148,87 @@ def test_per_channel_prelu_slopes_are_pruned_with_their_channels() -> None:
         model.act.weight.copy_(torch.linspace(-1, 1, 8))
     result, error = _prune_and_compare(model, torch.randn(2, 3, 4, 4))
     assert error < 1e-4 and result.model.act.weight.shape == (4,)
+
+
+class _CalledTwice(nn.Module):
+    """One conv applied twice in a chain: its input and output channels are one group."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.c, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.b(self.c(torch.relu(self.c(self.a(x)))))
+
+
+class _SharedScale(nn.Module):
+    """One per-channel scale multiplies two branches: entry i serves channel i of both."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.g, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 8, 1), nn.Conv2d(16, 4, 1)
+        self.scale = nn.Parameter(torch.linspace(0.5, 2, 8).reshape(1, 8, 1, 1))
+
+    def forward(self, x):
+        return self.b(torch.cat([self.a(x) * self.scale, self.g(x) * self.scale], 1))
+
+
+@pytest.mark.parametrize("factory", [_CalledTwice, _SharedScale])
+def test_a_tensor_used_twice_ties_the_channels_of_both_uses(factory) -> None:
+    x = torch.randn(2, 3, 4, 4)
+    first, second = ("a", "c") if factory is _CalledTwice else ("a", "g")
+    group = _group(factory(), x, first)
+    assert second in group.producers and group.prunable
+    result, error = _prune_and_compare(factory(), x)
+    assert error < 1e-4 and result.report.after_totals.macs < result.report.before_totals.macs
+
+
+class _TiedEmbedding(nn.Module):
+    """The output layer reuses the embedding's weight, which the analyzer does not follow into nn.Embedding."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.hidden = nn.Embedding(10, 8), nn.Linear(8, 8)
+
+    def forward(self, tokens):
+        return nn.functional.linear(torch.relu(self.hidden(self.embed(tokens))), self.embed.weight)
+
+
+def test_a_weight_an_unknown_module_also_uses_is_pinned() -> None:
+    tokens = torch.randint(0, 10, (2, 5))
+    group = _group(_TiedEmbedding(), tokens, "hidden")
+    assert "'embed.weight' is also used by 'embed', which the analyzer does not know" in group.pinned
+    result = fxcomp.compress(_TiedEmbedding().eval(), tokens, "passes: [{pass: prune, ratio: 0.5}]")
+    assert result.model(tokens).shape == (2, 5, 10)
+
+
+class _Unflatten(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.b(self.a(x).unflatten(1, (2, 4)).transpose(1, 2).flatten(1, 2))
+
+
+class _HalfByComputedSize(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        return self.b(y[:, : y.shape[1] // 2])
+
+
+@pytest.mark.parametrize(
+    ("factory", "reason"),
+    [
+        (_Unflatten, "'unflatten' splits the channel axis into sizes written in the graph"),
+        (_HalfByComputedSize, "'getitem_1' selects channels by positions written in the graph, which pruning would shift"),
+    ],
+)
+def test_channel_axes_split_or_sliced_by_sizes_in_the_graph_are_pinned(factory, reason) -> None:
+    x = torch.randn(2, 3, 4, 4)
+    assert reason in _group(factory(), x, "a").pinned
+    assert _prune_and_compare(factory(), x)[1] < 1e-4

@@ -125,6 +125,9 @@ class _Walk:
     env: dict[fx.Node, Any] = field(default_factory=dict)
     producers: list[tuple[str, torch.Tensor]] = field(default_factory=list)
     members: list[tuple[str, int, torch.Tensor, str]] = field(default_factory=list)
+    member_lines: dict[tuple[str, int, str], torch.Tensor] = field(default_factory=dict)
+    opaque: dict[str, str] = field(default_factory=dict)
+    """Parameters an operation the analyzer does not know uses → that operation."""
     pins: list[tuple[torch.Tensor, str]] = field(default_factory=list)
     segments: list[tuple[torch.Tensor, int]] = field(default_factory=list)
     size_ties: list[tuple[torch.Tensor, torch.Tensor, Fraction, str, tuple[str, int] | None]] = field(default_factory=list)
@@ -144,8 +147,26 @@ class _Walk:
         return labels
 
     def member(self, name: str, axis: int, labels: torch.Tensor | None, kind: str = "parameter") -> None:
-        if labels is not None and bool((labels >= 0).any()):
-            self.members.append((name, axis, labels.reshape(-1), kind))
+        """Record that entry ``i`` of ``name`` along ``axis`` belongs to channel ``labels[i]``.
+
+        A tensor used again (a module called twice, a weight tied to another layer, one scale
+        multiplying two branches) ties the channels its entries serve in every use: entry ``i``
+        can only be removed from all of them at once.
+        """
+        if labels is None or not bool((labels >= 0).any()):
+            return
+        line, key = labels.reshape(-1), (name, axis, kind)
+        seen = self.member_lines.get(key)
+        if seen is None:
+            self.member_lines[key] = line
+            self.members.append((name, axis, line, kind))
+        elif len(seen) != len(line):
+            self.pin([seen, line], f"'{name}' is used along axis {axis} with {len(seen)} and {len(line)} entries")
+        else:
+            self.labels.union(seen, line)
+            alone = (seen >= 0) != (line >= 0)  # an entry serving a channel in one use and none in another
+            if bool(alone.any()):
+                self.pin([seen[alone], line[alone]], f"'{name}' also serves entries that belong to no prunable channel")
 
     def pin(self, labels: Any, reason: str) -> None:
         leaves = pytree.tree_leaves(labels)
@@ -403,6 +424,8 @@ class _Walk:
         """Run a data-movement operation on the labels expanded to their real shapes."""
 
         def real(arg: Any) -> Any:
+            if isinstance(arg, slice):  # bounds computed in the graph (x[:, : x.shape[1] // 2])
+                return slice(real(arg.start), real(arg.stop), real(arg.step))
             if not isinstance(arg, fx.Node):
                 return arg
             value = self.env[arg]
@@ -418,6 +441,10 @@ class _Walk:
         result = _run_on_labels(function, pytree.tree_map(real, tuple(args)), pytree.tree_map(real, dict(kwargs)))
         if node.target in _SELECTIONS and isinstance(self.env.get(args[0]), torch.Tensor):
             self.pin_selected(node, args[0], result)
+        if node.target == "unflatten" and isinstance(self.env.get(args[0]), torch.Tensor):
+            labels, dim = self.env[args[0]], args[1] if len(args) > 1 else kwargs.get("dim")
+            if isinstance(dim, int) and labels.dim() and dim % labels.dim() in labelled_axes(labels):
+                self.pin(labels, f"'{qualname(node)}' splits the channel axis into sizes written in the graph")
         result = pytree.tree_map(lambda t: compact(t) if isinstance(t, torch.Tensor) else t, result)
         leaves, structure = pytree.tree_flatten(result)
         spread = [i for i, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor) and len(labelled_axes(leaf)) > 1]
@@ -464,6 +491,8 @@ class _Walk:
         index = fresh(0, labels.shape[axis], axis, labels.dim())
 
         def real(arg: Any) -> Any:
+            if isinstance(arg, slice):
+                return slice(real(arg.start), real(arg.stop), real(arg.step))
             if arg is source:
                 return expand(index, self.spec(arg).shape)
             if isinstance(arg, fx.Node) and isinstance(self.env[arg], _Sizes):
@@ -553,8 +582,14 @@ class _Walk:
         self.pin(result, f"'{qualname(node)}' shapes a tensor with sizes computed from pruned channels")
 
     def unknown(self, node: fx.Node, args: Sequence[Any], kwargs: dict, what: str) -> Any:
-        """Pin every channel reaching an operation the analyzer does not know."""
-        self.pin(self.value((tuple(args), dict(kwargs))), f"'{qualname(node)}' is {what}, which the analyzer does not know")
+        """Pin every channel reaching an operation the analyzer does not know, and those its parameters serve elsewhere."""
+        values = self.value((tuple(args), dict(kwargs)))
+        self.pin(values, f"'{qualname(node)}' is {what}, which the analyzer does not know")
+        used = [leaf.name for leaf in pytree.tree_leaves(values) if isinstance(leaf, _Param)]
+        if node.op == "call_module":
+            module = self.modules[node.target]
+            used += [f"{node.target}.{name}" for name, _ in (*module.named_parameters(), *module.named_buffers())]
+        self.opaque.update(dict.fromkeys(used, qualname(node)))
         return _unlabelled_like(self.spec(node))
 
 
@@ -1211,4 +1246,7 @@ def analyze(
             if isinstance(error, TraceError):
                 raise
             raise TraceError(f"cannot analyze node '{qualname(node)}': {error}") from error
+    for name, _, line, kind in walk.members:
+        if kind == "parameter" and name in walk.opaque:
+            walk.pin(line, f"'{name}' is also used by '{walk.opaque[name]}', which the analyzer does not know")
     return _build_groups(walk, ignore)
