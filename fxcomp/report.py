@@ -41,11 +41,12 @@ class Totals:
     """Whole-model figures: unique parameters, how many of them are nonzero, MACs, and weight sparsity.
 
     ``sparsity`` counts the zeros of all weights (parameters of two or more dimensions), None
-    for a model without any; ``nonzero`` counts every parameter entry that is not zero.
+    for a model without any; ``nonzero`` counts every parameter entry that is not zero. Both
+    are None for parameters on the meta device, which hold no values.
     """
 
     params: int
-    nonzero: int
+    nonzero: int | None
     macs: int
     sparsity: float | None
 
@@ -69,8 +70,13 @@ def _format_spec(spec: Any) -> str:
 
 
 def _weight_sparsity(values: Iterable[torch.Tensor]) -> float | None:
-    """Fraction of zero entries among the weights (tensors of two or more dimensions) in ``values``, if any."""
+    """Fraction of zero entries among the weights (tensors of two or more dimensions) in ``values``, if any.
+
+    None when there are none, or when a weight holds no data (on the meta device).
+    """
     weights = [value for value in values if value.dim() >= 2]
+    if any(weight.is_meta for weight in weights):
+        return None
     size = sum(weight.numel() for weight in weights)
     return sum(weight.numel() - int(weight.count_nonzero()) for weight in weights) / size if size else None
 
@@ -115,7 +121,7 @@ def totals(gm: fx.GraphModule) -> Totals:
     values = [value for _, value in parameter_values(gm)]
     return Totals(
         params=sum(p.numel() for p in gm.parameters()),
-        nonzero=sum(int(value.count_nonzero()) for value in values),
+        nonzero=None if any(value.is_meta for value in values) else sum(int(value.count_nonzero()) for value in values),
         macs=sum(node_info(n).macs for n in gm.graph.nodes),
         sparsity=_weight_sparsity(values),
     )

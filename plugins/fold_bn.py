@@ -19,7 +19,18 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 
 from fxcomp import hookimpl, qualname
-from fxcomp.passes import Option, Pass, PassContext, PassResult, calls_per_module, globs, matches
+from fxcomp.passes import (
+    Option,
+    PackedWeight,
+    Pass,
+    PassContext,
+    PassResult,
+    SharedWeights,
+    WeightQuant,
+    calls_per_module,
+    globs,
+    matches,
+)
 from fxcomp.tracing import TensorSpec, node_info
 
 _FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
@@ -47,6 +58,23 @@ def _why_not_foldable(gm: fx.GraphModule, bn_node: fx.Node, calls: dict[str, int
         return "grouped transposed convolutions are not folded"
     if bn.num_features != (layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels):
         return "the BatchNorm's num_features differs from the layer's output channels"
+    return _why_weight_cannot_absorb(layer)
+
+
+def _why_weight_cannot_absorb(layer: nn.Module) -> str | None:
+    """Why scaling the layer's parametrized weight would not scale what it computes, or None.
+
+    Masks and per-output-row fake quantization take a rescaled weight as it is; a codebook
+    keeps its centroids, stored integers keep their scales, and a transposed convolution's
+    output channels are not the rows its quantization scales.
+    """
+    if not parametrize.is_parametrized(layer, "weight"):
+        return None
+    for step in layer.parametrizations["weight"]:
+        if isinstance(step, (SharedWeights, PackedWeight)):
+            return f"its weight is stored as {type(step).__name__}; run fold_bn before the pass that added it"
+        if isinstance(step, WeightQuant) and isinstance(layer, nn.modules.conv._ConvTransposeNd):
+            return "its weight is fake-quantized along another axis than its output channels; run fold_bn before quantize"
     return None
 
 

@@ -134,3 +134,30 @@ def test_folded_model_survives_save_and_load(tmp_path, small_cnn, image) -> None
     x = torch.randn(5, 3, 16, 16)
     with torch.no_grad():
         assert torch.equal(loaded(x), result.model(x))
+
+
+def _conv_bn(transposed: bool = False) -> nn.Module:
+    conv = nn.ConvTranspose2d(4, 8, 3) if transposed else nn.Conv2d(4, 8, 3)
+    model = nn.Sequential(conv, nn.BatchNorm2d(8))
+    return randomize_batchnorm(model).eval()
+
+
+@pytest.mark.parametrize(
+    ("first", "transposed", "reason"),
+    [
+        ("{pass: cluster}", False, "its weight is stored as SharedWeights; run fold_bn before the pass that added it"),
+        ("{pass: quantize, scheme: int8_weight_only}, {pass: convert}", False, "its weight is stored as PackedWeight"),
+        ("{pass: quantize, scheme: int8_weight_only}", True, "fake-quantized along another axis than its output channels"),
+    ],
+)
+def test_weights_that_cannot_absorb_the_scale_are_skipped(first, transposed, reason) -> None:
+    x = torch.randn(2, 4, 8, 8)
+    result = fxcomp.compress(_conv_bn(transposed), x, f"passes: [{first}, {{pass: fold_bn}}]")
+    plan = result.plan[-1]["plan"]
+    assert plan["folds"] == [] and reason in plan["skipped"][0]["reason"]
+
+
+def test_fake_quantized_conv_weights_still_fold() -> None:
+    x = torch.randn(2, 4, 8, 8)
+    result = fxcomp.compress(_conv_bn(), x, "passes: [{pass: quantize, scheme: int8_weight_only}, {pass: fold_bn}]")
+    assert result.plan[-1]["plan"]["folds"] == [{"layer": "0", "batchnorm": "1"}]

@@ -175,3 +175,31 @@ def test_factored_model_saves_loads_and_still_trains(tmp_path) -> None:
     loss = loaded(x).square().mean()
     loss.backward()
     assert all(p.grad is not None for p in loaded.parameters())
+
+
+def test_float64_layers_factor_exactly_at_full_rank() -> None:
+    model = nn.Sequential(nn.Conv2d(4, 6, 3), nn.Flatten(), nn.Linear(6 * 25, 5)).double().eval()
+    x = torch.randn(2, 4, 7, 7, dtype=torch.float64)
+    result = fxcomp.compress(model, x, "passes: [{pass: lowrank, ratio: 1.0, skip_no_gain: false}]")
+    assert len(result.plan[0]["plan"]["layers"]) == 2
+    assert torch.allclose(result.model(x), model(x), rtol=1e-9, atol=1e-12)
+
+
+class _TiedLinears(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(16, 16), nn.Linear(16, 16)
+        self.b.weight = self.a.weight
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+@pytest.mark.parametrize("recipe", ["{pass: lowrank, rank: 4}", "{pass: prune, ratio: 0.5}"])
+def test_tied_weights_are_kept_tied(recipe) -> None:
+    x = torch.randn(3, 16)
+    result = fxcomp.compress(_TiedLinears().eval(), x, f"passes: [{recipe}]")
+    assert result.model.a.weight is result.model.b.weight
+    if "lowrank" in recipe:
+        skipped = result.plan[0]["plan"]["skipped"]
+        assert skipped == [{"layer": name, "reason": "its weight is shared with another module"} for name in ("a", "b")]

@@ -337,3 +337,21 @@ def test_unwritable_paths_fail_before_anything_is_written(tmp_path, small_cnn) -
     buffer = io.BytesIO()  # an open file is the caller's business, as for torch.save
     fxcomp.save(gm, buffer)
     assert buffer.getbuffer().nbytes > 0
+
+
+@pytest.mark.parametrize("name", ["block1-0", "blockÄ"])
+def test_submodule_names_with_dashes_or_other_scripts_round_trip(tmp_path, name) -> None:
+    model = nn.Sequential()
+    model.add_module(name, nn.Sequential(nn.Linear(4, 4), nn.ReLU()))
+    gm = fxcomp.trace(model.eval(), torch.randn(2, 4))
+    fxcomp.save(gm, tmp_path / "model.fxc")
+    x = torch.randn(2, 4)
+    assert torch.equal(fxcomp.load(tmp_path / "model.fxc")(x), gm(x))
+
+
+def test_a_name_load_would_refuse_is_refused_when_saving(tmp_path) -> None:
+    model = nn.Sequential()
+    model.add_module("a b", nn.Linear(4, 4))
+    gm = fxcomp.trace(model.eval(), torch.randn(2, 4))
+    with pytest.raises(fxcomp.SaveError, match="module 'a b' has a name fxcomp.load would refuse"):
+        fxcomp.save(gm, tmp_path / "model.fxc")

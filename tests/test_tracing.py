@@ -157,3 +157,18 @@ def test_meta_device_model_needs_no_memory() -> None:
     gm = fxcomp.trace(model, torch.empty(8, 3, 224, 224, device="meta"))
     assert node_info(_node(gm, "fc")).output == TensorSpec((8, 1000), torch.float32)
     assert all(p.is_meta for p in gm.parameters())
+
+
+def test_a_keyword_submodule_name_is_a_trace_error() -> None:
+    model = nn.Sequential()
+    model.add_module("class", nn.Linear(4, 4))
+    with pytest.raises(fxcomp.TraceError, match="a submodule or parameter name is a Python keyword"):
+        fxcomp.trace(model.eval(), torch.randn(2, 4))
+
+
+def test_models_on_the_meta_device_compress_and_report_no_values() -> None:
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)).eval()
+    result = fxcomp.compress(model, torch.empty(1, 3, 8, 8, device="meta"), "passes: [{pass: fold_bn}]")
+    assert result.report.after_totals == fxcomp.report.Totals(params=224, nonzero=None, macs=7776, sparsity=None)
+    assert "fold_bn" in str(result.report)

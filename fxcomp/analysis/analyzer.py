@@ -126,6 +126,8 @@ class _Walk:
     producers: list[tuple[str, torch.Tensor]] = field(default_factory=list)
     members: list[tuple[str, int, torch.Tensor, str]] = field(default_factory=list)
     member_lines: dict[tuple[str, int, str], torch.Tensor] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)
+    """Every name of a tensor reachable by several (tied weights) → its first name."""
     opaque: dict[str, str] = field(default_factory=dict)
     """Parameters an operation the analyzer does not know uses → that operation."""
     pins: list[tuple[torch.Tensor, str]] = field(default_factory=list)
@@ -153,20 +155,24 @@ class _Walk:
         multiplying two branches) ties the channels its entries serve in every use: entry ``i``
         can only be removed from all of them at once.
         """
-        if labels is None or not bool((labels >= 0).any()):
+        if labels is None:
             return
+        name = self.aliases.get(name, name)
         line, key = labels.reshape(-1), (name, axis, kind)
         seen = self.member_lines.get(key)
-        if seen is None:
-            self.member_lines[key] = line
-            self.members.append((name, axis, line, kind))
-        elif len(seen) != len(line):
+        if seen is not None and len(seen) != len(line):
             self.pin([seen, line], f"'{name}' is used along axis {axis} with {len(seen)} and {len(line)} entries")
-        else:
+            return
+        if seen is not None:
             self.labels.union(seen, line)
             alone = (seen >= 0) != (line >= 0)  # an entry serving a channel in one use and none in another
             if bool(alone.any()):
                 self.pin([seen[alone], line[alone]], f"'{name}' also serves entries that belong to no prunable channel")
+            if bool((seen >= 0).any()):
+                return  # already a member; its channels now stand for both uses
+        self.member_lines[key] = line
+        if bool((line >= 0).any()):
+            self.members.append((name, axis, line, kind))
 
     def pin(self, labels: Any, reason: str) -> None:
         leaves = pytree.tree_leaves(labels)
@@ -1238,7 +1244,12 @@ def analyze(
     require_graph(gm, "analyze")
     plugins = plugins if plugins is not None else load_plugins()
     rules = {key: entry.value for key, entry in plugins.registry.channel_rules.items()}
-    walk = _Walk(gm, modules_by_path(gm), rules=rules)
+    first: dict[int, str] = {}
+    aliases = {
+        name: first.setdefault(id(tensor), name)
+        for name, tensor in (*gm.named_parameters(remove_duplicate=False), *gm.named_buffers(remove_duplicate=False))
+    }
+    walk = _Walk(gm, modules_by_path(gm), rules=rules, aliases=aliases)
     for node in gm.graph.nodes:
         try:
             walk.env[node] = _step(walk, node)

@@ -44,7 +44,8 @@ from fxcomp.tracing.shapes import INFO
 FORMAT = "fxcomp-graph"
 VERSION = 1
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_DOTTED = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
+_DOTTED = re.compile(r"^[\w-]+(\.[\w-]+)*$")
+"""Module paths load accepts: names of letters (any script), digits, ``_`` and ``-`` (RegNet's ``block1-0``)."""
 _MODULE_INTERNALS = frozenset(vars(nn.Module()))
 _OPS = ("placeholder", "get_attr", "call_module", "call_function", "call_method", "output")
 
@@ -258,6 +259,12 @@ def save(
             f"fxcomp.save takes a torch.fx.GraphModule, got {type(module).__name__}; "
             "trace the model first with fxcomp.trace(model, example_inputs)"
         )
+    for name, _ in module.named_modules():
+        if name and not _DOTTED.match(name):
+            raise SaveError(
+                f"module '{name}' has a name fxcomp.load would refuse; give submodules names of letters, "
+                "digits, '_' and '-'"
+            )
     check_writable(path)
     if codec == "deep" and isinstance(module, fx.GraphModule):
         module = strip_masks(copy.deepcopy(module))

@@ -17,6 +17,7 @@ import torch.nn as nn
 from torch.func import functional_call
 from torch.nn.utils import parametrize
 
+from fxcomp.passes.masks import Mask
 from fxcomp.tracing import node_info, qualname
 from fxcomp.tracing.costs import module_macs
 
@@ -37,8 +38,15 @@ def why_not_replaceable(gm: fx.GraphModule, node: fx.Node, calls: dict[str, int]
     """
     if calls.get(str(node.target), 0) != 1:
         return "the module is called more than once (its weights are shared)"
-    if parametrize.is_parametrized(gm.get_submodule(node.target)):
-        return "its weight is masked (prune/sparsify masks): call fxcomp.strip_masks first"
+    module = gm.get_submodule(node.target)
+    if parametrize.is_parametrized(module):
+        if all(isinstance(step, Mask) for chain in module.parametrizations.values() for step in chain):
+            return "its weight is masked (prune/sparsify masks): call fxcomp.strip_masks first"
+        return "its weight is parametrized (fake quantization or clustering): run this pass before the one that added it"
+    owned = {id(p) for p in module.parameters()}
+    prefix = f"{node.target}."
+    if any(id(p) in owned and not name.startswith(prefix) for name, p in gm.named_parameters(remove_duplicate=False)):
+        return "its weight is shared with another module"
     if len(node.args) != 1 or node.kwargs:
         return "it is called with more than one input"
     return None
@@ -70,13 +78,15 @@ def replace_with_chain(gm: fx.GraphModule, node: fx.Node, modules: Sequence[nn.M
     return chain
 
 
-def chain_costs(modules: Sequence[nn.Module], input_shape: Sequence[int]) -> tuple[int, int]:
-    """``(MACs, parameters)`` of calling ``modules`` in turn on an input of ``input_shape``.
+def chain_costs(
+    modules: Sequence[nn.Module], input_shape: Sequence[int], dtype: torch.dtype = torch.float32
+) -> tuple[int, int]:
+    """``(MACs, parameters)`` of calling ``modules`` in turn on an input of ``input_shape`` and ``dtype``.
 
     Shapes are worked out on the meta device, so no arithmetic is done; MACs follow the
     same rules as the report (:mod:`fxcomp.tracing.costs`).
     """
-    value = torch.empty(tuple(input_shape), device="meta")
+    value = torch.empty(tuple(input_shape), dtype=dtype, device="meta")
     macs = params = 0
     for module in modules:
         on_meta = {name: tensor.to("meta") for name, tensor in [*module.named_parameters(), *module.named_buffers()]}
@@ -93,7 +103,7 @@ def cost_change(node: fx.Node, modules: Sequence[nn.Module]) -> dict[str, int]:
     Keys ``macs_before``, ``macs_after``, ``params_before``, ``params_after``, as plans record them.
     """
     info = node_info(node)
-    macs, params = chain_costs(modules, info.inputs[0].shape)
+    macs, params = chain_costs(modules, info.inputs[0].shape, info.inputs[0].dtype)
     return {"macs_before": info.macs, "macs_after": macs, "params_before": info.params, "params_after": params}
 
 

@@ -122,7 +122,13 @@ def trace(
     except Exception as error:  # noqa: BLE001 - any tracing failure becomes a TraceError
         raise TraceError(_trace_failure_message(error, model)) from error
     _default_concrete_args(model, graph, concrete_args or {})
-    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    try:
+        gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    except SyntaxError as error:  # fx writes attribute access for every submodule name
+        raise TraceError(
+            f"cannot generate Python code for {type(model).__name__}'s graph ({error.msg}); "
+            "a submodule or parameter name is a Python keyword or not an identifier: rename it"
+        ) from error
     gm.training = model.training
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     required = [n for n in placeholders if not n.args]
