@@ -260,3 +260,13 @@ def test_a_graph_module_can_be_compressed_again(small_cnn, image, plugins) -> No
     assert [f["batchnorm"] for f in second.plan[0]["plan"]["folds"]] == ["bn2"]
     assert not any(isinstance(m, nn.BatchNorm2d) for m in second.model.modules())
     assert isinstance(first.model.bn2, nn.BatchNorm2d)  # the first result is not mutated
+
+
+def test_outputs_appearing_or_vanishing_on_the_meta_device_are_an_infinite_error() -> None:
+    from fxcomp.passes.verify import relative_error
+
+    meta, real = torch.empty(3, device="meta"), torch.randn(3)
+    assert relative_error(meta, real)[0] == float("inf")
+    assert relative_error(real, meta)[0] == float("inf")
+    assert relative_error(meta, torch.empty(3, device="meta")) == (0.0, 0)
+    assert relative_error(meta, torch.empty(4, device="meta"))[0] == float("inf")

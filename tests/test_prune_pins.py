@@ -232,3 +232,52 @@ def test_channel_axes_split_or_sliced_by_sizes_in_the_graph_are_pinned(factory, 
     x = torch.randn(2, 3, 4, 4)
     assert reason in _group(factory(), x, "a").pinned
     assert _prune_and_compare(factory(), x)[1] < 1e-4
+
+
+class _TiedHeadFirst(nn.Module):
+    """The output layer owns the weight and the embedding reuses it (the tie seen from the other side)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head, self.embed, self.hidden = nn.Linear(8, 10), nn.Embedding(10, 8), nn.Linear(8, 8)
+        self.embed.weight = self.head.weight
+
+    def forward(self, tokens):
+        return self.head(torch.relu(self.hidden(self.embed(tokens))))
+
+
+class _TiedConvs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.a, self.b, self.out = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 2, 1)
+        self.b.weight = self.a.weight
+
+    def forward(self, x):
+        return self.out(self.b(torch.relu(self.a(self.stem(x)))))
+
+
+@pytest.mark.parametrize(("factory", "x"), [(_TiedHeadFirst, torch.randint(0, 10, (2, 5))), (_TiedConvs, torch.randn(1, 3, 4, 4))])
+def test_a_weight_held_by_two_modules_is_never_untied(factory, x) -> None:
+    groups = fxcomp.analyze(fxcomp.trace(factory().eval(), x))
+    assert any("is one tensor held by several modules (tied weights)" in reason for g in groups for reason in g.pinned)
+    model = factory().eval()
+    result = fxcomp.compress(model, x, "passes: [{pass: prune, ratio: 0.5}]")
+    tied = ("head", "embed") if factory is _TiedHeadFirst else ("a", "b")
+    assert getattr(result.model, tied[0]).weight is getattr(result.model, tied[1]).weight
+    assert torch.allclose(result.model(x), model(x))
+
+
+class _SliceAtTheInputBoundary(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.b(torch.cat([self.a(x), x], 1)[:, :8])
+
+
+def test_a_slice_dropping_unlabelled_entries_pins_the_channels_it_keeps() -> None:
+    x = torch.randn(2, 3, 4, 4)
+    reason = "'getitem' selects channels by positions written in the graph, which pruning would shift"
+    assert _group(_SliceAtTheInputBoundary(), x, "a").pinned == [reason]
+    assert _prune_and_compare(_SliceAtTheInputBoundary(), x)[1] < 1e-4

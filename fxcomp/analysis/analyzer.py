@@ -474,11 +474,12 @@ class _Walk:
         if not isinstance(selected, torch.Tensor) or not bool((labels >= 0).any()):
             return
         size = len(self.labels)
-        before = torch.bincount(expand(labels, self.spec(source).shape).reshape(-1) + 1, minlength=size + 1)[1:]
-        after = torch.bincount(selected.reshape(-1) + 1, minlength=size + 1)[1:]
+        before = torch.bincount(expand(labels, self.spec(source).shape).reshape(-1) + 1, minlength=size + 1)
+        after = torch.bincount(selected.reshape(-1) + 1, minlength=size + 1)
         present = before > 0
         before, after = before[present], after[present]
-        # Every channel must keep the same share of its entries: after / before equal for all.
+        # Every channel, and the entries of no channel (bucket 0), must keep the same share of its
+        # entries: after / before equal for all.
         if not torch.equal(after * before[0], before * after[0]):
             self.pin(labels, f"'{qualname(node)}' selects channels by positions written in the graph, which pruning would shift")
 
@@ -595,7 +596,7 @@ class _Walk:
         if node.op == "call_module":
             module = self.modules[node.target]
             used += [f"{node.target}.{name}" for name, _ in (*module.named_parameters(), *module.named_buffers())]
-        self.opaque.update(dict.fromkeys(used, qualname(node)))
+        self.opaque.update(dict.fromkeys((self.aliases.get(name, name) for name in used), qualname(node)))
         return _unlabelled_like(self.spec(node))
 
 
@@ -1257,7 +1258,10 @@ def analyze(
             if isinstance(error, TraceError):
                 raise
             raise TraceError(f"cannot analyze node '{qualname(node)}': {error}") from error
+    shared = Counter(walk.aliases.values())
     for name, _, line, kind in walk.members:
         if kind == "parameter" and name in walk.opaque:
             walk.pin(line, f"'{name}' is also used by '{walk.opaque[name]}', which the analyzer does not know")
+        if kind == "parameter" and shared[name] > 1:  # prune shrinks a tensor under one name only
+            walk.pin(line, f"'{name}' is one tensor held by several modules (tied weights)")
     return _build_groups(walk, ignore)

@@ -44,8 +44,11 @@ from fxcomp.tracing.shapes import INFO
 FORMAT = "fxcomp-graph"
 VERSION = 1
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_DOTTED = re.compile(r"^[\w-]+(\.[\w-]+)*$")
-"""Module paths load accepts: names of letters (any script), digits, ``_`` and ``-`` (RegNet's ``block1-0``)."""
+_DOTTED = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+"""Module paths load accepts: names of ASCII letters, digits, ``_`` and ``-`` (RegNet's ``block1-0``).
+
+ASCII only: Python folds other letters in identifiers (NFKC), so a name like ``__ｃlass__``
+would reach ``__class__`` in the code fx generates."""
 _MODULE_INTERNALS = frozenset(vars(nn.Module()))
 _OPS = ("placeholder", "get_attr", "call_module", "call_function", "call_method", "output")
 
@@ -262,7 +265,7 @@ def save(
     for name, _ in module.named_modules():
         if name and not _DOTTED.match(name):
             raise SaveError(
-                f"module '{name}' has a name fxcomp.load would refuse; give submodules names of letters, "
+                f"module '{name}' has a name fxcomp.load would refuse; give submodules names of ASCII letters, "
                 "digits, '_' and '-'"
             )
     check_writable(path)

@@ -75,12 +75,14 @@ def relative_error(outputs: Any, reference: Any) -> tuple[float, int]:
 
     Entries that are not finite must agree exactly (a NaN where the reference has a number,
     or the other way round, is an infinite error), and so must the shapes. Outputs on the meta
-    device hold no values: only their shapes are compared.
+    device hold no values: where both are, only their shapes are compared; where one is, the
+    error is infinite.
     """
     worst, where = 0.0, 0
     for index, (value, ref) in enumerate(zip(pytree.tree_leaves(outputs), pytree.tree_leaves(reference))):
         if isinstance(value, torch.Tensor) and (value.is_meta or (isinstance(ref, torch.Tensor) and ref.is_meta)):
-            if not isinstance(ref, torch.Tensor) or value.shape != ref.shape:
+            both = isinstance(ref, torch.Tensor) and value.is_meta and ref.is_meta
+            if not both or value.shape != ref.shape:  # values appearing or vanishing are a change too
                 worst, where = math.inf, index
             continue
         if isinstance(value, torch.Tensor) and value.is_floating_point() and value.numel():
