@@ -29,7 +29,19 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 
 from fxcomp import hookimpl, qualname
-from fxcomp.passes import Option, Pass, PassContext, PassResult, add_mask, choice, globs, integer, number, selected_modules
+from fxcomp.passes import (
+    Option,
+    Pass,
+    PassContext,
+    PassResult,
+    add_mask,
+    choice,
+    globs,
+    integer,
+    number,
+    parameter_holders,
+    selected_modules,
+)
 
 _SPARSIFIABLE = (nn.modules.conv._ConvNd, nn.Linear)
 
@@ -43,16 +55,6 @@ def _lowest(magnitudes: torch.Tensor, count: int) -> torch.Tensor:
     ties = (magnitudes == threshold).nonzero().flatten()
     lowest[ties[: count - int(lowest.count_nonzero())]] = True
     return lowest
-
-
-def _holders(gm: fx.GraphModule) -> dict[int, int]:
-    """How many modules hold each parameter (by ``id``); more than one means it is shared."""
-    counts: dict[int, int] = {}
-    for module in gm.modules():
-        for parameter in module._parameters.values():
-            if parameter is not None:
-                counts[id(parameter)] = counts.get(id(parameter), 0) + 1
-    return counts
 
 
 def _stored_weight(module: nn.Module) -> torch.Tensor:
@@ -80,7 +82,7 @@ class Sparsify(Pass):
 
     def _selected(self, gm: fx.GraphModule) -> tuple[list[tuple[str, torch.Tensor]], list[dict[str, Any]]]:
         """The weights to sparsify as (parameter name, value), and the skipped ones with a reason."""
-        holders = _holders(gm)
+        holders = parameter_holders(gm)
         selected: list[tuple[str, torch.Tensor]] = []
         skipped: list[dict[str, Any]] = []
         for _, layer, module in selected_modules(gm, _SPARSIFIABLE, self.options["include"], self.options["exclude"]):

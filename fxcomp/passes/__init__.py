@@ -39,6 +39,7 @@ from fxcomp.passes.rewrite import (
     chain_costs,
     cost_change,
     no_gain_reason,
+    parameter_holders,
     replace_with_chain,
     why_not_replaceable,
 )
@@ -88,6 +89,7 @@ __all__ = [
     "integer_weight",
     "matches",
     "no_gain_reason",
+    "parameter_holders",
     "number",
     "optional",
     "pack_int4",

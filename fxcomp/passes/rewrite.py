@@ -31,6 +31,16 @@ def calls_per_module(graph: fx.Graph) -> dict[str, int]:
     return counts
 
 
+def parameter_holders(gm: nn.Module) -> dict[int, int]:
+    """How many modules hold each parameter (by ``id``); more than one means it is shared (tied weights)."""
+    counts: dict[int, int] = {}
+    for module in gm.modules():
+        for parameter in module._parameters.values():
+            if parameter is not None:
+                counts[id(parameter)] = counts.get(id(parameter), 0) + 1
+    return counts
+
+
 def why_not_replaceable(gm: fx.GraphModule, node: fx.Node, calls: dict[str, int]) -> str | None:
     """Why the ``call_module`` ``node`` cannot be given to :func:`replace_with_chain`, or None.
 
@@ -43,9 +53,8 @@ def why_not_replaceable(gm: fx.GraphModule, node: fx.Node, calls: dict[str, int]
         if all(isinstance(step, Mask) for chain in module.parametrizations.values() for step in chain):
             return "its weight is masked (prune/sparsify masks): call fxcomp.strip_masks first"
         return "its weight is parametrized (fake quantization or clustering): run this pass before the one that added it"
-    owned = {id(p) for p in module.parameters()}
-    prefix = f"{node.target}."
-    if any(id(p) in owned and not name.startswith(prefix) for name, p in gm.named_parameters(remove_duplicate=False)):
+    holders = parameter_holders(gm)
+    if any(holders[id(p)] > 1 for p in module.parameters()):
         return "its weight is shared with another module"
     if len(node.args) != 1 or node.kwargs:
         return "it is called with more than one input"

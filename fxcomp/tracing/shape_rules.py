@@ -48,6 +48,11 @@ def _like_first(args: Sequence[Any], kwargs: dict[str, Any]) -> torch.Tensor | N
     return _empty(first.shape, first.dtype)
 
 
+def _bind(names: Sequence[str], args: Sequence[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The arguments of a call by parameter name, for the leading parameters ``names``."""
+    return {**dict(zip(names, args)), **kwargs}
+
+
 def _per_channel(tensors: Sequence[Any], x: torch.Tensor) -> bool:
     """Whether the given statistics / affine tensors (None allowed) are 1-D, one entry per channel, of x's dtype."""
     present = [t for t in tensors if t is not None]
@@ -57,7 +62,7 @@ def _per_channel(tensors: Sequence[Any], x: torch.Tensor) -> bool:
 def _batch_norm(args: Sequence[Any], kwargs: dict[str, Any]) -> torch.Tensor | None:
     """``F.batch_norm``: statistics and affine parameters must match the channels."""
     names = ("input", "running_mean", "running_var", "weight", "bias")
-    bound = {**dict(zip(names, args)), **kwargs}
+    bound = _bind(names, args, kwargs)
     x = bound.get("input")
     if not isinstance(x, torch.Tensor) or x.dim() < 2 or not _per_channel([bound.get(n) for n in names[1:]], x):
         return None
@@ -67,7 +72,7 @@ def _batch_norm(args: Sequence[Any], kwargs: dict[str, Any]) -> torch.Tensor | N
 def _layer_norm(args: Sequence[Any], kwargs: dict[str, Any]) -> torch.Tensor | None:
     """``F.layer_norm``: ``normalized_shape`` must be the input's trailing sizes."""
     names = ("input", "normalized_shape", "weight", "bias")
-    bound = {**dict(zip(names, args)), **kwargs}
+    bound = _bind(names, args, kwargs)
     x, shape = bound.get("input"), bound.get("normalized_shape")
     if not isinstance(x, torch.Tensor) or not isinstance(shape, (list, tuple, torch.Size)) or not shape:
         return None
@@ -82,7 +87,7 @@ def _layer_norm(args: Sequence[Any], kwargs: dict[str, Any]) -> torch.Tensor | N
 def _group_norm(args: Sequence[Any], kwargs: dict[str, Any]) -> torch.Tensor | None:
     """``F.group_norm``: the channels must split into ``num_groups``."""
     names = ("input", "num_groups", "weight", "bias")
-    bound = {**dict(zip(names, args)), **kwargs}
+    bound = _bind(names, args, kwargs)
     x, groups = bound.get("input"), bound.get("num_groups")
     if not isinstance(x, torch.Tensor) or x.dim() < 2 or type(groups) is not int or groups <= 0 or x.shape[1] % groups:
         return None
@@ -137,8 +142,7 @@ def _cat(args: Sequence[Any], kwargs: dict[str, Any]) -> torch.Tensor | None:
     if not isinstance(tensors, (tuple, list)) or not tensors or type(dim) is not int:
         return None
     first = tensors[0]
-    # Contiguous inputs on one device: the real output is then contiguous too.
-    if not all(isinstance(t, torch.Tensor) and t.device == first.device and t.is_contiguous() for t in tensors):
+    if not all(isinstance(t, torch.Tensor) and t.device == first.device and _plain(t) for t in tensors):
         return None
     if not first.dim() or not -first.dim() <= dim < first.dim():
         return None
@@ -309,7 +313,7 @@ def _attention(module: nn.MultiheadAttention, args: Sequence[Any], kwargs: dict[
     """``nn.MultiheadAttention`` without masks: ``(output, weights or None)``."""
     if len(args) > len(_ATTENTION_ARGUMENTS) or kwargs.keys() - set(_ATTENTION_ARGUMENTS[len(args) :]):
         return None
-    bound = {**dict(zip(_ATTENTION_ARGUMENTS, args)), **kwargs}
+    bound = _bind(_ATTENTION_ARGUMENTS, args, kwargs)
     query, key, value = (bound.get(name) for name in ("query", "key", "value"))
     if not all(isinstance(t, torch.Tensor) for t in (query, key, value)):
         return None

@@ -108,7 +108,7 @@ class _NodeFailure(Exception):
         self.error = error
 
 
-def _check_weight_dtype(module: nn.Module, args: tuple) -> None:
+def _check_weight_dtype(module: nn.Module | None, args: tuple) -> None:
     """Refuse a conv or linear layer fed another floating dtype than its weight's, as real kernels do.
 
     (Meta and fake kernels accept the mix, so propagation would pass a model that cannot run.)
@@ -127,16 +127,13 @@ class _Propagator(fx.Interpreter):
         super().__init__(gm)
         self.modules = modules_by_path(gm)
 
-    def call_module(self, target: Any, args: tuple, kwargs: dict) -> Any:
-        _check_weight_dtype(self.modules[target], args)
-        return super().call_module(target, args, kwargs)
-
     def run_node(self, node: fx.Node) -> Any:
         try:
             with self._set_current_node(node):
                 args, kwargs = self.fetch_args_kwargs_from_env(node)
+                module = self.modules[node.target] if node.op == "call_module" else None
+                _check_weight_dtype(module, args)
                 result = getattr(self, node.op)(node.target, args, kwargs)
-            module = self.modules[node.target] if node.op == "call_module" else None
             macs = node_macs(node, module, args, result)
         except Exception as error:  # noqa: BLE001 - every failure is reported with its node
             raise _NodeFailure(node, error) from error
@@ -173,7 +170,6 @@ class _MetaPropagator(_Propagator):
 
     def call_module(self, target: Any, args: tuple, kwargs: dict) -> Any:
         module = self.modules[target]
-        _check_weight_dtype(module, args)
         result = module_rule(module, args, kwargs)
         if result is not None:
             return result
