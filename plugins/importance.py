@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
 from fxcomp import ChannelGroup, Member, RecipeError
-from fxcomp.passes import PassContext, calibration_batches
+from fxcomp.passes import PassContext, calibration_outputs
 from fxcomp.tracing import eval_mode
 
 Criterion = Callable[[Sequence[ChannelGroup], fx.GraphModule, PassContext], list[torch.Tensor]]
@@ -168,8 +168,8 @@ def taylor_importance(groups: Sequence[ChannelGroup], gm: fx.GraphModule, contex
             parameter.requires_grad_(True)
             parameter.grad = None
         with eval_mode(gm), torch.enable_grad():
-            for batch in calibration_batches(gm, context.calib_data, "prune.importance: taylor"):
-                _loss(gm(*batch.inputs), batch.target).backward()
+            for batch, output in calibration_outputs(gm, context.calib_data, "prune.importance: taylor"):
+                _loss(output, batch.target).backward()
         results = []
         for group in groups:
             scores = torch.zeros(group.channels, dtype=torch.float64)
@@ -231,8 +231,8 @@ def activation_importance(
             handles.append(module.register_forward_pre_hook(lambda m, a, key=key: record(key, a[0], m)))
     try:
         with eval_mode(gm), torch.no_grad():
-            for batch in calibration_batches(gm, context.calib_data, "prune.importance: activation"):
-                gm(*batch.inputs)
+            for _ in calibration_outputs(gm, context.calib_data, "prune.importance: activation"):
+                pass
     finally:
         for handle in handles:
             handle.remove()

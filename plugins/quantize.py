@@ -40,7 +40,7 @@ from fxcomp.passes import (
     PassContext,
     PassResult,
     WeightQuant,
-    calibration_batches,
+    calibration_outputs,
     choice,
     convert,
     globs,
@@ -126,8 +126,8 @@ def _calibrate(gm: fx.GraphModule, stubs: list[ActivationQuant], context: PassCo
         stub.calibrating = True
     try:
         with eval_mode(gm):
-            for batch in calibration_batches(gm, context.calib_data, "quantize.scheme: int8"):
-                gm(*batch.inputs)
+            for _ in calibration_outputs(gm, context.calib_data, "quantize.scheme: int8"):
+                pass
     finally:
         for stub in stubs:
             stub.calibrating = False

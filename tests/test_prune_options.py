@@ -202,6 +202,20 @@ def test_calibration_data_errors(calib_data, message) -> None:
         )
 
 
+@pytest.mark.parametrize("importance", ["taylor", "activation"])
+def test_calibration_batches_shaped_unlike_the_example_inputs_are_named(importance) -> None:
+    wrong = [(torch.randn(2, 3, 3, 3), torch.zeros(2, dtype=torch.long))]  # 3 channels where the model takes 2
+    message = (
+        rf"^prune.importance: {importance}: the model fails on a calibration batch of 2×3×3×3 float32 \(RuntimeError: .*\); "
+        r"give batches shaped like the example inputs \(1×2×3×3 float32, any batch size\)$"
+    )
+    with pytest.raises(fxcomp.CalibrationError, match=message):
+        fxcomp.compress(
+            _Classifier(), torch.randn(1, 2, 3, 3), {"passes": [{"pass": "prune", "ratio": 0.5, "importance": importance}]},
+            calib_data=wrong,
+        )
+
+
 def test_scope_and_steps_are_validated(small_cnn, image) -> None:
     with pytest.raises(fxcomp.RecipeError, match=r"^passes\[0\]\.scope: expected one of 'local', 'global', got 'everywhere'$"):
         fxcomp.compress(small_cnn, image, {"passes": [{"pass": "prune", "ratio": 0.5, "scope": "everywhere"}]})

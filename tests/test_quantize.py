@@ -185,6 +185,16 @@ def test_int8_needs_calibration_data() -> None:
         fxcomp.compress(SmallCNN(), torch.randn(1, 3, 8, 8), {"passes": [{"pass": "quantize", "scheme": "int8"}]})
 
 
+def test_int8_calibration_batches_must_fit_the_model() -> None:
+    recipe = {"passes": [{"pass": "quantize", "scheme": "int8"}]}
+    with pytest.raises(fxcomp.CalibrationError, match=r"^quantize.scheme: int8: the model fails on a calibration batch of 4×1×8×8 float32 .*"
+                       r"give batches shaped like the example inputs \(1×3×8×8 float32, any batch size\)$"):
+        fxcomp.compress(SmallCNN(), torch.randn(1, 3, 8, 8), recipe, calib_data=[torch.randn(4, 1, 8, 8)])
+    # Another batch size fits: calibration runs on it.
+    result = fxcomp.compress(SmallCNN(), torch.randn(1, 3, 8, 8), recipe, calib_data=[torch.randn(4, 3, 8, 8)])
+    assert all(high > low for low, high in result.plan[0]["stats"]["input_range"].values())
+
+
 # -- integer storage -------------------------------------------------------------------------------
 
 

@@ -361,3 +361,51 @@ def test_a_name_load_would_refuse_is_refused_when_saving(tmp_path, name) -> None
     gm = fxcomp.trace(model.eval(), torch.randn(2, 4))
     with pytest.raises(fxcomp.SaveError, match=f"module '{name}' has a name fxcomp.load would refuse"):
         fxcomp.save(gm, tmp_path / "model.fxc")
+
+
+class _Recurrent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(8, 8, num_layers=2, batch_first=True, bidirectional=True)
+        self.gru = nn.GRU(16, 4, batch_first=True)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        y, _ = self.lstm(x)
+        z, _ = self.gru(y)
+        return self.fc(z[:, -1])
+
+
+def test_recurrent_layers_round_trip_and_train(tmp_path) -> None:
+    torch.manual_seed(0)
+    model, x = _Recurrent().eval(), torch.randn(3, 5, 8)
+    result = fxcomp.compress(model, x, "passes: [{pass: quantize}]")
+    fxcomp.save(result.model, tmp_path / "rnn.fxc")
+    loaded = fxcomp.load(tmp_path / "rnn.fxc")
+    assert torch.equal(loaded(x), result.model(x))
+    loaded.train()
+    loaded(x).sum().backward()  # the LSTM's flat weights are its loaded parameters, not copies
+    assert loaded.lstm.weight_hh_l1_reverse.grad is not None and loaded.gru.weight_ih_l0.grad is not None
+
+
+def test_an_attribute_the_format_cannot_store_is_named_on_one_line(tmp_path) -> None:
+    model = nn.Sequential(nn.Linear(4, 2))
+    model[0].extra = {1: torch.zeros(5, 5)}
+    message = r"^module '0' attribute 'extra' holds a dict \(\{1: tensor\(\[\[0\., 0\., 0\., 0\., 0\.\], \[0\., 0\., 0\., 0\., 0\.\], \[\.\.\.\), which[^\n]*$"
+    with pytest.raises(fxcomp.SaveError, match=message):
+        fxcomp.save(fxcomp.trace(model, torch.randn(1, 4)), tmp_path / "model.fxc")
+
+
+@pytest.mark.parametrize("attribute", ["_flat_weights_names", "_flat_weights"])
+def test_a_crafted_recurrent_layer_is_refused(attribute, tmp_path) -> None:
+    path = tmp_path / "rnn.fxc"
+    fxcomp.save(fxcomp.trace(nn.Sequential(nn.GRU(4, 4)).eval(), torch.randn(2, 3, 4)), path)
+    data = torch.load(path, weights_only=True)
+    graph = json.loads(data["graph"])
+    attrs = graph["modules"]["0"]["attrs"]
+    if attribute in attrs:
+        del attrs[attribute]  # without it the GRU cannot rebuild its weight list
+    else:
+        attrs[attribute] = {"list": []}  # derived state is never read from a file
+    with pytest.raises(fxcomp.LoadError, match="malformed"):
+        fxcomp.load(_write(tmp_path, data, graph))

@@ -50,6 +50,21 @@ _DOTTED = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 ASCII only: Python folds other letters in identifiers (NFKC), so a name like ``__ｃlass__``
 would reach ``__class__`` in the code fx generates."""
 _MODULE_INTERNALS = frozenset(vars(nn.Module()))
+_REBUILT: tuple[tuple[type[nn.Module], frozenset[str], str], ...] = (
+    (nn.RNNBase, frozenset({"_flat_weights", "_flat_weight_refs"}), "_init_flat_weights"),
+)
+"""Attributes a module derives from its own parameters (an RNN's list of them and weak references
+to them): not saved, and rebuilt on load by the module's own method named beside them."""
+
+
+def _derived_attributes(module: nn.Module) -> frozenset[str]:
+    return frozenset().union(*(names for cls, names, _ in _REBUILT if isinstance(module, cls)))
+
+
+def _rebuild_derived(module: nn.Module) -> None:
+    for cls, _, method in _REBUILT:
+        if isinstance(module, cls):
+            getattr(module, method)()
 _OPS = ("placeholder", "get_attr", "call_module", "call_function", "call_method", "output")
 
 
@@ -118,10 +133,11 @@ def _encode_module(module: nn.Module, path: str, allow: AllowList, table: _Tenso
     for key in _MODULE_INTERNALS:
         if "hook" in key and isinstance(vars(module)[key], dict) and vars(module)[key]:
             raise SaveError(f"module '{path}' has {key} registered; hooks are code and cannot be saved, remove them")
+    derived = _derived_attributes(module)
     attrs = {
         key: encode(value, f"module '{path}' attribute '{key}'")
         for key, value in vars(module).items()
-        if key not in _MODULE_INTERNALS
+        if key not in _MODULE_INTERNALS and key not in derived
     }
     parameters = {
         name: None if p is None else {"tensor": table.add(p, f"{path}.{name}"), "requires_grad": p.requires_grad}
@@ -350,7 +366,7 @@ class _Loader:
         module = cls.__new__(cls)
         nn.Module.__init__(module)
         for key, value in _expect(spec.get("attrs", {}), dict, f"attributes of '{path}'").items():
-            if not _IDENTIFIER.match(key) or key in _MODULE_INTERNALS:
+            if not _IDENTIFIER.match(key) or key in _MODULE_INTERNALS or key in _derived_attributes(module):
                 raise _malformed(f"attribute name {key!r:.40} of '{path}'")
             module.__dict__[key] = decode(value)
         module.training = bool(spec.get("training"))
@@ -364,6 +380,10 @@ class _Loader:
             module._modules[self._child_name(name, path)] = self.module(child, f"{path}.{name}")
         for name, chain in _expect(spec.get("parametrizations", {}), dict, f"parametrizations of '{path}'").items():
             self.parametrize(module, self._name(name, path), chain, f"{path}.{name}")
+        try:
+            _rebuild_derived(module)
+        except (AttributeError, KeyError, TypeError) as error:
+            raise _malformed(f"module '{path}' lacks what {cls.__name__} needs: {error}") from error
         return module
 
     def parametrize(self, module: nn.Module, name: str, spec: Any, path: str) -> None:

@@ -53,9 +53,15 @@ def encode(value: Any, where: str) -> Any:
     if isinstance(value, torch.layout):
         return {"layout": str(value).removeprefix("torch.")}
     raise SaveError(
-        f"{where} holds a {type(value).__name__} ({value!r:.60}), which fxcomp's file format cannot store; "
+        f"{where} holds a {type(value).__name__} ({_preview(value)}), which fxcomp's file format cannot store; "
         "keep such values out of the graph (e.g. trace the module that makes them as a leaf)"
     )
+
+
+def _preview(value: Any) -> str:
+    """The start of ``value``'s repr, on one line."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _lookup(table: dict[str, Any], name: Any, kind: str) -> Any:

@@ -3,8 +3,8 @@
 This package's namespace is the pass-author API: the :class:`Pass` contract and
 the option checks; :class:`Mask` / :func:`add_mask`, which hold pruned
 weights at zero, and :func:`parameter_values`, which reads weights as the model
-computes them (:mod:`fxcomp.passes.masks`); :func:`calibration_batches`, which
-feeds ``calib_data`` to data-driven passes (:mod:`fxcomp.passes.calibration`); and :func:`replace_with_chain` /
+computes them (:mod:`fxcomp.passes.masks`); :func:`calibration_batches` /
+:func:`calibration_outputs`, which feed ``calib_data`` to data-driven passes (:mod:`fxcomp.passes.calibration`); and :func:`replace_with_chain` /
 :func:`cost_change`, which swap one layer for several and weigh the swap
 (:mod:`fxcomp.passes.rewrite`). The recipe loader
 (:mod:`fxcomp.passes.recipe`), the checks run after each pass
@@ -13,7 +13,7 @@ build on it and on the plugins.
 """
 
 from fxcomp.passes.base import CheckContext, Pass, PassContext, PassResult, matches, selected_modules
-from fxcomp.passes.calibration import Batch, calibration_batches
+from fxcomp.passes.calibration import Batch, calibration_batches, calibration_outputs
 from fxcomp.passes.masks import Mask, add_mask, has_parametrization, parameter_values
 from fxcomp.passes.quantization import (
     OBSERVERS,
@@ -76,6 +76,7 @@ __all__ = [
     "add_mask",
     "boolean",
     "calibration_batches",
+    "calibration_outputs",
     "calls_per_module",
     "chain_costs",
     "choice",

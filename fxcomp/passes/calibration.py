@@ -9,14 +9,15 @@ batch.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.fx as fx
 
-from fxcomp.errors import CalibrationError
+from fxcomp.errors import CalibrationError, FxcompError, first_line
+from fxcomp.tracing import node_info
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,44 @@ def calibration_batches(gm: fx.GraphModule, calib_data: Any, needed_by: str) -> 
         yield Batch(parts[:count], parts[count] if len(parts) > count else None)
     if not seen:
         raise CalibrationError(f"{needed_by}: calib_data is empty; give at least one batch")
+
+
+def calibration_outputs(gm: fx.GraphModule, calib_data: Any, needed_by: str) -> Iterator[tuple[Batch, Any]]:
+    """Run ``gm`` on each batch of ``calib_data``; yield the batch and the model's output.
+
+    The forward runs when the caller asks for the next pair, so it sees the caller's grad
+    mode and hooks. A batch whose inputs differ from the traced example inputs in rank,
+    dtype or a non-batch size and that makes the model fail raises
+    :class:`fxcomp.CalibrationError` naming both shapes; other failures propagate.
+    """
+    traced = [node_info(node).output for node in gm.graph.nodes if node.op == "placeholder" and not node.args]
+    for batch in calibration_batches(gm, calib_data, needed_by):
+        try:
+            output = gm(*batch.inputs)
+        except FxcompError:
+            raise
+        except Exception as error:  # noqa: BLE001 - re-raised unless the batch is the likely cause
+            mismatch = next(
+                (
+                    (given, expected)
+                    for given, expected in zip(batch.inputs, traced)
+                    if given.dtype != expected.dtype or given.dim() != len(expected.shape) or given.shape[1:] != expected.shape[1:]
+                ),
+                None,
+            )
+            if mismatch is None:
+                raise
+            given, expected = mismatch
+            raise CalibrationError(
+                f"{needed_by}: the model fails on a calibration batch of {_spec(given.shape, given.dtype)} "
+                f"({type(error).__name__}: {first_line(error)}); give batches shaped like the example inputs "
+                f"({_spec(expected.shape, expected.dtype)}, any batch size)"
+            ) from error
+        yield batch, output
+
+
+def _spec(shape: Sequence[int], dtype: torch.dtype) -> str:
+    return "×".join(map(str, shape)) + f" {str(dtype).removeprefix('torch.')}"
 
 
 def _describe(batch: Any) -> str:
