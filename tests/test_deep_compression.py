@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import zipfile
 from pathlib import Path
 
@@ -106,6 +108,21 @@ def test_huffman_round_trips_any_symbols(symbols) -> None:
     lengths = code_lengths(np.bincount(symbols, minlength=41))
     data, bits = encode(symbols, lengths)
     assert np.array_equal(decode(data, bits, lengths, len(symbols)), symbols)
+
+
+@pytest.mark.parametrize("chunk_bits", [1, 3, 64])
+def test_huffman_decodes_across_chunk_boundaries(chunk_bits, monkeypatch) -> None:
+    from fxcomp.export import huffman
+
+    monkeypatch.setattr(huffman, "_CHUNK_BITS", chunk_bits)  # codes straddle the chunks the stream is read in
+    symbols = np.random.default_rng(chunk_bits).zipf(1.6, 2000) % 37
+    lengths = code_lengths(np.bincount(symbols, minlength=37))
+    data, bits = encode(symbols, lengths)
+    assert np.array_equal(decode(data, bits, lengths, len(symbols)), symbols)
+    with pytest.raises(HuffmanError, match="the stream ends"):
+        decode(data, bits - 1, lengths, len(symbols))
+    with pytest.raises(HuffmanError, match="bits left over"):
+        decode(data, bits, lengths, len(symbols) - 1)
 
 
 def test_huffman_codes_skewed_data_near_its_entropy_and_limits_lengths() -> None:
@@ -234,3 +251,88 @@ def test_the_shipped_deep_compression_recipe_runs_end_to_end(tmp_path) -> None:
     weights = fxcomp.load(tmp_path / "deep.fxc").get_submodule("1").weight
     assert (weights == 0).float().mean() == pytest.approx(0.93, abs=0.02)
     assert weights[weights != 0].unique().numel() <= 32
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        lambda w: w.t(),  # lowrank's factors are transposed views
+        lambda w: w.reshape(8, 3, 3, 5).contiguous(memory_format=torch.channels_last),
+        lambda w: w.reshape(2, 3, 4, 15).permute(3, 1, 0, 2)[:, :, :1],  # a size-1 dimension, stride 180
+    ],
+    ids=["transposed", "channels_last", "permuted"],
+)
+def test_codec_restores_the_strides_of_dense_layouts(layout) -> None:
+    torch.manual_seed(0)
+    weight = layout(torch.randn(24, 15) * (torch.rand(24, 15) < 0.3))
+    decoded = decode_tensor(*encode_tensor(weight, index_bits=3)[:2])
+    assert decoded.stride() == weight.stride() and torch.equal(_bits(decoded), _bits(weight))
+
+
+def test_codec_stores_a_view_that_is_not_dense_in_the_dense_layout_of_its_order() -> None:
+    weight = torch.randn(6, 10).t()[::2]  # (5, 6), strides (2, 10): every other column
+    decoded = decode_tensor(*encode_tensor(weight, index_bits=3)[:2])
+    assert decoded.stride() == (1, 5) and torch.equal(_bits(decoded), _bits(weight))
+
+
+def test_deep_save_of_a_lowrank_model_loads_with_its_strides_and_computes_bitwise(tmp_path) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(3, 24)
+    model = nn.Sequential(nn.Linear(24, 20), nn.ReLU(), nn.Linear(20, 7))
+    result = fxcomp.compress(model, x, {"passes": [{"pass": "lowrank", "rank": 2}]})
+    fxcomp.save(result.model, tmp_path / "lowrank.fxc", codec="deep")
+    loaded = fxcomp.load(tmp_path / "lowrank.fxc")
+    saved = result.model.state_dict()
+    assert not all(t.is_contiguous() for t in saved.values())
+    for name, tensor in loaded.state_dict().items():
+        assert tensor.stride() == saved[name].stride() and torch.equal(tensor, saved[name])
+    with torch.no_grad():
+        assert torch.equal(loaded(x), result.model(x))
+
+
+@pytest.mark.parametrize(
+    "stride",
+    [[1, 1], [5, 1, 1], [10, 1], [1, 0], [-5, 1], [5.0, 1], [1 << 63, 1], "5,1"],
+    ids=["overlapping", "too_many", "sparse", "zero", "negative", "float", "huge", "string"],
+)
+def test_crafted_strides_are_refused(stride, sparse_shared, tmp_path) -> None:
+    meta, payload, _ = encode_tensor(torch.randn(4, 5), index_bits=3)
+    with pytest.raises(CodecError, match="strides"):
+        decode_tensor({**meta, "stride": stride}, payload)
+    result, _ = sparse_shared
+    path = tmp_path / "deep.fxc"
+    fxcomp.save(result.model, path, codec="deep")
+    data = torch.load(path, weights_only=True)
+    graph = json.loads(data["graph"])
+    next(iter(graph["encoded"].values()))["stride"] = stride
+    torch.save({**data, "graph": json.dumps(graph)}, path)
+    with pytest.raises(LoadError, match=r"malformed \(coded weight 't\d+': strides"):
+        fxcomp.load(path)
+
+
+def test_an_all_zero_weight_round_trips_through_the_codec(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4))
+    with torch.no_grad():
+        model[2].weight.mul_(1e-3)  # global sparsify empties this small-magnitude layer
+    x = torch.randn(2, 64)
+    recipe = {"passes": [{"pass": "sparsify", "sparsity": 0.9, "scope": "global"}], "save": {"codec": "deep"}}
+    result = fxcomp.compress(model, x, recipe)
+    assert fxcomp.sparsity(result.model)["2.weight"] == 1.0
+    report = result.save(tmp_path / "zero.fxc")
+    assert {layer.name: layer.nonzero for layer in report.layers}["2.weight"] == 0
+    loaded = fxcomp.load(tmp_path / "zero.fxc")
+    expected = fxcomp.strip_masks(result.model).state_dict()
+    for name, tensor in loaded.state_dict().items():
+        assert torch.equal(_bits(tensor), _bits(expected[name]))
+    assert torch.equal(loaded(x), result.model(x))
+
+
+def test_index_bits_takes_whole_numbers_only(tmp_path) -> None:
+    gm = fxcomp.trace(nn.Sequential(nn.Linear(4, 3)), torch.randn(1, 4))
+    report = fxcomp.save(gm, tmp_path / "m.fxc", codec="deep", index_bits=np.int64(4))
+    assert [layer.index_bits for layer in report.layers] == [4] and type(report.layers[0].index_bits) is int
+    assert torch.equal(fxcomp.load(tmp_path / "m.fxc").get_submodule("0").weight, gm.get_submodule("0").weight)
+    for bits in (4.0, "4", None, True):
+        with pytest.raises(SaveError, match=rf"^index_bits must be between 1 and 16 \(a whole number\), got {re.escape(repr(bits))}$"):
+            fxcomp.save(gm, tmp_path / "m.fxc", codec="deep", index_bits=bits)

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import pickle
+import re
 import types
 import zipfile
 
@@ -354,7 +355,7 @@ def test_submodule_names_with_dashes_round_trip(tmp_path) -> None:
     assert torch.equal(fxcomp.load(tmp_path / "model.fxc")(x), gm(x))
 
 
-@pytest.mark.parametrize("name", ["a b", "blockÄ", "__ｃlass__"])
+@pytest.mark.parametrize("name", ["a b", "blockÄ", "__ｃlass__", "__x"])
 def test_a_name_load_would_refuse_is_refused_when_saving(tmp_path, name) -> None:
     model = nn.Sequential()
     model.add_module(name, nn.Linear(4, 4))
@@ -409,3 +410,102 @@ def test_a_crafted_recurrent_layer_is_refused(attribute, tmp_path) -> None:
         attrs[attribute] = {"list": []}  # derived state is never read from a file
     with pytest.raises(fxcomp.LoadError, match="malformed"):
         fxcomp.load(_write(tmp_path, data, graph))
+
+
+class _BlockWithChild(nn.Module):
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.block = nn.Sequential()
+        self.block.add_module(name, nn.Conv2d(3, 4, 3))
+
+    def forward(self, x):
+        return self.block(x)
+
+
+@pytest.mark.parametrize("name", ["block1-0", "3x3", "conv"])
+def test_children_of_a_module_kept_whole_round_trip_with_any_name_save_accepts(tmp_path, name) -> None:
+    x = torch.randn(1, 3, 8, 8)
+    gm = fxcomp.trace(_BlockWithChild(name), x, leaf_modules=[nn.Sequential])
+    loaded = _reload(gm, tmp_path)
+    assert list(loaded.block._modules) == [name]
+    assert torch.equal(loaded(x), gm(x))
+
+
+class _OddMemberNames(nn.Module):
+    """A root parameter and buffer read by the graph, and a kept-whole layer's buffer, named with '-' and digits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_parameter("3x3", nn.Parameter(torch.randn(4)))
+        self.register_buffer("scale-1", torch.full((4,), 2.0))
+        self.fc = nn.Linear(4, 4)
+        self.fc.register_buffer("running-1", torch.arange(4.0))
+
+    def forward(self, x):
+        return self.fc(x) * getattr(self, "3x3") + getattr(self, "scale-1")
+
+
+def test_parameter_and_buffer_names_with_dashes_and_digits_round_trip(tmp_path) -> None:
+    x = torch.randn(2, 4)
+    gm = fxcomp.trace(_OddMemberNames(), x)
+    loaded = _reload(gm, tmp_path)
+    assert torch.equal(loaded(x), gm(x))
+    assert torch.equal(loaded.get_buffer("fc.running-1"), torch.arange(4.0))
+    assert torch.equal(getattr(loaded, "3x3"), getattr(gm, "3x3")) and isinstance(getattr(loaded, "3x3"), nn.Parameter)
+
+
+@pytest.mark.parametrize(("kind", "name"), [("buffer", "a b"), ("buffer", "scaleÄ"), ("parameter", "w\n")])
+def test_member_names_load_would_refuse_are_refused_when_saving(tmp_path, kind, name) -> None:
+    model = nn.Sequential(nn.Linear(4, 4))
+    if kind == "buffer":
+        model[0].register_buffer(name, torch.zeros(1))
+    else:
+        model[0].register_parameter(name, nn.Parameter(torch.zeros(1)))
+    message = rf"^module '0' has a {kind} named {re.escape(repr(name))}, which fxcomp.load would refuse; give {kind}s"
+    with pytest.raises(fxcomp.SaveError, match=message):
+        fxcomp.save(fxcomp.trace(model, torch.randn(2, 4)), tmp_path / "model.fxc")
+    model = nn.Sequential(nn.Linear(4, 4))
+    setattr(model[0], "extra-option", 1)
+    with pytest.raises(fxcomp.SaveError, match=r"^module '0' has an attribute named 'extra-option', which fxcomp.load would"):
+        fxcomp.save(fxcomp.trace(model, torch.randn(2, 4)), tmp_path / "model.fxc")
+
+
+@pytest.mark.parametrize("name", ["__ｃlass__", "__class__", "a b", "conv\n", ""])
+def test_crafted_member_names_are_refused(tmp_path, small_cnn, image, name) -> None:
+    data, graph = _saved(tmp_path, small_cnn, image)
+    parameters = graph["modules"]["conv1"]["parameters"]
+    parameters[name] = parameters.pop("weight")
+    with pytest.raises(fxcomp.LoadError, match="malformed \\(member name"):
+        fxcomp.load(_write(tmp_path, data, graph))
+
+
+def test_a_meta_device_model_is_refused_with_what_to_do(tmp_path) -> None:
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Conv2d(3, 4, 3))
+    gm = fxcomp.trace(model, torch.randn(1, 3, 8, 8, device="meta"))
+    message = r"^tensor '0.weight' is on the meta device and holds no values; give the model real weights before saving"
+    for codec in (None, "deep"):
+        with pytest.raises(fxcomp.SaveError, match=message + r" \(e.g. model.to_empty\(device='cpu'\) then load_state_dict\)$"):
+            fxcomp.save(gm, tmp_path / "meta.fxc", codec=codec)
+    assert not (tmp_path / "meta.fxc").exists()
+
+
+def test_models_lowered_with_direct_convolutions_round_trip(tmp_path) -> None:
+    from fxcomp.lowering.direct import DirectConv2d
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.BatchNorm2d(4), nn.ReLU(),
+        nn.Conv2d(4, 6, 1), nn.ReLU(), nn.Conv2d(6, 5, 3, stride=2),
+    ).eval()
+    x = torch.randn(2, 4, 9, 9)
+    lowered = fxcomp.lower(fxcomp.trace(model, x), backend="eager", direct_convs=True).module
+    forms = {m.form for m in lowered.modules() if isinstance(m, DirectConv2d)}
+    assert forms == {"depthwise", "pointwise", "dense"}
+    for codec in (None, "deep"):
+        fxcomp.save(lowered, tmp_path / "lowered.fxc", codec=codec)
+        loaded = fxcomp.load(tmp_path / "lowered.fxc")
+        direct = [m for m in loaded.modules() if isinstance(m, DirectConv2d)]
+        assert len(direct) == 3 and {m.form for m in direct} == forms
+        with torch.no_grad():
+            assert torch.equal(loaded(x), lowered(x))

@@ -4,7 +4,9 @@ A file names module classes and functions by string; loading resolves those
 strings only through these tables, never through ``importlib``. The tables
 hold the ``torch.nn`` layer classes, fxcomp's own parametrization
 (:class:`fxcomp.passes.Mask`, :class:`fxcomp.passes.SharedWeights`,
-:class:`fxcomp.passes.WeightQuant`), the tensor operators of ``torch``,
+:class:`fxcomp.passes.WeightQuant`), the direct convolutions of
+``lower(direct_convs=True)`` (:class:`fxcomp.lowering.direct.DirectConv2d`: plain
+attributes and parameters), the tensor operators of ``torch``,
 ``torch.nn.functional``, ``torch.fft``, ``torch.linalg``, ``torch.special``,
 ``operator`` and ``math``, and whatever plugins register through the
 ``fxcomp_register_serializables`` hook. Anything that reads files or calls an
@@ -26,6 +28,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from fxcomp.lowering.direct import DirectConv2d
 from fxcomp.passes.masks import Mask
 from fxcomp.passes.quantization import ActivationQuant, PackedWeight, WeightQuant
 from fxcomp.passes.sharing import SharedWeights
@@ -118,6 +121,7 @@ def build_allowlist(extra: Iterable[Any] = ()) -> AllowList:
     classes[qualified_name(WeightQuant)] = WeightQuant
     classes[qualified_name(ActivationQuant)] = ActivationQuant
     classes[qualified_name(PackedWeight)] = PackedWeight
+    classes[qualified_name(DirectConv2d)] = DirectConv2d
     functions = _builtin_functions()
     for obj in extra:
         if isinstance(obj, type) and issubclass(obj, nn.Module):

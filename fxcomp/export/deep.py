@@ -14,9 +14,11 @@ Each weight tensor (floating point, two or more dimensions) is stored as
   with its own canonical code (:mod:`fxcomp.export.huffman`).
 
 Values are compared and stored by bit pattern, so decoding gives back exactly
-the saved tensor (``-0.0`` and NaN included), and a CRC-32 of every tensor
-catches a corrupted file. Other tensors (biases, normalization parameters,
-buffers) are stored as they are and count at full size in the report.
+the saved tensor (``-0.0`` and NaN included) with its strides (a transposed or
+channels-last weight stays so, and computes bitwise as before; a view that is
+not dense gets the dense strides of its dimension order), and a CRC-32 of every
+tensor catches a corrupted file. Other tensors (biases, normalization
+parameters, buffers) are stored as they are and count at full size in the report.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ class TensorSize:
 
 def _bit_patterns(tensor: torch.Tensor) -> np.ndarray:
     """The entries' bit patterns as integers of the float's width (numpy cannot hold bfloat16)."""
-    return tensor.detach().cpu().contiguous().reshape(-1).view(_BITS[tensor.dtype]).numpy()
+    return tensor.detach().cpu().view(_BITS[tensor.dtype]).contiguous().reshape(-1).numpy()
 
 
 def _crc(tensor: torch.Tensor) -> int:
@@ -115,6 +117,7 @@ def encode_tensor(tensor: torch.Tensor, index_bits: int) -> tuple[dict[str, Any]
     payload["difference_lengths"] = torch.from_numpy(difference_lengths)
     meta = {
         "shape": list(tensor.shape),
+        "stride": list(torch.empty_like(tensor, device="meta").stride()),  # dense, in the tensor's dimension order
         "dtype": str(tensor.dtype).removeprefix("torch."),
         "index_bits": index_bits,
         "entries": entry_count,
@@ -135,6 +138,25 @@ def encode_tensor(tensor: torch.Tensor, index_bits: int) -> tuple[dict[str, Any]
     return meta, payload, size
 
 
+def _dense_stride(shape: list[int], stride: Any) -> list[int]:
+    """``stride`` (contiguous if None), checked to lay ``shape`` out densely without overlap; raises :class:`CodecError`."""
+    if stride is None:
+        return list(torch.empty(shape, device="meta").stride())
+    if not (
+        isinstance(stride, list)
+        and len(stride) == len(shape)
+        and all(type(step) is int and 0 <= step < 1 << 63 for step in stride)
+    ):
+        raise CodecError("strides that do not fit the shape")
+    expected = 1
+    for size, step in sorted(zip(shape, stride), key=lambda pair: pair[1]):
+        if size > 1:  # the step of a dimension of size 0 or 1 is never taken
+            if step != expected:
+                raise CodecError("strides of an overlapping or sparse layout")
+            expected *= size
+    return stride
+
+
 def decode_tensor(meta: dict[str, Any], payload: dict[str, torch.Tensor]) -> torch.Tensor:
     """The tensor :func:`encode_tensor` coded; raises :class:`CodecError` for inconsistent or corrupted data."""
     try:
@@ -144,6 +166,7 @@ def decode_tensor(meta: dict[str, Any], payload: dict[str, torch.Tensor]) -> tor
         entries = int(meta["entries"])
         if dtype not in _BITS or any(s < 0 for s in shape) or entries < 0 or not 1 <= step <= 1 << 30:
             raise CodecError("bad tensor description")
+        stride = _dense_stride(shape, meta.get("stride"))
         differences = decode(
             payload["differences"].numpy(), int(meta["difference_bit_count"]), payload["difference_lengths"].numpy(), entries
         ) + 1
@@ -167,7 +190,8 @@ def decode_tensor(meta: dict[str, Any], payload: dict[str, torch.Tensor]) -> tor
         flat[positions] = values
     except (KeyError, TypeError, ValueError, AttributeError, HuffmanError) as error:
         raise CodecError(str(error) or type(error).__name__) from error
-    tensor = torch.from_numpy(flat).view(dtype).reshape(shape)
+    bits = torch.empty_strided(shape, stride, dtype=_BITS[dtype]).copy_(torch.from_numpy(flat).reshape(shape))
+    tensor = bits.view(dtype)
     if _crc(tensor) != meta.get("crc32"):
         raise CodecError("checksum mismatch: the weights are corrupted")
     return tensor

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import numbers
 import os
 import re
 from collections.abc import Iterable
@@ -43,12 +44,17 @@ from fxcomp.tracing.shapes import INFO
 
 FORMAT = "fxcomp-graph"
 VERSION = 1
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_DOTTED = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
-"""Module paths load accepts: names of ASCII letters, digits, ``_`` and ``-`` (RegNet's ``block1-0``).
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+_NAME = re.compile(r"^(?!__)[A-Za-z0-9_-]+\Z")
+"""Names of submodules, parameters and buffers save and load accept: ASCII letters, digits, ``_`` and ``-``
+(RegNet's ``block1-0``, a ``3x3`` branch), not starting with ``__``. fx writes a name that is not an
+identifier as a string (``getattr(self, "3x3")``), and module members are dict keys, never code.
 
 ASCII only: Python folds other letters in identifiers (NFKC), so a name like ``__ｃlass__``
-would reach ``__class__`` in the code fx generates."""
+would reach ``__class__`` in the code fx generates; and no dunder, which ``self.__class__``
+in that code would resolve on the class rather than among the members."""
+_DOTTED = re.compile(r"^(?!__)[A-Za-z0-9_-]+(\.(?!__)[A-Za-z0-9_-]+)*\Z")
+"""Module and attribute paths save and load accept: :data:`_NAME` s joined by dots."""
 _MODULE_INTERNALS = frozenset(vars(nn.Module()))
 _REBUILT: tuple[tuple[type[nn.Module], frozenset[str], str], ...] = (
     (nn.RNNBase, frozenset({"_flat_weights", "_flat_weight_refs"}), "_init_flat_weights"),
@@ -85,6 +91,11 @@ class _TensorTable:
         """The key of ``tensor`` (stored under its first ``name``, for reports)."""
         key = self._keys.get(id(tensor))
         if key is None:
+            if tensor.is_meta:
+                raise SaveError(
+                    f"tensor '{name}' is on the meta device and holds no values; give the model real weights before "
+                    "saving (e.g. model.to_empty(device='cpu') then load_state_dict)"
+                )
             key = self._keys[id(tensor)] = f"t{len(self._keys)}"
             self.names[key] = name
             self.tensors[key] = tensor.detach().cpu()
@@ -121,6 +132,24 @@ def _encode_parametrizations(
     return encoded
 
 
+def _check_names(module: nn.Module, path: str, attributes: Iterable[str]) -> None:
+    """Refuse the names of ``module``'s members (and saved ``attributes``) that :func:`load` would refuse."""
+    members = [("submodule", module._modules), ("parameter", module._parameters), ("buffer", module._buffers)]
+    for kind, names in members:
+        for name in names:
+            if not _NAME.match(name):
+                raise SaveError(
+                    f"module '{path}' has a {kind} named {name!r}, which fxcomp.load would refuse; give {kind}s "
+                    "names of ASCII letters, digits, '_' and '-' (not starting with '__')"
+                )
+    for name in attributes:
+        if not _IDENTIFIER.match(name):
+            raise SaveError(
+                f"module '{path}' has an attribute named {name!r}, which fxcomp.load would refuse; give attributes "
+                "names that are ASCII identifiers"
+            )
+
+
 def _encode_module(module: nn.Module, path: str, allow: AllowList, table: _TensorTable) -> dict[str, Any]:
     parametrized = parametrize.is_parametrized(module)
     cls = class_before_parametrizations(module)
@@ -134,11 +163,9 @@ def _encode_module(module: nn.Module, path: str, allow: AllowList, table: _Tenso
         if "hook" in key and isinstance(vars(module)[key], dict) and vars(module)[key]:
             raise SaveError(f"module '{path}' has {key} registered; hooks are code and cannot be saved, remove them")
     derived = _derived_attributes(module)
-    attrs = {
-        key: encode(value, f"module '{path}' attribute '{key}'")
-        for key, value in vars(module).items()
-        if key not in _MODULE_INTERNALS and key not in derived
-    }
+    attributes = {key: value for key, value in vars(module).items() if key not in _MODULE_INTERNALS and key not in derived}
+    _check_names(module, path, attributes)
+    attrs = {key: encode(value, f"module '{path}' attribute '{key}'") for key, value in attributes.items()}
     parameters = {
         name: None if p is None else {"tensor": table.add(p, f"{path}.{name}"), "requires_grad": p.requires_grad}
         for name, p in module._parameters.items()
@@ -171,6 +198,11 @@ def _encode_node(node: fx.Node, allow: AllowList) -> dict[str, Any]:
                 f"node '{qualname(node)}' calls {getattr(node.target, '__module__', '?')}.{name}, which fxcomp.load "
                 "would refuse; register it through the fxcomp_register_serializables hook"
             )
+    if node.op in ("call_module", "get_attr") and not _DOTTED.match(target):
+        raise SaveError(
+            f"node '{qualname(node)}' refers to '{target}', a path fxcomp.load would refuse; give submodules, "
+            "parameters and buffers names of ASCII letters, digits, '_' and '-' (not starting with '__')"
+        )
     where = f"node '{qualname(node)}'"
     return {
         "name": node.name,
@@ -269,8 +301,9 @@ def save(
     """
     if codec not in (None, "deep"):
         raise SaveError(f"codec {codec!r} is not one of: deep (or None for plain tensors)")
-    if not 1 <= index_bits <= 16:
-        raise SaveError(f"index_bits must be between 1 and 16, got {index_bits}")
+    if not isinstance(index_bits, numbers.Integral) or isinstance(index_bits, bool) or not 1 <= index_bits <= 16:
+        raise SaveError(f"index_bits must be between 1 and 16 (a whole number), got {index_bits!r}")
+    index_bits = int(index_bits)
     if isinstance(module, EarlyExitModel):
         module = module.model
     if not isinstance(module, fx.GraphModule):
@@ -282,7 +315,7 @@ def save(
         if name and not _DOTTED.match(name):
             raise SaveError(
                 f"module '{name}' has a name fxcomp.load would refuse; give submodules names of ASCII letters, "
-                "digits, '_' and '-'"
+                "digits, '_' and '-' (not starting with '__')"
             )
     check_writable(path)
     if codec == "deep" and isinstance(module, fx.GraphModule):
@@ -296,6 +329,11 @@ def save(
 
 
 _CODED = "coded"  # the key of the one byte tensor holding every coded weight's streams
+
+
+def _as_bytes(value: torch.Tensor) -> torch.Tensor:
+    """The bytes of ``value`` in order, as a fresh 1-D uint8 tensor (also for an empty one, whose stride may be 0)."""
+    return torch.empty(value.numel(), dtype=value.dtype).copy_(value.reshape(-1)).view(torch.uint8)
 
 
 def _deep_code(table: _TensorTable, graph: dict[str, Any], index_bits: int) -> CodecReport:
@@ -312,7 +350,7 @@ def _deep_code(table: _TensorTable, graph: dict[str, Any], index_bits: int) -> C
         del table.tensors[key]
         meta["parts"] = {}
         for part, value in payload.items():
-            raw = value.contiguous().view(torch.uint8).reshape(-1)
+            raw = _as_bytes(value)
             meta["parts"][part] = [offset, raw.numel(), str(value.dtype).removeprefix("torch.")]
             pieces.append(raw)
             offset += raw.numel()
@@ -377,7 +415,7 @@ class _Loader:
         non_persistent = _expect(spec.get("non_persistent", []), list, f"buffers of '{path}'")
         module._non_persistent_buffers_set = {self._name(n, path) for n in non_persistent}
         for name, child in _expect(spec.get("children", {}), dict, f"children of '{path}'").items():
-            module._modules[self._child_name(name, path)] = self.module(child, f"{path}.{name}")
+            module._modules[self._name(name, path)] = self.module(child, f"{path}.{name}")
         for name, chain in _expect(spec.get("parametrizations", {}), dict, f"parametrizations of '{path}'").items():
             self.parametrize(module, self._name(name, path), chain, f"{path}.{name}")
         try:
@@ -414,15 +452,9 @@ class _Loader:
             holder._buffers["original"] = original
 
     @staticmethod
-    def _child_name(name: Any, path: str) -> str:
-        """A submodule's name: an identifier, or an index inside a Sequential / ModuleList."""
-        if isinstance(name, str) and name.isdecimal() and name.isascii():
-            return name
-        return _Loader._name(name, path)
-
-    @staticmethod
-    def _name(name: Any, path: str) -> str:
-        if not isinstance(name, str) or not _IDENTIFIER.match(name):
+    def _name(name: Any, path: str, pattern: re.Pattern[str] = _NAME) -> str:
+        """``name`` of a member of ``path`` (a submodule, parameter or buffer), checked against ``pattern``."""
+        if not isinstance(name, str) or not pattern.match(name):
             raise _malformed(f"member name {name!r:.40} of '{path}'")
         return name
 
@@ -516,7 +548,7 @@ class _Loader:
             info = _expect(info, dict, "pytree info")
             in_spec = pytree.treespec_loads(info["in_spec"]) if info.get("in_spec") else None
             out_spec = pytree.treespec_loads(info["out_spec"]) if info.get("out_spec") else None
-            orig_args = [self._name(a, "inputs") for a in _expect(info.get("orig_args"), list, "pytree info")]
+            orig_args = [self._name(a, "inputs", _IDENTIFIER) for a in _expect(info.get("orig_args"), list, "pytree info")]
             graph._codegen = fx.graph._PyTreeCodeGen(fx.graph._PyTreeInfo(orig_args, in_spec, out_spec))
         return graph
 

@@ -14,6 +14,7 @@ import numpy as np
 
 MAX_LENGTH = 24
 _CHUNK = 1 << 20  # symbols encoded at a time (bounds the temporary bit matrix)
+_CHUNK_BITS = 1 << 20  # stream bits decoded at a time (bounds the table of code windows)
 
 
 class HuffmanError(ValueError):
@@ -115,23 +116,27 @@ def decode(data: np.ndarray, bit_count: int, lengths: np.ndarray, count: int) ->
         span = 1 << (width - int(lengths[symbol]))
         table_symbol[start : start + span] = symbol
         table_length[start : start + span] = lengths[symbol]
-    bits = np.unpackbits(np.asarray(data, dtype=np.uint8))[:bit_count].astype(np.int64)
-    padded = np.concatenate([bits, np.zeros(width, dtype=np.int64)])
-    windows = np.zeros(bit_count, dtype=np.int64)  # the `width` bits starting at each position
-    for offset in range(width):
-        windows = (windows << 1) | padded[offset : offset + bit_count]
+    bits = np.unpackbits(np.asarray(data, dtype=np.uint8))[:bit_count]
+    padded = np.concatenate([bits, np.zeros(width, dtype=np.uint8)])
+    symbol_list, length_list = table_symbol.tolist(), table_length.tolist()
     symbols = np.empty(count, dtype=np.int64)
-    position = 0
-    window_list, symbol_list, length_list = windows.tolist(), table_symbol.tolist(), table_length.tolist()
-    for index in range(count):
+    index = position = 0
+    while index < count:  # a chunk of the stream at a time, so memory stays bounded for large weights
         if position >= bit_count:
             raise HuffmanError("the stream ends before the last symbol")
-        entry = window_list[position]
-        symbol = symbol_list[entry]
-        if symbol < 0:
-            raise HuffmanError("the stream holds bits that are no code")
-        symbols[index] = symbol
-        position += length_list[entry]
+        start, stop = position, min(bit_count, position + _CHUNK_BITS)
+        windows = np.zeros(stop - start, dtype=np.int64)  # the `width` bits starting at each position
+        for offset in range(width):
+            windows = (windows << 1) | padded[start + offset : stop + offset]
+        window_list = windows.tolist()
+        while index < count and position < stop:
+            entry = window_list[position - start]
+            symbol = symbol_list[entry]
+            if symbol < 0:
+                raise HuffmanError("the stream holds bits that are no code")
+            symbols[index] = symbol
+            position += length_list[entry]
+            index += 1
     if position != bit_count:
         raise HuffmanError("the stream ends inside a code" if position > bit_count else "bits left over after the last symbol")
     return symbols
