@@ -233,3 +233,23 @@ def test_a_recipe_lower_step_takes_direct_convs_and_autotune(plugins, small_cnn,
 def test_bad_layout_options_in_a_recipe_are_recipe_errors(step, message, plugins, small_cnn, image) -> None:
     with pytest.raises(RecipeError, match=message):
         fxcomp.compress(small_cnn, image, {"passes": [step]}, plugins=plugins)
+
+
+class _ClampsThroughAView(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x.view(x.size(0), -1).clamp_(min=0)
+        return x
+
+
+def test_a_view_modified_in_place_stays_a_view_so_direct_convs_are_refused_not_wrong(plugins) -> None:
+    x = torch.randn(2, 3, 6, 6)
+    torch.manual_seed(0)
+    gm = fxcomp.trace(nn.Sequential(nn.Conv2d(3, 4, 1), _ClampsThroughAView()).eval(), x)
+    with pytest.raises(LoweringError, match=r"with direct convolutions the graph fails to run: .*node '1\.view'.*"
+                                            r"view size is not compatible .*; lower without direct_convs$"):
+        fxcomp.lower(gm, example_inputs=x, plugins=plugins, direct_convs=True)
+    result = fxcomp.lower(gm, example_inputs=x, plugins=plugins, autotune=True)
+    assert result.report.layout == "as is" and sorted(t["candidate"] for t in result.report.autotune if t["failed"]) == [
+        "channels_last", "channels_last + direct_convs", "direct_convs"]
+    torch.testing.assert_close(result.module(x), gm(x))
+    assert gm(x).min() == 0

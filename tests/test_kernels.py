@@ -287,3 +287,19 @@ def test_why_unavailable_without_triton(monkeypatch: pytest.MonkeyPatch) -> None
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "triton" else find_spec(name, *args))
     assert "pip install 'fxcomp[triton]'" in runtime.why_unavailable()
+
+
+def test_every_kernel_returns_an_empty_output_for_an_empty_batch() -> None:
+    x, weight = torch.zeros(0, 8), _sparse_weight(5, 8, 0.5)
+    linears = {
+        "lowrank": lowrank_linear(x, _randn(3, 8), _randn(5, 3, seed=1), _randn(5, seed=2)),
+        "int8": int8_linear(x, torch.ones(5, 8, dtype=torch.int8), torch.ones(5)),
+        "int4": int4_linear(x, pack_int4_rows(torch.ones(5, 8, dtype=torch.int8)), torch.ones(5, 2), 4),
+        "codebook": codebook_linear(x, torch.zeros(5, 8, dtype=torch.uint8), torch.ones(3)),
+        "sparse": csr_linear(x, *to_csr(weight)),
+    }
+    for name, y in linears.items():
+        assert (name, y.shape, y.dtype) == (name, (0, 5), torch.float32)
+    options = {"stride": (1, 1), "padding": (1, 1), "dilation": (1, 1), "multiplier": 1, "mid_relu": False, "relu": False}
+    y = separable_conv2d(torch.zeros(0, 2, 4, 4), _randn(2, 3, 3), None, _randn(6, 2, seed=1), None, **options)
+    assert (y.shape, y.dtype) == ((0, 6, 4, 4), torch.float32)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import operator
 import sys
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import pytest
@@ -565,3 +567,160 @@ def test_an_early_exit_model_is_refused_with_a_clear_message(plugins, small_cnn,
     model = fxcomp.compress(small_cnn, image, {"passes": [{"pass": "early_exit", "at": ["bn1"]}]}, plugins=plugins).model
     with pytest.raises(LoweringError, match="an early-exit model cannot be lowered yet"):
         fxcomp.lower(model, plugins=plugins)
+
+
+def _modify_the_view(y: torch.Tensor) -> torch.Tensor:
+    y.view(y.size(0), -1).clamp_(min=0)
+    return y
+
+
+def _modify_the_base_afterwards(y: torch.Tensor) -> torch.Tensor:
+    flat = y.view(y.size(0), -1)
+    y.mul_(2)
+    return flat
+
+
+def _modify_a_view_of_the_view(y: torch.Tensor) -> torch.Tensor:
+    y.view(y.size(0), -1).view(-1).add_(1)
+    return y
+
+
+def _modify_a_transpose_of_the_base(y: torch.Tensor) -> torch.Tensor:
+    flat = y.view(y.size(0), -1)
+    y.transpose(2, 3)[:, :, 0].zero_()
+    return flat
+
+
+def _relu_inplace_by_keyword(y: torch.Tensor) -> torch.Tensor:
+    nn.functional.relu(y.view(y.size(0), -1), inplace=True)
+    return y
+
+
+def _relu_inplace_by_position(y: torch.Tensor) -> torch.Tensor:
+    nn.functional.relu(y.view(y.size(0), -1), True)
+    return y
+
+
+def _adds_to_the_view(y: torch.Tensor) -> torch.Tensor:
+    y.view(y.size(0), -1) + 1  # fx records `flat += 1` like this; the test below makes it in place
+    return y
+
+
+class _ModifiesAViewedConvOutput(nn.Module):
+    def __init__(self, form) -> None:
+        super().__init__()
+        self.conv, self.act, self.form = nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True), form
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        if self.form is None:  # the in-place module
+            self.act(y.view(y.size(0), -1))
+            return y
+        return self.form(y)
+
+
+@pytest.mark.parametrize(
+    "form",
+    [_modify_the_view, _modify_the_base_afterwards, _modify_a_view_of_the_view, _modify_a_transpose_of_the_base,
+     _relu_inplace_by_keyword, _relu_inplace_by_position, None],
+)
+def test_channels_last_keeps_a_view_whose_memory_is_modified_in_place(form, plugins) -> None:
+    # A reshape would copy the channels-last value and the modification would miss it; the view
+    # cannot take channels-last strides, so this layout is refused rather than changing the outputs.
+    x = torch.randn(1, 3, 6, 6)
+    gm = fxcomp.trace(_model(lambda: _ModifiesAViewedConvOutput(form)), x)
+    with pytest.raises(LoweringError, match=r"in channels-last layout the graph fails to run: node 'view' raised "
+                                            r"RuntimeError: view size is not compatible .*; lower without channels_last$"):
+        fxcomp.lower(gm, "eager", example_inputs=x, plugins=plugins, channels_last=True)
+
+
+@pytest.mark.parametrize(("target", "args"), [(operator.iadd, (1.0,)), (operator.setitem, (0, 1.0))])
+def test_channels_last_keeps_a_view_an_operator_modifies_in_place(target, args, plugins) -> None:
+    x = torch.randn(1, 3, 6, 6)
+    gm = fxcomp.trace(_model(lambda: _ModifiesAViewedConvOutput(_adds_to_the_view)), x)
+    add = next(node for node in gm.graph.nodes if node.target is operator.add)
+    add.target, add.args = target, (add.args[0], *args)  # `flat += 1`, `flat[0] = 1.0` in a graph built otherwise
+    gm.recompile()
+    with pytest.raises(LoweringError, match="in channels-last layout the graph fails to run: node 'view' raised"):
+        fxcomp.lower(gm, "eager", example_inputs=x, plugins=plugins, channels_last=True)
+
+
+class _ClampsAFlatView(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4 * 14 * 14, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        h = self.fc(y.view(y.size(0), -1))
+        h.view(-1).clamp_(min=0)
+        return h
+
+
+def test_channels_last_turns_only_the_views_of_unmodified_memory_into_reshapes(plugins, image) -> None:
+    gm = fxcomp.trace(_model(_ClampsAFlatView), image)
+    result = fxcomp.lower(gm, "eager", plugins=plugins, channels_last=True)
+    targets = [n.target for n in result.module.graph.nodes if n.target in ("view", "reshape")]
+    assert targets == ["reshape", "view"]
+    got = result.module(image)
+    torch.testing.assert_close(got, gm(image), rtol=1e-4, atol=1e-5)
+    assert got.min() == 0  # the clamp reached the output through its view
+
+
+class _HoldsLowered(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = _sparse_linear(8, 8)
+        self.register_buffer("lowered", torch.full((8,), 2.0))
+        self.lowered_1 = nn.Parameter(torch.full((8,), 3.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) * self.lowered * self.lowered_1
+
+
+def test_kernels_go_beside_a_model_attribute_named_lowered(plugins) -> None:
+    inputs, model = torch.randn(2, 8), _HoldsLowered().eval()
+    result = fxcomp.lower(fxcomp.trace(model, inputs), "triton", example_inputs=inputs, plugins=plugins)
+    assert [row["kernel"] for row in result.report.lowered] == ["lowered_2.fc (CSRLinearKernel)"]
+    assert torch.equal(result.module.lowered, torch.full((8,), 2.0))
+    torch.testing.assert_close(result.module(inputs), model(inputs), rtol=1e-4, atol=1e-5)
+    model = nn.Sequential(OrderedDict(fc=_sparse_linear(8, 8), lowered=nn.ReLU())).eval()
+    result = fxcomp.lower(fxcomp.trace(model, inputs), "triton", example_inputs=inputs, plugins=plugins)
+    assert [row["kernel"].split()[0] for row in result.report.lowered] == ["lowered_1.fc"]
+    assert type(result.module.lowered) is nn.ReLU  # the model's own module keeps its name and holds no kernel
+    torch.testing.assert_close(result.module(inputs), model(inputs), rtol=1e-4, atol=1e-5)
+
+
+class _SubtractsInPlace(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 3), _sparse_linear(64, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x.sub_(0.5)
+        return self.fc(self.conv(x).flatten(1))
+
+
+@pytest.mark.parametrize(
+    ("backend", "options"),
+    [("eager", {}), ("eager", {"channels_last": True}), ("eager", {"direct_convs": True}),
+     ("eager", {"autotune": True}), ("triton", {})],
+)
+def test_a_model_modifying_its_input_leaves_the_example_inputs_alone(backend, options, plugins) -> None:
+    x = torch.randn(1, 3, 6, 6)
+    original = x.clone()
+    gm = fxcomp.trace(_model(_SubtractsInPlace), x.clone())
+    result = fxcomp.lower(gm, backend, example_inputs=x, plugins=plugins, **options)
+    assert torch.equal(x, original)
+    assert _patterns(result.report) == (["sparse_linear"] if backend == "triton" else [])
+    torch.testing.assert_close(result.module(x.clone()), gm(x.clone()), rtol=1e-4, atol=1e-5)
+
+
+def test_a_low_rank_pair_lowers_and_runs_on_an_empty_batch(plugins) -> None:
+    model = nn.Sequential(nn.Linear(16, 3), nn.Linear(3, 16)).eval()
+    empty = torch.zeros(0, 16)
+    result = fxcomp.lower(fxcomp.trace(model, empty), "triton", plugins=plugins)
+    assert _patterns(result.report) == ["lowrank_linear"]
+    assert result.module(empty).shape == (0, 16)
+    inputs = torch.randn(2, 16)
+    torch.testing.assert_close(result.module(inputs), model(inputs), rtol=1e-4, atol=1e-5)

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,7 +49,8 @@ AUTOTUNE_WARMUP = 2
 """Unmeasured runs per candidate before :func:`lower` times it when it autotunes."""
 
 KERNELS_PATH = "lowered"
-"""Where the kernel modules live in a graph lowered with pattern lowerings (``lowered.<node>``)."""
+"""Where the kernel modules live in a graph lowered with pattern lowerings (``lowered.<node>``; ``lowered_1.<node>``,
+``lowered_2.<node>``… when the model already has an attribute of that name)."""
 
 
 @dataclass
@@ -74,6 +76,12 @@ def _example_inputs(gm: fx.GraphModule) -> tuple[torch.Tensor, ...]:
         else:
             inputs.append(torch.zeros(spec.shape, dtype=spec.dtype))
     return tuple(inputs)
+
+
+def _copies(inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """Copies of ``inputs`` for one run: a model that modifies its inputs in place changes neither the caller's
+    tensors nor what the next run sees."""
+    return tuple(tensor.clone() for tensor in inputs)
 
 
 def _backend_lowerings(backend: str, plugins: Plugins) -> dict[str, Lowering]:
@@ -103,7 +111,8 @@ def lower(
         backend: ``"eager"``, ``"inductor"`` or a backend plugins registered lowerings for
             (``"triton"``: the built-in Triton kernels).
         example_inputs: inputs to check the lowered model with; by default random ones shaped
-            like those ``gm`` was traced with.
+            like those ``gm`` was traced with. Each run gets copies, so a model that modifies
+            its inputs in place leaves them unchanged.
         plugins: the plugins to take lowerings from; loaded from entry points when omitted.
         mode: ``torch.compile``'s mode, for ``inductor`` only.
         channels_last: for ``eager`` and ``inductor``: store the 4-D weights channels-last and run
@@ -149,7 +158,7 @@ def lower(
         raise LoweringError("autotune times the candidates on the CPU; pass CPU example_inputs, or choose channels_last / direct_convs yourself")
     working = copy.deepcopy(gm).eval()
     try:
-        reference = run_graph(working, inputs)
+        reference = run_graph(working, _copies(inputs))
     except RuntimeError as error:
         raise LoweringError(f"the graph fails to run on the example inputs before lowering: {error}") from error
     if autotune:
@@ -184,8 +193,8 @@ def _built_in(
     """``working`` in the chosen layout, as it is (``eager``) or compiled (``inductor``), its outputs checked."""
     how, options = _layout_words(channels_last, direct_convs)
     try:  # the layout's shape propagation is its first run
-        converted, kept = to_layout(working, inputs, channels_last=channels_last, direct_convs=direct_convs)
-        outputs = run_graph(working, inputs) if backend == "eager" and options else None
+        converted, kept = to_layout(working, _copies(inputs), channels_last=channels_last, direct_convs=direct_convs)
+        outputs = run_graph(working, _copies(inputs)) if backend == "eager" and options else None
     except Exception as failure:  # noqa: BLE001 - whatever breaks the layout, the fix is to drop it
         raise LoweringError(f"{how} the graph fails to run: {first_line(failure)}; lower without {options}") from failure
     layout = {"channels_last": channels_last, "direct_convs": converted, "kept_convs": kept}
@@ -202,7 +211,7 @@ def _inductor(
     compiled = torch.compile(working, backend="inductor", mode=mode)
     try:
         with torch.no_grad():
-            outputs = compiled(*inputs)
+            outputs = compiled(*_copies(inputs))
     except Exception as error:  # noqa: BLE001 - any compiler failure means: use another backend
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise LoweringError(f"inductor failed to compile the graph ({type(error).__name__}: {first}); "
@@ -216,7 +225,7 @@ def _autotuned(
 ) -> LoweringResult:
     """The fastest of ``working`` lowered with each combination of channels_last and direct_convs."""
     four_d_weights = any(tensor.dim() == 4 for tensor in (*working.parameters(), *working.buffers()))
-    propagate(working, inputs)
+    propagate(working, _copies(inputs))
     direct = can_write_directly(working)
     results: dict[str, LoweringResult] = {}
     failed: list[dict[str, Any]] = []
@@ -232,7 +241,7 @@ def _autotuned(
                 continue
             results[result.report.layout] = result
     medians = interleaved_latency(
-        {key: (lambda module=result.module: module(*inputs)) for key, result in results.items()},
+        {key: functools.partial(result.module, *_copies(inputs)) for key, result in results.items()},
         repeats=AUTOTUNE_REPEATS, warmup=AUTOTUNE_WARMUP,
     )
     chosen = results[min(medians, key=medians.__getitem__)]
@@ -333,9 +342,18 @@ def _annotate(call: fx.Node, nodes: Sequence[fx.Node], path: str) -> None:
         )
 
 
-def _replace(gm: fx.GraphModule, nodes: Sequence[fx.Node], kernel: nn.Module, inputs: list[fx.Node]) -> str:
-    """Put ``kernel`` in place of ``nodes`` (a call of it before the last node); return its module path."""
-    base = f"{KERNELS_PATH}.{qualname(nodes[0]).replace('.', '_')}"
+def _kernels_root(gm: fx.GraphModule) -> str:
+    """The first of ``lowered``, ``lowered_1``, ``lowered_2``… that names no attribute of ``gm``."""
+    root, count = KERNELS_PATH, 0
+    while hasattr(gm, root):
+        count += 1
+        root = f"{KERNELS_PATH}_{count}"
+    return root
+
+
+def _replace(gm: fx.GraphModule, nodes: Sequence[fx.Node], kernel: nn.Module, inputs: list[fx.Node], root: str) -> str:
+    """Put ``kernel`` in place of ``nodes`` (a call of it before the last node) under ``root``; return its module path."""
+    base = f"{root}.{qualname(nodes[0]).replace('.', '_')}"
     path, count = base, 1
     while _exists(gm, path):
         count += 1
@@ -381,11 +399,12 @@ def _with_lowerings(
     externals = [_external_inputs(plan.nodes) for plan in plans]
     recorder = _Recorder(working, [node for plan, nodes in zip(plans, externals) for node in (*nodes, plan.nodes[-1])])
     with torch.no_grad():  # working is in eval mode
-        recorder.run(*inputs)
+        recorder.run(*_copies(inputs))
     # Read each match's values now: replacing one match rewires the inputs of the next.
     values = [([recorder.values[n] for n in nodes], recorder.values[plan.nodes[-1]]) for plan, nodes in zip(plans, externals)]
     lowered: list[dict[str, Any]] = []
     paths: list[str] = []
+    root = _kernels_root(working)
     for plan, (arguments, expected) in zip(plans, values):
         nodes = [qualname(node) for node in plan.nodes]
         where = f"lowering '{plan.name}' of backend '{backend}' (nodes {', '.join(nodes)})"
@@ -407,13 +426,13 @@ def _with_lowerings(
                 f"{where} changed the value by {error:.2e} (relative), more than its tolerance "
                 f"{plan.lowering.tolerance:g}; {blame}"
             )
-        path = _replace(working, plan.nodes, kernel, _external_inputs(plan.nodes))
+        path = _replace(working, plan.nodes, kernel, _external_inputs(plan.nodes), root)
         paths.append(path)
         lowered.append({"pattern": plan.name, "nodes": nodes, "kernel": f"{path} ({type(kernel).__name__})", "error": error})
     working.graph.lint()
     working.recompile()
     try:
-        outputs = run_graph(working, inputs)
+        outputs = run_graph(working, _copies(inputs))
     except RuntimeError as error:
         raise LoweringError(f"the lowered graph fails to run: {error}; lower with backend 'eager' instead") from error
     error, _ = relative_error(outputs, reference)

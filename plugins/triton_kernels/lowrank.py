@@ -57,11 +57,11 @@ def _grid(batch: int, outputs: int) -> Callable[[dict[str, Any]], tuple[int, int
 
     Each split recomputes its row block's intermediate (2·BLOCK_B·N·K FLOPs, v re-read from
     cache), which only happens when there are too few row blocks to fill the device, i.e. when
-    the layer is bound by memory rather than arithmetic.
+    the layer is bound by memory rather than arithmetic. An empty batch launches no program.
     """
     def grid(meta: dict[str, Any]) -> tuple[int, int]:
         row_blocks, out_tiles = triton.cdiv(batch, meta["BLOCK_B"]), triton.cdiv(outputs, meta["BLOCK_M"])
-        return row_blocks, max(1, min(out_tiles, triton.cdiv(_TARGET_PROGRAMS, row_blocks)))
+        return row_blocks, max(1, min(out_tiles, triton.cdiv(_TARGET_PROGRAMS, max(1, row_blocks))))
 
     return grid
 
