@@ -32,6 +32,7 @@ from fxcomp.errors import (
     RecipeError,
     SaveError,
     TraceError,
+    TrainingError,
     UsageError,
 )
 from fxcomp.export import load, save, to_dot
@@ -82,6 +83,7 @@ __all__ = [
     "SaveError",
     "TensorSpec",
     "TraceError",
+    "TrainingError",
     "UsageError",
     "analyze",
     "calibrate_exits",

@@ -47,6 +47,10 @@ class DataError(FxcompError):
     """A data set's files are missing or malformed, or it cannot be split as asked."""
 
 
+class TrainingError(FxcompError):
+    """Training diverged (its loss is no longer finite) or the model's outputs do not fit its labels."""
+
+
 class ExitError(FxcompError):
     """An early exit cannot be placed where asked, or an early-exit model is used in a way it does not support."""
 

@@ -37,7 +37,7 @@ import torch.nn as nn
 
 from fxcomp import CheckContext, RecipeError, hookimpl, node_info, qualname
 from fxcomp.dynamic import CRITERIA, EarlyExitModel, add_exits, cut_problems, has_exits, resolve_cuts
-from fxcomp.passes import Option, Pass, PassContext, PassResult, choice, integer
+from fxcomp.passes import Option, Pass, PassContext, PassResult, choice, integer, relative_error
 from fxcomp.tracing import TensorSpec, eval_mode
 
 _POOLS = {3: nn.AdaptiveAvgPool1d, 4: nn.AdaptiveAvgPool2d, 5: nn.AdaptiveAvgPool3d}
@@ -185,8 +185,10 @@ class EarlyExit(Pass):
 
 
 def exits_still_fit(gm: fx.GraphModule, context: CheckContext) -> list[str]:
-    """After any pass: a graph with exits must still have them at cut points, each head accepting its tensor."""
+    """After any pass: a graph with exits must still have them at cut points, each head accepting its
+    tensor, and a pass that promises its outputs within a tolerance must keep the exits' logits within it."""
     if not has_exits(gm):
+        context.state.clear()
         return []
     try:
         model = EarlyExitModel(gm)
@@ -195,11 +197,23 @@ def exits_still_fit(gm: fx.GraphModule, context: CheckContext) -> list[str]:
     except Exception as error:  # noqa: BLE001 - any failure means the exits no longer fit the graph
         return [f"the early exits no longer fit the rewritten graph ({error}); run early_exit after this pass"]
     final = outputs[-1]
-    return [
+    problems = [
         f"exit {i} gives {tuple(out.shape)} instead of {tuple(final.shape)}"
         for i, out in enumerate(outputs[:-1])
         if out.shape != final.shape
     ]
+    exits = (tuple(node.name for node in model.cuts), outputs[:-1])
+    previous = context.state.get("exits")
+    context.state["exits"] = exits
+    if problems or previous is None or previous[0] != exits[0] or context.tolerance is None:
+        return problems
+    error, index = relative_error(exits[1], previous[1])
+    if error > context.tolerance:
+        return [
+            f"exit {index}'s logits changed by {error:.3g}, more than the {context.tolerance:g} the pass promises "
+            f"(it rewrote what the exit at '{exits[0][index]}' reads); run early_exit after this pass"
+        ]
+    return []
 
 
 @hookimpl

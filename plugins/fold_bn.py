@@ -19,6 +19,7 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 
 from fxcomp import hookimpl, qualname
+from fxcomp.dynamic import EXITS, has_exits
 from fxcomp.passes import (
     Option,
     PackedWeight,
@@ -49,6 +50,9 @@ def _why_not_foldable(gm: fx.GraphModule, bn_node: fx.Node, calls: dict[str, int
         return f"its input comes from '{qualname(producer)}', not from a conv or linear layer"
     if len(producer.users) != 1:
         return f"the output of '{qualname(producer)}' is also read elsewhere"
+    exit_points = gm.meta[EXITS]["at"] if has_exits(gm) else ()
+    if producer.name in exit_points or bn_node.name in exit_points:
+        return f"an early exit reads the output of '{qualname(producer if producer.name in exit_points else bn_node)}'"
     if calls[producer.target] != 1 or calls[bn_node.target] != 1:
         return "the layer or the BatchNorm module is called more than once"
     output = node_info(producer).output

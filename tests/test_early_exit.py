@@ -143,9 +143,25 @@ def test_errors_say_what_to_change(trained, example, data) -> None:
     with pytest.raises(ExitError, match="has no early exits"):
         EarlyExitModel(fxcomp.trace(trained, example))
     model = _exits(trained, example).model
-    for wrong in ([0.5], 0.9, ["high", 0.5], [float("nan"), 0.5]):
+    for wrong in ([0.5], 0.9, ["high", 0.5], [float("nan"), 0.5], "01", [True, False]):
         with pytest.raises(ExitError, match="thresholds: give a list of 2 numbers"):
             model.thresholds = wrong
+    model.thresholds = np.array([0.9, 0.8])
+    assert model.thresholds == [0.9, 0.8]
+    model.thresholds = None
+    for wrong, message in ((True, "got True"), (1.0, "got 1.0"), (3, "exit 3 does not exist")):
+        with pytest.raises(ExitError, match=message):
+            model.fixed_exit(wrong)
+    for options, message in (
+        ({"max_accuracy_drop": "0.01"}, r"max_accuracy_drop is a fraction in \[0, 1\), got '0.01'"),
+        ({"max_rows": 1}, "max_rows must be a whole number >= 2, got 1"),
+        ({"levels": 0}, "levels must be a whole number >= 1, got 0"),
+    ):
+        with pytest.raises(ExitError, match=message):
+            fxcomp.calibrate_exits(model, data.val, **options)
+    with pytest.raises(RecipeError, match=r"exits.weights: expected a list of non-negative numbers, got \[1, inf, 1\]"):
+        fxcomp.compress(model, example, {"passes": [{"pass": "recover", "exits": {"weights": [1, float("inf"), 1]}}]},
+                        train_data=data.train)
     with pytest.raises(TraceError, match=r"layer_table takes a GraphModule .* got EarlyExitModel; pass its .model"):
         fxcomp.layer_table(model)
     plain = fxcomp.trace(trained, example)
@@ -167,6 +183,66 @@ def test_a_width_change_after_the_exits_fails_the_exit_check(trained, example) -
     recipe = {"passes": [{"pass": "early_exit"}, {"pass": "prune", "ratio": 0.5}]}
     with pytest.raises(PassError, match="early exits no longer fit"):
         fxcomp.compress(trained, example, recipe)
+
+
+class _Rescale(fxcomp.Pass):
+    """Doubles the stem conv's weights and its BatchNorm's statistics, which undo the scale: the final
+    output stays put within 1e-5 while what an exit at the conv reads doubles."""
+
+    name = "rescale"
+    schema = {}
+    tolerance = 1e-5
+
+    def plan(self, gm, context):
+        return {}
+
+    def apply(self, gm, plan, context):
+        with torch.no_grad():
+            gm.get_submodule("stem.0").weight.mul_(2)
+            gm.get_submodule("stem.1").running_mean.mul_(2)
+            gm.get_submodule("stem.1").running_var.mul_(4)
+            gm.get_submodule("stem.1").eps *= 4
+        return fxcomp.PassResult(gm, modified=True)
+
+
+def test_a_pass_that_changes_what_an_exit_reads_fails_the_exit_check(trained, example) -> None:
+    class Plugin:
+        @fxcomp.hookimpl
+        def fxcomp_register_passes(self, register):
+            register(_Rescale)
+
+    plugins = fxcomp.load_plugins(extra={"rescale": Plugin()})
+    at_conv = {"passes": [{"pass": "early_exit", "at": ["stem.0"]}, {"pass": "rescale"}]}
+    with pytest.raises(PassError, match=r"pass 'rescale' \(passes\[1\]\) failed check 'early_exits_fit' .*: exit 0's logits changed "
+                       r"by [0-9.]+, more than the 1e-05 the pass promises \(it rewrote what the exit at 'stem_0' reads\)"):
+        fxcomp.compress(trained, example, at_conv, plugins=plugins)
+    after_norm = {"passes": [{"pass": "early_exit", "at": ["stem"]}, {"pass": "rescale"}]}
+    fxcomp.compress(trained, example, after_norm, plugins=plugins)  # BatchNorm undid the scale before the exit
+    with_exit = _exits(trained, example, at=["stem.0"]).model
+    with pytest.raises(PassError, match="exit 0's logits changed"):  # also when the model came with its exits
+        fxcomp.compress(with_exit, example, {"passes": [{"pass": "rescale"}]}, plugins=plugins)
+
+
+def test_fold_bn_keeps_a_batchnorm_whose_input_or_output_an_exit_reads(trained, example) -> None:
+    for point in ("stem.0", "stem.1"):
+        model = _exits(trained, example, at=[point]).model
+        result = fxcomp.compress(model, example, "passes: [{pass: fold_bn}]")
+        skipped = {entry["batchnorm"]: entry["reason"] for entry in result.plan[0]["plan"]["skipped"]}
+        assert skipped == {"stem.1": f"an early exit reads the output of '{point}'"}
+        assert len(result.plan[0]["plan"]["folds"]) == 6
+        with torch.no_grad():
+            before, after = model.eval().all_exits(example), result.model.all_exits(example)
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(before, after))
+
+
+def test_compress_and_load_return_an_exit_model_in_the_mode_of_the_input(trained, example, tmp_path) -> None:
+    model = _exits(trained.eval(), example).model
+    assert not model.training
+    with torch.no_grad():
+        assert torch.equal(model(example), trained(example))
+    fxcomp.save(model, tmp_path / "ee.fxc")
+    assert not fxcomp.load(tmp_path / "ee.fxc").training
+    assert _exits(copy.deepcopy(trained).train(), example).model.training
 
 
 # -- running ---------------------------------------------------------------------------------------
@@ -290,6 +366,15 @@ def test_calibration_keeps_the_accuracy_drop_and_matches_the_real_run(with_heads
     assert "share per exit %" in str(table) and "fewer MACs per sample" in str(table)
     plain = fxcomp.exit_statistics(EarlyExitModel(copy.deepcopy(with_heads.model)), data.val)
     assert plain.shares == [0.0, 0.0, 1.0] and plain.macs_saving == 0
+
+
+def test_a_splits_object_is_judged_on_its_validation_part(with_heads, data) -> None:
+    model = copy.deepcopy(with_heads)
+    on_splits = fxcomp.calibrate_exits(model, data, 0.01)
+    on_val = fxcomp.calibrate_exits(copy.deepcopy(with_heads), data.val, 0.01)
+    assert on_splits.chosen == on_val.chosen
+    assert fxcomp.exit_statistics(model, data) == fxcomp.exit_statistics(model, data.val)
+    assert evaluate_outputs(model, data) == evaluate_outputs(model, data.val)
 
 
 def test_a_stricter_budget_saves_less(with_heads, data) -> None:

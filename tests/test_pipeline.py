@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import types
 
 import pytest
@@ -228,6 +229,7 @@ def test_recipe_from_a_yaml_file(tmp_path, small_cnn, image, plugins) -> None:
             r"^passes\[1\]\.ratio: expected a number in \[0, 1\), got 1\.5$",
         ),
         ("passes: [{pass: ratio_pass, ratio: yes}]", r"^passes\[0\]\.ratio: expected a number in \[0, 1\), got True$"),
+        ("passes: [{pass: ratio_pass, ratio: -.inf}]", r"^passes\[0\]\.ratio: expected a number in \[0, 1\), got -inf$"),
         ("passes: [{pass: ratio_pass, ratoi: 0.1}]", r"^passes\[0\]\.ratoi: unknown option; this pass takes: ratio$"),
         ("passes: [{pass: fold_bn, include: 3}]", r"^passes\[0\]\.include: expected a glob string or a list"),
         ("passes: [{pass: prune_everything}]", r"^passes\[0\]\.pass: unknown pass 'prune_everything'; registered passes: .*fold_bn"),
@@ -238,6 +240,8 @@ def test_recipe_from_a_yaml_file(tmp_path, small_cnn, image, plugins) -> None:
         ("passes: [{pass: fold_bn}", r"^recipe is not valid YAML at line 1"),
         ("missing.yaml", r"^recipe file 'missing.yaml' does not exist"),
         ("just words", r"^recipe: expected a mapping"),
+        ("passes:\n  - pass: ratio_pass\n    ratio: 0.1\n    ratio: 0.5\n", r"^recipe gives 'ratio' twice in one mapping \(line 4\); keep one of them$"),
+        ("passes: [{pass: fold_bn}]\npasses: []\n", r"^recipe gives 'passes' twice in one mapping \(line 2\)"),
     ],
 )
 def test_recipe_errors_name_the_field(recipe, message, small_cnn, image, plugins) -> None:
@@ -245,6 +249,23 @@ def test_recipe_errors_name_the_field(recipe, message, small_cnn, image, plugins
         fxcomp.compress(small_cnn, image, recipe, plugins=plugins)
     assert isinstance(caught.value, ValueError)
     assert "\n" not in str(caught.value)
+
+
+def test_integer_and_boolean_outputs_must_match_exactly() -> None:
+    from fxcomp.passes import relative_error
+
+    scores = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    assert relative_error((scores, torch.tensor([1, 0])), (scores, torch.tensor([1, 0]))) == (0.0, 0)
+    assert relative_error((scores + 1e-3, torch.tensor([1, 0])), (scores, torch.tensor([1, 1])))[1] == 1
+    assert relative_error([torch.tensor([True])], [torch.tensor([False])]) == (math.inf, 0)
+    assert relative_error([torch.tensor([1, 2])], [torch.tensor([1.0, 2.0])]) == (math.inf, 0)  # a dtype change
+    assert relative_error([torch.tensor([1 + 1j])], [torch.tensor([1 + 2j])])[0] == pytest.approx(0.5)
+    assert relative_error([3, "a"], [3, "a"]) == (0.0, 0) and relative_error([3], [4]) == (math.inf, 0)
+
+
+def test_exponent_notation_reads_as_a_number(small_cnn, image, plugins) -> None:
+    result = fxcomp.compress(small_cnn, image, "passes: [{pass: ratio_pass, ratio: 5e-1}]", dry_run=True, plugins=plugins)
+    assert result.plan[0]["options"]["ratio"] == 0.5
 
 
 def test_pass_options_are_validated_at_construction() -> None:

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.data import TensorDataset
 
 import fxcomp
 from fxcomp import DataError, RecipeError
@@ -157,12 +158,26 @@ def test_kd_from_a_teacher_beats_chance_and_feature_terms_train_adapters(data, t
         ({"distill": {"kind": "kd", "T": None}, "teacher": DigitsNet()}, RecipeError, r"distill kd.T: expected a number, got None"),
         ({"distill": {"kind": "kd", "T": 0}, "teacher": DigitsNet()}, RecipeError, r"KDLoss needs T \(temperature\) > 0 .* got T=0.0"),
         ({"distill": {"kind": "attention", "student": "conv2", "teacher": "conv2", "weight": "high"}, "teacher": DigitsNet()},
-         RecipeError, "distill attention.weight: expected a number, got 'high'"),
+         RecipeError, r"distill attention.weight: expected a number in \[0, inf\], got 'high'"),
         ({"distill": {"kind": "rkd", "student": "fc", "teacher": "fc", "angle_weight": [1]}, "teacher": DigitsNet()},
-         RecipeError, r"distill rkd.angle_weight: expected a number, got \[1\]"),
+         RecipeError, r"distill rkd.angle_weight: expected a number in \[0, inf\], got \[1\]"),
         ({"distill": {"kind": "fitnet", "student": "conv9", "teacher": "conv2"}, "teacher": DigitsNet()}, UsageError, "did you mean 'conv3'"),
         ({"optimizer": "lbfgs"}, UsageError, "not one of: sgd, adam"),
-        ({"lr": 0}, UsageError, "recovery needs lr > 0, got 0"),
+        ({"lr": 0}, UsageError, r"recovery needs lr > 0 \(a finite number\), got 0"),
+        ({"lr": "0.01"}, UsageError, r"recovery needs lr > 0 \(a finite number\), got '0.01'"),
+        ({"lr": float("inf")}, UsageError, r"recovery needs lr > 0 \(a finite number\), got inf"),
+        ({"patience": "2"}, UsageError, r"recovery needs patience >= 1 \(a whole number\) or None, got '2'"),
+        ({"patience": 0}, UsageError, r"recovery needs patience >= 1 \(a whole number\) or None, got 0"),
+        ({"seed": "1"}, UsageError, "recovery needs a whole-number seed, got '1'"),
+        ({"distill": {"kind": "kd", "T": float("inf")}, "teacher": DigitsNet()}, RecipeError, "distill kd.T: expected a number, got inf"),
+        ({"distill": {"kind": "fitnet", "student": "conv2", "teacher": "conv2", "weight": -1}, "teacher": DigitsNet()},
+         RecipeError, r"distill fitnet.weight: expected a number in \[0, inf\], got -1"),
+        ({"distill": {"kind": "kd"}, "teacher": nn.Sequential(nn.Flatten(), nn.Linear(64, 5))}, fxcomp.TrainingError,
+         r"^distill kd: the student's output: 2×10 against 2×5; distill from a teacher with the same outputs$"),
+        ({"distill": {"kind": "fitnet", "student": "conv2", "teacher": "fc"}, "teacher": DigitsNet()}, fxcomp.TrainingError,
+         r"^distill fitnet: the student's 'conv2' and the teacher's 'fc': 2×64×8×8 against 2×10; FitNet pairs two feature maps"),
+        ({"distill": {"kind": "attention", "student": "fc", "teacher": "conv3"}, "teacher": DigitsNet()}, fxcomp.TrainingError,
+         "attention transfer pairs two feature maps"),
         ({"momentum": -0.5}, UsageError, r"momentum in \[0, 1\] and weight_decay >= 0, got -0.5 and 0.0"),
         ({"weight_decay": -1e-4}, UsageError, r"weight_decay >= 0, got 0.9 and -0.0001"),
         ({"batch_size": 0}, UsageError, "batch_size must be a whole number >= 1, got 0"),
@@ -176,6 +191,40 @@ def test_recover_errors_say_what_to_change(data, kwargs, error, message) -> None
             recover(DigitsNet(), data, epochs=epochs, progress=False)
     with pytest.raises(DataError, match=r"\(inputs, target\)"):
         recover(DigitsNet(), [torch.randn(4, 1, 8, 8)], epochs=1, batch_size=32, progress=False)
+
+
+def test_data_that_does_not_fit_the_model_is_named_before_training(data) -> None:
+    images, labels = data.train.tensors
+    cases = [
+        (TensorDataset(images[:0], labels[:0]), DataError, "^the training data holds no examples$"),
+        (TensorDataset(images.flatten(1), labels), DataError, r"^the model fails on the training inputs \(2×64\): .*; give inputs shaped like the model expects$"),
+        (TensorDataset(images, labels + 10), fxcomp.TrainingError, r"the model gives 2×10 float32 and the targets are 2 int64; give one integer label in \[0, classes\)"),
+        (TensorDataset(images, F.one_hot(labels, 10)), fxcomp.TrainingError, "the targets are 2×10 int64"),
+    ]
+    for train, error, message in cases:
+        with pytest.raises(error, match=message):
+            recover(DigitsNet(), train, epochs=1, progress=False)
+
+
+def test_a_diverging_loss_stops_training_with_what_to_change(data) -> None:
+    with pytest.raises(fxcomp.TrainingError, match=r"^the training loss became (nan|inf) at epoch 1, batch \d+; lower lr"):
+        recover(DigitsNet(), data, epochs=1, lr=1e30, progress=False)
+
+
+def test_feature_distillation_trains_the_student_as_in_training_mode(data, trained) -> None:
+    class DropsAll(DigitsNet):
+        """Dropout of every feature before the classifier, written with the functional form."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            features = torch.flatten(F.adaptive_avg_pool2d(self.conv3(self.conv2(self.conv1(x))), 1), 1)
+            return self.fc(F.dropout(features, p=1.0, training=self.training))
+
+    torch.manual_seed(0)
+    student = DropsAll().eval()  # traced for the feature taps: in training mode, not in the mode it came in
+    result = recover(student, data, teacher=trained, distill={"kind": "fitnet", "student": "conv2", "teacher": "conv2"},
+                     epochs=1, lr=0.05, progress=False)
+    assert torch.equal(result.model.fc.weight, student.fc.weight)  # the dropped features gave fc no gradient
+    assert not torch.equal(result.model.conv2.weight, student.conv2.weight)
 
 
 def test_numpy_numbers_work_as_plain_ones(data, trained) -> None:
@@ -209,6 +258,18 @@ def test_teacher_assistant_chain_and_born_again_produce_one_model_per_step(data,
     generations = born_again(trained, data, generations=2, epochs=2, lr=0.05, batch_size=32, progress=False)
     assert len(generations) == 2 and all(evaluate(g.model, data.test)[1] > 0.5 for g in generations)
     assert not torch.equal(generations[0].model.conv1.weight, trained.conv1.weight)
+
+
+def test_scheme_options_are_checked_and_born_again_is_seeded(data, trained) -> None:
+    with pytest.raises(UsageError, match="mutual_learning got unknown option\\(s\\) distill; it takes epochs, lr"):
+        mutual_learning([DigitsNet(width=8), DigitsNet(width=8)], data, distill={"kind": "kd"})
+    with pytest.raises(UsageError, match=r"born_again needs generations >= 1 \(a whole number\), got '2'"):
+        born_again(trained, data, generations="2")
+    runs = []
+    for state in (1, 2):  # the global random state before the call does not matter, the seed does
+        torch.manual_seed(state)
+        runs.append(born_again(trained, data, generations=1, epochs=1, lr=0.05, seed=3, progress=False)[0].model)
+    assert all(torch.equal(a, b) for a, b in zip(runs[0].state_dict().values(), runs[1].state_dict().values()))
 
 
 def test_the_teacher_is_left_as_it_was(data) -> None:

@@ -126,6 +126,18 @@ def test_search_needs_held_out_data_and_one_budget(trained, data) -> None:
         fxcomp.compress(trained, data.example_inputs(), {"passes": [{"pass": "search", "target_macs": 0.5}]}, train_data=data.train)
     with pytest.raises(RecipeError, match="exactly one budget"):
         _search(trained, data, target_macs=0.5, target_params=0.5)
+    step = {"passes": [{"pass": "search", "target_macs": 0.5}]}
+    for empty in ("train_data", "val_data"):
+        given = {"train_data": data.train, "val_data": data.val, empty: []}
+        with pytest.raises(DataError, match=f"^search: {empty} is empty; give it the examples"):
+            fxcomp.compress(trained, data.example_inputs(), step, **given)
+
+
+def test_a_splits_object_as_val_data_scores_on_its_validation_part(trained, data) -> None:
+    step = {"passes": [{"pass": "search", **SMALL, "target_macs": 0.5}]}
+    on_splits = fxcomp.compress(trained, data.example_inputs(), step, train_data=data.train, val_data=data).plan[0]["plan"]
+    on_val = fxcomp.compress(trained, data.example_inputs(), step, train_data=data.train, val_data=data.val).plan[0]["plan"]
+    assert on_splits["candidates"] == on_val["candidates"]
 
 
 def test_worker_processes_score_as_the_main_process_does(trained, data) -> None:
@@ -165,6 +177,16 @@ def test_recalibrate_batchnorm_averages_the_batch_statistics_and_restores_modes(
     features = model[0](images).detach()
     assert used == 2 and not model.training and not model[1].training
     torch.testing.assert_close(model[1].running_mean, features.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    assert model[1].momentum == 0.1
+
+
+def test_recalibration_without_batches_keeps_the_statistics(data) -> None:
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4)).eval()
+    model[1].running_mean.fill_(0.5)
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    assert recalibrate_batchnorm(model, data.train, batches=0) == 0
+    assert recalibrate_batchnorm(model, [], batches=4) == 0
+    assert all(torch.equal(value, before[name]) for name, value in model.state_dict().items())
     assert model[1].momentum == 0.1
 
 

@@ -33,14 +33,18 @@ class _TensorBatches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         count = len(self.tensors[0])
         order = torch.randperm(count, generator=self.generator) if self.shuffle else torch.arange(count)
-        for index in order.split(self.batch_size):
+        for index in order.split(self.batch_size) if count else ():  # an empty tensor splits into one empty part
             yield tuple(t[index] for t in self.tensors)
 
 
-def loader(data: Any, batch_size: int, *, shuffle: bool, seed: int = 0) -> Batches:
-    """Batches of ``(inputs, target)`` from a DataLoader / iterable of batches, or a Dataset."""
+def loader(data: Any, batch_size: int, *, shuffle: bool, seed: int = 0, split: str = "train") -> Batches:
+    """Batches of ``(inputs, target)`` from a DataLoader / iterable of batches, or a Dataset.
+
+    A :class:`Splits` gives its ``split`` part: ``"train"`` where the batches train or
+    re-estimate statistics, ``"val"`` where they judge the model.
+    """
     if isinstance(data, Splits):
-        data = data.train
+        data = {"train": data.train, "val": data.val}[split]
     if isinstance(data, Dataset) and (isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1):
         raise UsageError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
     if isinstance(data, TensorDataset):

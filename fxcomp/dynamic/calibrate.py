@@ -12,6 +12,7 @@ reports what actually happened.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,7 +106,7 @@ def _exit_figures(model: EarlyExitModel, data: Any, batch_size: int) -> tuple[np
     """Per exit (final last) and sample: the exit's score and whether its answer is right."""
     scores, correct = [], []
     with eval_mode(model):
-        for batch in loader(data, batch_size, shuffle=False):
+        for batch in loader(data, batch_size, shuffle=False, split="val"):
             x, y = pair(batch)
             outputs = model.all_exits(x)
             scores.append(torch.stack([model.scores(out) for out in outputs]))
@@ -150,8 +151,11 @@ def calibrate_exits(
 
     The search uses the model's criterion (``confidence`` or ``entropy``).
     """
-    if not 0 <= max_accuracy_drop < 1:
-        raise ExitError(f"max_accuracy_drop is a fraction in [0, 1), got {max_accuracy_drop}")
+    if not _real(max_accuracy_drop) or not 0 <= max_accuracy_drop < 1:
+        raise ExitError(f"max_accuracy_drop is a fraction in [0, 1), got {max_accuracy_drop!r}")
+    for name, value, least in (("levels", levels, 1), ("max_rows", max_rows, 2), ("batch_size", batch_size, 1)):
+        if not _whole(value) or value < least:
+            raise ExitError(f"{name} must be a whole number >= {least}, got {value!r}")
     _require_exits(model, "calibrate_exits")
     score, correct = _exit_figures(model, val_data, batch_size)
     model_macs = model.model_macs_per_sample()
@@ -194,6 +198,14 @@ def calibrate_exits(
     return ExitCalibration(path[-1].thresholds, base, max_accuracy_drop, _thin(path, max_rows))
 
 
+def _real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _thin(path: list[ExitStatistics], count: int) -> list[ExitStatistics]:
     """At most ``count`` rows, evenly spread, keeping the first and the last."""
     if len(path) <= count:
@@ -209,7 +221,7 @@ def exit_statistics(model: EarlyExitModel, data: Any, *, batch_size: int = 256) 
     right = count = 0
     taken_counts = np.zeros(model.num_exits + 1)
     with eval_mode(model):
-        for batch in loader(data, batch_size, shuffle=False):
+        for batch in loader(data, batch_size, shuffle=False, split="val"):
             x, y = pair(batch)
             logits = model(x)
             right += int((logits.argmax(1) == y).sum())

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+import numbers
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -112,6 +113,9 @@ class EarlyExitModel(nn.Module):
       (``entropy``) — and later stages run only on the samples still going. The result has
       the original output's shape; :attr:`last_exits` tells which exit each sample took
       (``num_exits`` for the final output).
+
+    It starts in the mode of the graph it wraps, so a model compressed or loaded in eval
+    mode answers like the original.
     """
 
     def __init__(self, graph_module: fx.GraphModule) -> None:
@@ -136,6 +140,7 @@ class EarlyExitModel(nn.Module):
                     "put early_exit after the passes that rewrite the graph"
                 )
         self.stages = split_stages(graph_module, self.cuts)
+        self.training = graph_module.training
         self.last_exits: torch.Tensor | None = None
         self.backbone_frozen = False
         self._costs_cache: tuple[list[float], list[float]] | None = None
@@ -177,10 +182,9 @@ class EarlyExitModel(nn.Module):
     @thresholds.setter
     def thresholds(self, values: Sequence[float] | None) -> None:
         if values is not None:
-            try:
-                values = [float(v) for v in values]
-            except (TypeError, ValueError):
-                values = None
+            given = [] if isinstance(values, (str, bytes)) or not isinstance(values, Iterable) else list(values)
+            numeric = all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in given)
+            values = [float(v) for v in given] if numeric and given else None
             if values is None or len(values) != self.num_exits or any(math.isnan(v) for v in values):
                 raise ExitError(f"thresholds: give a list of {self.num_exits} numbers (one per early exit), or None")
         self.model.meta[EXITS]["thresholds"] = values
@@ -338,6 +342,8 @@ class EarlyExitModel(nn.Module):
         It has no control flow, so it exports with ``torch.export`` and to ONNX. It shares
         parameters with this model.
         """
+        if not isinstance(index, numbers.Integral) or isinstance(index, bool):
+            raise ExitError(f"fixed_exit takes an exit's index (a whole number), got {index!r}")
         if index < 0:
             index += self.num_exits + 1
         if not 0 <= index <= self.num_exits:

@@ -55,6 +55,7 @@ from fxcomp.passes.options import (
     string,
     validate_options,
 )
+from fxcomp.passes.verify import relative_error
 
 __all__ = [
     "OBSERVERS",
@@ -98,6 +99,7 @@ __all__ = [
     "qdq_model",
     "quantize_parameter",
     "quantize_weight",
+    "relative_error",
     "replace_with_chain",
     "selected_modules",
     "share_weights",

@@ -53,12 +53,21 @@ class PassResult:
 
 @dataclass
 class CheckContext:
-    """What a plugin verification check receives besides the rewritten graph."""
+    """What a plugin verification check receives besides the rewritten graph.
 
-    pass_name: str
+    ``tolerance`` is the largest relative output change the pass promised (``None``: no
+    promise), so a check that looks at values of its own (an early exit's logits) can hold
+    the pass to it too. ``state`` is the check's own dict, kept across the passes of one
+    :func:`fxcomp.compress` call; it is first filled by a run on the model before any pass,
+    where ``pass_name`` is ``None``.
+    """
+
+    pass_name: str | None
     example_inputs: tuple[torch.Tensor, ...]
     outputs: Any
     reference_outputs: Any
+    tolerance: float | None = None
+    state: dict[str, Any] = field(default_factory=dict)
 
 
 class Pass(abc.ABC):

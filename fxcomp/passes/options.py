@@ -48,14 +48,14 @@ def number(
     low_open: bool = False,
     high_open: bool = False,
 ) -> Check:
-    """A real number, optionally within bounds (closed unless ``*_open``)."""
+    """A finite real number, optionally within bounds (closed unless ``*_open``)."""
     left = "(" if low_open else "["
     right = ")" if high_open else "]"
     span = f" in {left}{'-inf' if low is None else low}, {'inf' if high is None else high}{right}"
     expected = "a number" + (span if low is not None or high is not None else "")
 
     def check(value: Any, path: str) -> float:
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
             raise _fail(path, expected, value)
         too_low = low is not None and (value <= low if low_open else value < low)
         too_high = high is not None and (value >= high if high_open else value > high)

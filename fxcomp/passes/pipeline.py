@@ -20,7 +20,7 @@ from fxcomp.export.files import save
 from fxcomp.lowering import LoweringResult, lower
 from fxcomp.passes.base import Pass, PassContext, PassResult
 from fxcomp.passes.recipe import RecipeLike, load_recipe
-from fxcomp.passes.verify import run_graph, verify
+from fxcomp.passes.verify import run_graph, start_checks, verify
 from fxcomp.plugin.host import Plugins, load_plugins
 from fxcomp.report import CompressionReport, layer_rows, totals
 from fxcomp.tracing import as_input_tuple, propagate, trace
@@ -120,6 +120,7 @@ def compress(
         raise PassError(f"the traced model fails to run on example_inputs before any pass: {error}") from error
 
     outputs = baseline
+    states = start_checks(gm, inputs, baseline, plugins.registry.checks)
     original = copy.deepcopy(gm) if any(p.uses_original for p in passes) else None
     records: list[dict[str, Any]] = []
     for index, compression_pass in enumerate(passes):
@@ -137,7 +138,7 @@ def compress(
             break
         result: PassResult = _run_pass_step(label, compression_pass.apply, gm, plan, context)
         gm = result.graph_module
-        outputs = verify(gm, compression_pass, label, inputs, outputs, baseline, plugins.registry.checks)
+        outputs = verify(gm, compression_pass, label, inputs, outputs, baseline, plugins.registry.checks, states)
         record.update(modified=bool(result.modified), stats=result.stats)
 
     if unrewritten is not None:

@@ -17,6 +17,7 @@ A recipe has the form::
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,30 @@ from fxcomp.plugin.registry import BUILT_IN_BACKENDS, INDUCTOR_MODES
 RecipeLike = str | os.PathLike | Mapping[str, Any] | Sequence[Pass]
 
 
+class _RecipeLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (the last would win silently)
+    and reading ``1e-3`` as a number (YAML 1.1 wants ``1.0e-3``; YAML 1.2 and Python read both)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                mark = key_node.start_mark
+                raise RecipeError(
+                    f"recipe gives '{key}' twice in one mapping (line {mark.line + 1}); keep one of them"
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
 def _read(recipe: str | os.PathLike) -> Any:
     """YAML text from a file (a PathLike, a one-line string naming a file or ending in .yaml/.yml) or a string."""
     text = str(recipe)
@@ -44,7 +69,7 @@ def _read(recipe: str | os.PathLike) -> Any:
             raise RecipeError(f"recipe file '{text}' does not exist; give a path to a YAML file or a YAML string")
         text = Path(text).read_text()
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

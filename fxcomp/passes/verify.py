@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -71,12 +72,13 @@ def _tensor_error(value: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 def relative_error(outputs: Any, reference: Any) -> tuple[float, int]:
-    """Largest ``max|a - b| / max|b|`` over the floating-point tensor outputs, and the output it occurs in.
+    """Largest ``max|a - b| / max|b|`` over the tensor outputs, and the output it occurs in.
 
-    Entries that are not finite must agree exactly (a NaN where the reference has a number,
-    or the other way round, is an infinite error), and so must the shapes. Outputs on the meta
-    device hold no values: where both are, only their shapes are compared; where one is, the
-    error is infinite.
+    Integer and boolean outputs (class indices, masks) must match exactly: any difference
+    is an infinite error. Entries that are not finite must agree exactly (a NaN where the
+    reference has a number, or the other way round, is an infinite error), and so must the
+    shapes and dtypes. Outputs on the meta device hold no values: where both are, only their
+    shapes are compared; where one is, the error is infinite.
     """
     worst, where = 0.0, 0
     for index, (value, ref) in enumerate(zip(pytree.tree_leaves(outputs), pytree.tree_leaves(reference))):
@@ -85,11 +87,26 @@ def relative_error(outputs: Any, reference: Any) -> tuple[float, int]:
             if not both or value.shape != ref.shape:  # values appearing or vanishing are a change too
                 worst, where = math.inf, index
             continue
-        if isinstance(value, torch.Tensor) and value.is_floating_point() and value.numel():
-            error = _tensor_error(value, ref)
-            if error > worst:
-                worst, where = error, index
+        error = _leaf_error(value, ref)
+        if error > worst:
+            worst, where = error, index
     return worst, where
+
+
+def _leaf_error(value: Any, reference: Any) -> float:
+    """One output's relative error: floating-point tensors (complex ones by their real and imaginary
+    parts) within a tolerance, integer and boolean tensors and Python integers exactly."""
+    if isinstance(value, torch.Tensor):
+        if not isinstance(reference, torch.Tensor) or value.dtype != reference.dtype or value.shape != reference.shape:
+            return math.inf
+        if value.is_complex():
+            value, reference = torch.view_as_real(value), torch.view_as_real(reference)
+        if value.is_floating_point():
+            return _tensor_error(value, reference) if value.numel() else 0.0
+        return 0.0 if torch.equal(value, reference) else math.inf
+    if isinstance(value, int):  # bool included
+        return 0.0 if type(value) is type(reference) and value == reference else math.inf
+    return 0.0
 
 
 @dataclass(frozen=True)
@@ -135,11 +152,13 @@ def verify(
     reference: Any,
     baseline: Any,
     checks: dict[str, Entry],
+    states: dict[str, dict[str, Any]],
 ) -> Any:
     """Check ``gm`` after ``applied`` ran; return its outputs for ``inputs``.
 
     ``reference`` holds the outputs before the pass (for the exactness promise),
-    ``baseline`` the original model's outputs (for structure and shapes).
+    ``baseline`` the original model's outputs (for structure and shapes), ``states``
+    each plugin check's state (from :func:`start_checks`).
     Raises :class:`fxcomp.PassError` naming the pass and, where one is at fault, the node.
     """
     try:
@@ -163,12 +182,24 @@ def verify(
                 f"{label} promises outputs within relative error {applied.tolerance:g} but output {index} "
                 f"(node '{output_nodes(gm)[index]}') changed by {error:.3g}"
             )
-    context = CheckContext(applied.name, tuple(inputs), outputs, reference)
+    _run_checks(gm, label, checks, states, CheckContext(applied.name, tuple(inputs), outputs, reference, applied.tolerance))
+    return outputs
+
+
+def start_checks(gm: fx.GraphModule, inputs: Sequence[torch.Tensor], outputs: Any, checks: dict[str, Entry]) -> dict[str, dict[str, Any]]:
+    """Run every plugin check on the graph before any pass; return each check's state for :func:`verify`."""
+    states: dict[str, dict[str, Any]] = {name: {} for name in checks}
+    _run_checks(gm, "the model before any pass", checks, states, CheckContext(None, tuple(inputs), outputs, outputs))
+    return states
+
+
+def _run_checks(
+    gm: fx.GraphModule, label: str, checks: dict[str, Entry], states: dict[str, dict[str, Any]], context: CheckContext
+) -> None:
     for name, entry in checks.items():
         try:
-            problems = entry.value(gm, context)
+            problems = entry.value(gm, dataclasses.replace(context, state=states.setdefault(name, {})))
         except Exception as error:  # noqa: BLE001 - a crashing check is reported like a failing one
             raise PassError(f"{label}: check '{name}' (plugin '{entry.plugin}') raised: {first_line(error)}") from error
         if problems:
             raise PassError(f"{label} failed check '{name}' (plugin '{entry.plugin}'): {problems[0]}")
-    return outputs

@@ -18,13 +18,15 @@ def recalibrate_batchnorm(model: nn.Module, data: Any, *, batches: int = 10, bat
     Pruning changes the distribution each BatchNorm sees; its old statistics then misjudge
     the pruned network. This resets them and averages the batch statistics of the first
     ``batches`` batches of labelled ``data`` (shuffled with ``seed``), every other module in
-    eval mode, nothing trained. Returns the number of batches used (0 when ``model`` has no
-    BatchNorm with running statistics).
+    eval mode, nothing trained. Returns the number of batches used: 0 when ``model`` has no
+    BatchNorm with running statistics, ``batches`` is 0 or ``data`` holds no batch — the
+    statistics are then left as they were.
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if not norms:
+    if not norms or batches < 1:
         return 0
     saved = [norm.momentum for norm in norms]
+    statistics = [{name: buffer.clone() for name, buffer in norm.named_buffers()} for norm in norms]
     used = 0
     with eval_mode(model):
         for norm in norms:
@@ -38,6 +40,9 @@ def recalibrate_batchnorm(model: nn.Module, data: Any, *, batches: int = 10, bat
                 model(pair(batch)[0])
                 used += 1
         finally:
-            for norm, momentum in zip(norms, saved):
+            for norm, momentum, before in zip(norms, saved, statistics):
                 norm.momentum = momentum
+                if used == 0:
+                    for name, buffer in norm.named_buffers():
+                        buffer.copy_(before[name])
     return used

@@ -14,6 +14,8 @@ The loss is ``Σ weights[i] · loss_i``: the final output's loss is the recover 
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -59,7 +61,7 @@ def exit_training(spec: Any) -> ExitTraining:
     weights = spec.get("weights")
     if weights is not None:
         if not isinstance(weights, (list, tuple)) or not weights or not all(
-            isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights
+            isinstance(w, (int, float)) and not isinstance(w, bool) and 0 <= w < math.inf for w in weights
         ):
             raise RecipeError(f"exits.weights: expected a list of non-negative numbers, got {weights!r}")
         weights = tuple(float(w) for w in weights)

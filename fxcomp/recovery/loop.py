@@ -24,11 +24,12 @@ import torch.nn.functional as F
 from fxcomp.data.batches import Batches, loader, pair
 from fxcomp.data.splits import Splits
 from fxcomp.dynamic.model import EarlyExitModel
-from fxcomp.errors import DataError, UsageError
+from fxcomp.errors import DataError, TrainingError, UsageError, first_line
 from fxcomp.recovery.exits import exit_training
 from fxcomp.recovery.features import as_graph, with_features
 from fxcomp.recovery.losses import mutual_loss
 from fxcomp.recovery.objective import OUTPUT, Objective, objective
+from fxcomp.tracing import eval_mode, in_mode
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ def evaluate_outputs(model: nn.Module, data: Any, *, batch_size: int = 256) -> t
     model.eval()
     run = model.all_exits if isinstance(model, EarlyExitModel) else lambda x: [model(x)]
     total, losses, correct = 0, None, None
-    for batch in loader(data, batch_size, shuffle=False):
+    for batch in loader(data, batch_size, shuffle=False, split="val"):
         x, y = pair(batch)
         outputs = run(x)
         batch_losses = [F.cross_entropy(logits, y, reduction="sum").item() for logits in outputs]
@@ -159,12 +160,14 @@ def _fit(
     ``step_loss`` returns the batch's loss and, per student, its logits (a list of them for an
     early-exit model, whose training accuracy is the mean over its exits).
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
+    if not _whole(epochs) or epochs < 1:
         raise UsageError(f"recovery needs epochs >= 1 (a whole number), got {epochs!r}")
-    if not lr > 0:
-        raise UsageError(f"recovery needs lr > 0, got {lr!r}")
-    if not 0 <= momentum <= 1 or not weight_decay >= 0:
+    if not _finite(lr) or not lr > 0:
+        raise UsageError(f"recovery needs lr > 0 (a finite number), got {lr!r}")
+    if not _finite(momentum) or not _finite(weight_decay) or not 0 <= momentum <= 1 or not weight_decay >= 0:
         raise UsageError(f"recovery needs momentum in [0, 1] and weight_decay >= 0, got {momentum!r} and {weight_decay!r}")
+    if patience is not None and (not _whole(patience) or patience < 1):
+        raise UsageError(f"recovery needs patience >= 1 (a whole number) or None, got {patience!r}")
     if schedule not in ("cosine", "constant"):
         raise UsageError(f"schedule '{schedule}' is not one of: cosine, constant")
     parameters = [p for s in students for p in s.parameters() if p.requires_grad] + extra
@@ -189,6 +192,11 @@ def _fit(
         for index, batch in enumerate(train, 1):
             x, y = pair(batch)
             loss, logits = step_loss(x, y)
+            if not torch.isfinite(loss.detach()):
+                raise TrainingError(
+                    f"the training loss became {loss.item()} at epoch {epoch}, batch {index}; lower lr, "
+                    "or look for non-finite values in the data or the distillation settings"
+                )
             optim.zero_grad(set_to_none=True)
             loss.backward()
             optim.step()
@@ -231,11 +239,19 @@ def _fit(
     return results
 
 
-def _features(model: nn.Module, names: list[str], example: torch.Tensor) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
-    """A function giving ``model``'s output and the values of the nodes ``names``, keyed by name."""
+def _features(
+    model: nn.Module, names: list[str], example: torch.Tensor, *, training: bool
+) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
+    """A function giving ``model``'s output and the values of the nodes ``names``, keyed by name.
+
+    A model that is not yet a graph is traced in the mode it will run in (``training``), so
+    that what its forward decides by ``self.training`` (functional dropout) stays right.
+    """
     if not names:
         return lambda x: {OUTPUT: model(x)}
-    tapped = with_features(as_graph(model, example), names)
+    with in_mode(model, training=training):
+        graph = as_graph(model, example)
+    tapped = with_features(graph, names)
 
     def run(x: torch.Tensor) -> dict[str, torch.Tensor]:
         output, values = tapped(x)
@@ -249,13 +265,49 @@ def _train_and_val(train_data: Any, val_data: Any, batch_size: int, seed: int) -
     if isinstance(train_data, Splits) and val_data is None:
         val_data = train_data.val
     train = loader(train_data, batch_size, shuffle=True, seed=seed)
-    return train, loader(val_data, 256, shuffle=False) if val_data is not None else None
+    return train, loader(val_data, 256, shuffle=False, split="val") if val_data is not None else None
 
 
-def _first_inputs(data: Batches) -> torch.Tensor:
+def _whole(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _first_batch(data: Batches, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two examples of the first training batch, checked against ``model``: it runs on the inputs and
+    the targets are class indices within its outputs."""
     for batch in data:
-        return pair(batch)[0][:2]
-    raise DataError("the training data holds no examples")
+        x, y = (part[:2] for part in pair(batch))
+        break
+    else:
+        raise DataError("the training data holds no examples")
+    if len(x) == 0:
+        raise DataError("the first training batch holds no examples")
+    try:
+        with torch.no_grad(), eval_mode(model):
+            logits = model(x)
+    except Exception as error:  # noqa: BLE001 - the model's own error, named with the batch's shape
+        raise DataError(
+            f"the model fails on the training inputs ({'×'.join(map(str, x.shape))}): {first_line(error)}; "
+            "give inputs shaped like the model expects"
+        ) from error
+    classes = logits.shape[-1] if isinstance(logits, torch.Tensor) and logits.dim() == 2 else None
+    fits = y.dim() == 1 and not y.is_floating_point() and not y.is_complex() and y.dtype != torch.bool
+    if classes is None or not fits or len(y) != len(x) or y.min() < 0 or y.max() >= classes:
+        raise TrainingError(
+            f"recovery trains a classifier on class indices: the model gives {_described(logits)} and the targets "
+            f"are {_described(y)}; give one integer label in [0, classes) per example"
+        )
+    return x, y
+
+
+def _described(value: Any) -> str:
+    if not isinstance(value, torch.Tensor):
+        return f"a {type(value).__name__}"
+    return f"{'×'.join(map(str, value.shape)) or 'a scalar'} {str(value.dtype).removeprefix('torch.')}"
 
 
 def recover(
@@ -300,6 +352,8 @@ def recover(
         seed: seeds the weights' random state and the shuffling.
         progress: print a progress line per epoch on stderr.
     """
+    if not _whole(seed):
+        raise UsageError(f"recovery needs a whole-number seed, got {seed!r}")
     torch.manual_seed(seed)
     student = copy.deepcopy(model)
     train, val = _train_and_val(train_data, val_data, batch_size, seed)
@@ -314,13 +368,13 @@ def recover(
     joint = exit_training(exits) if staged else None
     if joint is not None and joint.heads_only:
         student.freeze_backbone(True)
-    example = _first_inputs(train)
-    student_run = _features(student, goal.feature_names("student"), example)
+    example, _ = _first_batch(train, student)
+    student_run = _features(student, goal.feature_names("student"), example, training=True)
     teacher_run, teacher_was_training = None, teacher is not None and teacher.training
     if goal.needs_teacher:
         teacher = teacher.eval()
-        teacher_run = _features(teacher, goal.feature_names("teacher"), example)
-        with torch.no_grad():
+        teacher_run = _features(teacher, goal.feature_names("teacher"), example, training=False)
+        with torch.no_grad(), eval_mode(student):
             goal.build(student_run(example), teacher_run(example))
 
     def step_loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, list[Any]]:
@@ -365,7 +419,13 @@ def mutual_learning(peers: Sequence[nn.Module], train_data: Any, *, val_data: An
     """
     if len(peers) < 2:
         raise UsageError("mutual learning needs at least two peers")
+    unknown = set(options) - {*_TRAINING_OPTIONS, "seed", "batch_size"}
+    if unknown:
+        known = ", ".join((*_TRAINING_OPTIONS, "seed", "batch_size"))
+        raise UsageError(f"mutual_learning got unknown option(s) {', '.join(sorted(unknown))}; it takes {known}")
     seed, batch_size = options.pop("seed", 0), options.pop("batch_size", 128)
+    if not _whole(seed):
+        raise UsageError(f"mutual learning needs a whole-number seed, got {seed!r}")
     torch.manual_seed(seed)
     students = [copy.deepcopy(p) for p in peers]
     train, val = _train_and_val(train_data, val_data, batch_size, seed)
@@ -397,11 +457,14 @@ def teacher_assistant_chain(
     return results
 
 
-def _reinitialized(model: nn.Module) -> nn.Module:
+def _reinitialized(model: nn.Module, seed: int) -> nn.Module:
+    """A copy of ``model`` whose modules' ``reset_parameters`` drew new weights from ``seed``."""
     fresh = copy.deepcopy(model)
-    for module in fresh.modules():
-        if hasattr(module, "reset_parameters") and module is not fresh:
-            module.reset_parameters()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in fresh.modules():
+            if hasattr(module, "reset_parameters") and module is not fresh:
+                module.reset_parameters()
     return fresh
 
 
@@ -417,14 +480,19 @@ def born_again(
     """Born-again networks (Furlanello et al., 2018): each generation, same architecture, learns from the last.
 
     ``model`` is the trained generation 0. Each new generation starts from ``factory()``
-    (default: ``model``'s architecture with freshly initialized weights) and is trained with
-    ``distill`` (default KD) from the previous one. Returns one result per new generation.
+    (default: ``model``'s architecture with its layers' ``reset_parameters`` drawing new weights,
+    from ``seed`` plus the generation's number; parameters of modules without that method keep
+    their values, so give ``factory`` for such models) and is trained with ``distill`` (default
+    KD) from the previous one. Returns one result per new generation.
     """
-    if generations < 1:
-        raise UsageError("born_again needs generations >= 1")
+    if not _whole(generations) or generations < 1:
+        raise UsageError(f"born_again needs generations >= 1 (a whole number), got {generations!r}")
+    seed = options.get("seed", 0)
+    if not _whole(seed):
+        raise UsageError(f"born_again needs a whole-number seed, got {seed!r}")
     results, current = [], model
-    for _ in range(generations):
-        fresh = factory() if factory is not None else _reinitialized(model)
+    for generation in range(1, generations + 1):
+        fresh = factory() if factory is not None else _reinitialized(model, seed + generation)
         result = recover(fresh, train_data, teacher=current, distill=distill or {"kind": "kd"}, **options)
         results.append(result)
         current = result.model

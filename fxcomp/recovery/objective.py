@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fxcomp.errors import RecipeError
+from fxcomp.errors import RecipeError, TrainingError
 from fxcomp.passes.options import number
 from fxcomp.recovery.losses import AttentionTransferLoss, HintLoss, KDLoss, RelationalKDLoss, SimilarityPreservingLoss
 
@@ -73,8 +73,14 @@ class Objective:
         return list(dict.fromkeys(names))
 
     def build(self, student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor]) -> None:
-        """Create the FitNet adapters from one batch's features (their channel counts)."""
+        """Check that each term's pairs fit and create the FitNet adapters from one batch's features
+        (their channel counts); a :class:`fxcomp.TrainingError` names a pair that does not fit."""
         for term in self.terms:
+            for s_name, t_name in zip(term.student, term.teacher):
+                problem = _pair_problem(term.kind, student[s_name], teacher[t_name])
+                if problem is not None:
+                    side = "output" if s_name == OUTPUT else f"'{s_name}' and the teacher's '{t_name}'"
+                    raise TrainingError(f"distill {term.kind}: the student's {side}: {problem}")
             if term.loss is None:
                 s, t = student[term.student[0]], teacher[term.teacher[0]]
                 term.loss = HintLoss(s.shape[1], t.shape[1], spatial=s.dim() == 4)
@@ -100,6 +106,24 @@ class Objective:
         return loss
 
 
+def _pair_problem(kind: str, student: torch.Tensor, teacher: torch.Tensor) -> str | None:
+    """Why a distillation term of ``kind`` cannot compare these two values, or None."""
+    shapes = f"{_shape(student)} against {_shape(teacher)}"
+    if kind == "kd" and student.shape != teacher.shape:
+        return f"{shapes}; distill from a teacher with the same outputs"
+    if kind == "fitnet" and (student.dim() != teacher.dim() or student.dim() not in (2, 4)):
+        return f"{shapes}; FitNet pairs two feature maps (N×C×H×W) or two feature vectors (N×C)"
+    if kind == "attention" and (student.dim() != 4 or teacher.dim() != 4):
+        return f"{shapes}; attention transfer pairs two feature maps (N×C×H×W)"
+    if student.shape[0] != teacher.shape[0]:
+        return f"{shapes}; both must keep the batch dimension first"
+    return None
+
+
+def _shape(value: torch.Tensor) -> str:
+    return "×".join(map(str, value.shape)) or "a scalar"
+
+
 def _names(value: Any, kind: str, side: str) -> list[str]:
     names = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else None
     if not names or not all(isinstance(n, str) for n in names):
@@ -123,7 +147,8 @@ def objective(spec: Any) -> Objective:
         options = {**_KINDS[kind], **{k: v for k, v in entry.items() if k != "kind"}}
         for key, value in options.items():
             if key not in ("student", "teacher"):
-                options[key] = number()(value, f"distill {kind}.{key}")
+                low = 0 if key.endswith("weight") else None  # a negative weight would reward moving away
+                options[key] = number(low)(value, f"distill {kind}.{key}")
         if kind == "kd":
             try:
                 terms.append(_Term(kind, KDLoss(options["T"], options["alpha"]), [OUTPUT], [OUTPUT]))

@@ -187,11 +187,16 @@ class _MetaPropagator(_Propagator):
         return result if result is not None else super().call_method(target, args, kwargs)
 
 
-@contextlib.contextmanager
-def eval_mode(module: nn.Module) -> Iterator[None]:
+def eval_mode(module: nn.Module) -> contextlib.AbstractContextManager[None]:
     """Put every submodule in eval mode for the duration, then restore each one's flag."""
+    return in_mode(module, training=False)
+
+
+@contextlib.contextmanager
+def in_mode(module: nn.Module, *, training: bool) -> Iterator[None]:
+    """Put every submodule in training (or eval) mode for the duration, then restore each one's flag."""
     flags = [(child, child.training) for child in module.modules()]
-    module.eval()
+    module.train(training)
     try:
         yield
     finally:

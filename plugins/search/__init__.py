@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Sized
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,9 @@ class Search(Pass):
                 "search scores candidates on held-out data: pass train_data= and val_data= to fxcomp.compress "
                 "(--train-data on the CLI)"
             )
+        for role, data in (("train_data", context.train_data), ("val_data", context.val_data)):
+            if isinstance(data, Sized) and len(data) == 0:
+                raise DataError(f"search: {role} is empty; give it the examples candidates are re-estimated and scored on")
         if "prune" not in context.plugins.registry.passes:
             raise RecipeError(
                 "search prunes with the 'prune' pass, which no loaded plugin registers; "

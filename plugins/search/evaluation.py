@@ -21,6 +21,7 @@ import torch.fx as fx
 from torch.utils.data import Dataset, Subset
 
 from fxcomp import RecipeError, node_info, propagate
+from fxcomp.data import Splits
 from fxcomp.passes import Pass, PassContext, parameter_values
 from fxcomp.recovery import evaluate, recalibrate_batchnorm, short_finetune
 
@@ -84,7 +85,10 @@ def real_fraction(gm: fx.GraphModule, original: float, metric: str) -> float:
 
 
 def held_out(data: Any, samples: int | None) -> Any:
-    """The first ``samples`` examples of a Dataset (all of it, or of any other data, otherwise)."""
+    """The first ``samples`` examples of a Dataset or of a Splits' validation part (all of it, or of
+    any other data, otherwise)."""
+    if isinstance(data, Splits):
+        data = data.val
     if samples is None or not isinstance(data, Dataset) or not hasattr(data, "__len__") or len(data) <= samples:
         return data
     return Subset(data, range(samples))
