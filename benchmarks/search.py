@@ -1,6 +1,6 @@
 """Searched vs uniform per-group pruning at half the MACs, each followed by the same recovery.
 
-A ResNet-style CNN (stem and three stages of two basic blocks, 16/32/64 channels) is
+A ResNet-style CNN (stem and three stages of two basic blocks, 16/32/64 channels or ``--widths``) is
 trained on Fashion-MNIST (scikit-learn digits when absent), then pruned to ``--target``
 of its MACs two ways, each for ``--seeds`` seeds:
 
@@ -17,7 +17,7 @@ run's MACs, proxy and test accuracy, the search's wall time, and the mean ± std
 the test accuracy per method.
 
     python benchmarks/search.py [--epochs 4] [--recover-epochs 2] [--seeds 3] [--target 0.5] [--workers 1]
-                                [--finetune-steps 0]
+                                [--finetune-steps 0] [--widths 16 32 64]
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--finetune-steps", type=int, default=0, help="training steps before each candidate is scored")
     parser.add_argument("--finetune-lr", type=float, default=0.01)
+    parser.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64], help="channels of the CNN's stages")
     add_data_arguments(parser)
     args = parser.parse_args()
     data = benchmark_setup(args)
@@ -63,10 +64,10 @@ def main() -> None:
 
     torch.manual_seed(args.seed)
     start = time.perf_counter()
-    original = fxcomp.recover(ResNetSmall(data.classes), data, epochs=args.epochs, lr=0.1, weight_decay=5e-4,
+    original = fxcomp.recover(ResNetSmall(data.classes, widths=tuple(args.widths)), data, epochs=args.epochs, lr=0.1, weight_decay=5e-4,
                               seed=args.seed, progress=False).model.eval()
     _, accuracy = evaluate(original, data.test)
-    print(f"original: {100 * accuracy:.2f}% test accuracy after {args.epochs} epochs ({time.perf_counter() - start:.0f} s)")
+    print(f"original ({'/'.join(map(str, args.widths))} channels): {100 * accuracy:.2f}% test accuracy after {args.epochs} epochs ({time.perf_counter() - start:.0f} s)")
 
     recover = {"pass": "recover", "epochs": args.recover_epochs, "lr": 0.02}
     rows, results = [], {"uniform": [], "searched": []}
