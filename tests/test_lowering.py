@@ -667,6 +667,25 @@ def test_channels_last_turns_only_the_views_of_unmodified_memory_into_reshapes(p
     assert got.min() == 0  # the clamp reached the output through its view
 
 
+class _InPlaceReluThenView(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.relu, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace=True), nn.Linear(8 * 8 * 8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.conv(x))  # written in place before the view exists
+        return self.fc(x.view(x.size(0), -1))
+
+
+def test_a_write_before_the_view_still_lets_it_become_a_reshape(plugins) -> None:
+    image = torch.randn(2, 3, 8, 8)
+    gm = fxcomp.trace(_InPlaceReluThenView().eval(), image)
+    for layout in ({"channels_last": True}, {"direct_convs": True}):
+        result = fxcomp.lower(gm, "eager", example_inputs=image, plugins=plugins, **layout)
+        assert [n.target for n in result.module.graph.nodes if n.target in ("view", "reshape")] == ["reshape"]
+        torch.testing.assert_close(result.module(image), gm(image), rtol=1e-4, atol=1e-5)
+
+
 class _HoldsLowered(nn.Module):
     def __init__(self) -> None:
         super().__init__()

@@ -107,9 +107,30 @@ class _Ratio(Pass):
         return PassResult(gm, modified=False)
 
 
+class _Nudge(Pass):
+    """Adds 1e-6 to the second output's bias, within its promise of 1e-3 for the scores."""
+
+    name = "nudge"
+    tolerance = 1e-3
+
+    def plan(self, gm, context):
+        return {}
+
+    def apply(self, gm, plan, context):
+        with torch.no_grad():
+            gm.get_submodule("0").bias[1] += 1e-6
+        return PassResult(gm, modified=True)
+
+
+class _ScoresAndClass(nn.Sequential):
+    def forward(self, x):
+        scores = super().forward(x)
+        return scores, scores.argmax(1)
+
+
 @pytest.fixture
 def plugins() -> fxcomp.Plugins:
-    test_passes = [_Vandal, _ShrinkHead, _Breaker, _Liar, _Unserializable, _Ratio]
+    test_passes = [_Vandal, _ShrinkHead, _Breaker, _Liar, _Unserializable, _Ratio, _Nudge]
     plugin = types.SimpleNamespace(
         fxcomp_register_passes=fxcomp.hookimpl(specname="fxcomp_register_passes")(
             lambda register: [register(p) for p in test_passes]
@@ -263,9 +284,29 @@ def test_integer_and_boolean_outputs_must_match_exactly() -> None:
     assert relative_error([3, "a"], [3, "a"]) == (0.0, 0) and relative_error([3], [4]) == (math.inf, 0)
 
 
+def test_a_class_index_output_flipped_within_the_float_promise_is_named(plugins) -> None:
+    model = _ScoresAndClass(nn.Linear(4, 2))
+    with torch.no_grad():
+        model[0].weight[1] = model[0].weight[0]
+        model[0].bias[1] = model[0].bias[0]  # both scores tie for every input: the class is 0
+    message = (
+        r"^pass 'nudge' \(passes\[0\]\) changed integer output 1 \(node 'argmax'\) in 3 of 3 entries; integer outputs "
+        r"\(class indices, masks\) must match exactly, and rounding within the promised 0.001 can flip an argmax at a "
+        r"near-tie: return the scores instead$"
+    )
+    with pytest.raises(fxcomp.PassError, match=message):
+        fxcomp.compress(model, torch.randn(3, 4), "passes: [{pass: nudge}]", plugins=plugins)
+
+
 def test_exponent_notation_reads_as_a_number(small_cnn, image, plugins) -> None:
     result = fxcomp.compress(small_cnn, image, "passes: [{pass: ratio_pass, ratio: 5e-1}]", dry_run=True, plugins=plugins)
     assert result.plan[0]["options"]["ratio"] == 0.5
+
+
+def test_yaml_merge_keys_are_not_duplicates(small_cnn, image, plugins) -> None:
+    recipe = "passes:\n  - &base {pass: ratio_pass, ratio: 0.25}\n  - <<: *base\n    ratio: 0.75\n"
+    result = fxcomp.compress(small_cnn, image, recipe, dry_run=True, plugins=plugins)
+    assert [entry["options"]["ratio"] for entry in result.plan] == [0.25, 0.75]  # the explicit key wins over the merged one
 
 
 def test_pass_options_are_validated_at_construction() -> None:

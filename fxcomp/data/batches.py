@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from fxcomp.arguments import is_whole
 from fxcomp.data.splits import Splits
 from fxcomp.errors import DataError, UsageError
 
@@ -45,7 +45,7 @@ def loader(data: Any, batch_size: int, *, shuffle: bool, seed: int = 0, split: s
     """
     if isinstance(data, Splits):
         data = {"train": data.train, "val": data.val}[split]
-    if isinstance(data, Dataset) and (isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1):
+    if isinstance(data, Dataset) and (not is_whole(batch_size) or batch_size < 1):
         raise UsageError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
     if isinstance(data, TensorDataset):
         return _TensorBatches(data, int(batch_size), shuffle, seed)

@@ -12,7 +12,6 @@ reports what actually happened.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +20,7 @@ import torch
 import torch.fx as fx
 from tabulate import tabulate
 
+from fxcomp.arguments import is_real, is_whole
 from fxcomp.data.batches import loader, pair
 from fxcomp.dynamic.model import EarlyExitModel, has_exits
 from fxcomp.errors import ExitError
@@ -151,10 +151,10 @@ def calibrate_exits(
 
     The search uses the model's criterion (``confidence`` or ``entropy``).
     """
-    if not _real(max_accuracy_drop) or not 0 <= max_accuracy_drop < 1:
+    if not is_real(max_accuracy_drop) or not 0 <= max_accuracy_drop < 1:
         raise ExitError(f"max_accuracy_drop is a fraction in [0, 1), got {max_accuracy_drop!r}")
     for name, value, least in (("levels", levels, 1), ("max_rows", max_rows, 2), ("batch_size", batch_size, 1)):
-        if not _whole(value) or value < least:
+        if not is_whole(value) or value < least:
             raise ExitError(f"{name} must be a whole number >= {least}, got {value!r}")
     _require_exits(model, "calibrate_exits")
     score, correct = _exit_figures(model, val_data, batch_size)
@@ -196,14 +196,6 @@ def calibrate_exits(
         path[len(path) - same :] = [best[1]]  # a move that changes nothing replaces the last row
     model.thresholds = path[-1].thresholds
     return ExitCalibration(path[-1].thresholds, base, max_accuracy_drop, _thin(path, max_rows))
-
-
-def _real(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _whole(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _thin(path: list[ExitStatistics], count: int) -> list[ExitStatistics]:

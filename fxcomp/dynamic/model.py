@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 import numbers
+import operator
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -100,6 +101,14 @@ def add_exits(
     return nodes
 
 
+def _real(value: Any) -> float | None:
+    """``value`` as a float when it is one real number (a Python or numpy number, or a one-entry tensor)."""
+    if isinstance(value, torch.Tensor):
+        plain = value.numel() == 1 and not value.is_complex() and value.dtype != torch.bool
+        return float(value) if plain else None
+    return float(value) if isinstance(value, numbers.Real) and not isinstance(value, bool) else None
+
+
 class EarlyExitModel(nn.Module):
     """A classifier that can stop at an earlier exit for inputs it is already sure about.
 
@@ -183,8 +192,8 @@ class EarlyExitModel(nn.Module):
     def thresholds(self, values: Sequence[float] | None) -> None:
         if values is not None:
             given = [] if isinstance(values, (str, bytes)) or not isinstance(values, Iterable) else list(values)
-            numeric = all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in given)
-            values = [float(v) for v in given] if numeric and given else None
+            numbers_given = [_real(v) for v in given]
+            values = numbers_given if given and None not in numbers_given else None
             if values is None or len(values) != self.num_exits or any(math.isnan(v) for v in values):
                 raise ExitError(f"thresholds: give a list of {self.num_exits} numbers (one per early exit), or None")
         self.model.meta[EXITS]["thresholds"] = values
@@ -342,8 +351,12 @@ class EarlyExitModel(nn.Module):
         It has no control flow, so it exports with ``torch.export`` and to ONNX. It shares
         parameters with this model.
         """
-        if not isinstance(index, numbers.Integral) or isinstance(index, bool):
+        if isinstance(index, bool) or (isinstance(index, torch.Tensor) and index.dtype == torch.bool):
             raise ExitError(f"fixed_exit takes an exit's index (a whole number), got {index!r}")
+        try:
+            index = operator.index(index)
+        except TypeError:
+            raise ExitError(f"fixed_exit takes an exit's index (a whole number), got {index!r}") from None
         if index < 0:
             index += self.num_exits + 1
         if not 0 <= index <= self.num_exits:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import numbers
 import os
 import re
 from collections.abc import Iterable
@@ -30,6 +29,7 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 from torch.utils import _pytree as pytree
 
+from fxcomp.arguments import is_whole
 from fxcomp.dynamic.model import CRITERIA, EXITS, HEADS, EarlyExitModel, has_exits
 from fxcomp.errors import ExitError, LoadError, SaveError
 from fxcomp.export.deep import CodecError, CodecReport, codable, decode_tensor, encode_tensor
@@ -301,7 +301,7 @@ def save(
     """
     if codec not in (None, "deep"):
         raise SaveError(f"codec {codec!r} is not one of: deep (or None for plain tensors)")
-    if not isinstance(index_bits, numbers.Integral) or isinstance(index_bits, bool) or not 1 <= index_bits <= 16:
+    if not is_whole(index_bits) or not 1 <= index_bits <= 16:
         raise SaveError(f"index_bits must be between 1 and 16 (a whole number), got {index_bits!r}")
     index_bits = int(index_bits)
     if isinstance(module, EarlyExitModel):

@@ -107,8 +107,8 @@ def _aliases_first_argument(gm: fx.GraphModule, node: fx.Node) -> bool:
     return node.op in ("call_method", "call_function") and _op_name(node) in _ALIASING
 
 
-def _modified_memory(gm: fx.GraphModule) -> set[fx.Node]:
-    """The nodes of ``gm`` whose values may share memory with a value some node modifies in place."""
+def _written_later(gm: fx.GraphModule) -> set[fx.Node]:
+    """The nodes of ``gm`` whose values may share memory with a value some later node modifies in place."""
     parent: dict[fx.Node, fx.Node] = {}
 
     def root(node: fx.Node) -> fx.Node:
@@ -119,28 +119,31 @@ def _modified_memory(gm: fx.GraphModule) -> set[fx.Node]:
     def join(a: fx.Node, b: fx.Node) -> None:
         parent[root(a)] = root(b)
 
-    modified: list[fx.Node] = []
-    for node in gm.graph.nodes:
+    writes: list[tuple[int, fx.Node]] = []
+    order = {node: index for index, node in enumerate(gm.graph.nodes)}
+    for node, index in order.items():
         first = node.args[0] if node.args else None
         if isinstance(first, fx.Node) and _aliases_first_argument(gm, node):
             join(node, first)
-        targets = _modified(gm, node)
-        for target in targets:  # an in-place op returns the value it modifies
+        for target in _modified(gm, node):  # an in-place op returns the value it modifies
             join(node, target)
-        modified += targets
-    roots = {root(node) for node in modified}
-    return {node for node in gm.graph.nodes if root(node) in roots}
+            writes.append((index, target))
+    last_write: dict[fx.Node, int] = {}
+    for index, target in writes:
+        last_write[root(target)] = max(index, last_write.get(root(target), -1))
+    return {node for node, index in order.items() if last_write.get(root(node), -1) > index}
 
 
 def _stride_free_views(gm: fx.GraphModule) -> None:
     """Turn the ``view`` / ``view_as`` of ``gm`` into ``reshape`` / ``reshape_as``, which accept any strides.
 
-    A view of memory that is modified in place stays a view: a reshape may copy, and the
-    modification would then not reach (or not come from) the viewed tensor.
+    A view of memory that a later node modifies in place stays a view: a reshape may copy,
+    and the modification would then not reach (or not come from) the viewed tensor. Writes
+    before the view are already in what a reshape copies.
     """
-    modified = _modified_memory(gm)
+    written = _written_later(gm)
     for node in gm.graph.find_nodes(op="call_method"):
-        if node.target in _STRIDE_FREE and node not in modified:
+        if node.target in _STRIDE_FREE and node not in written:
             node.target = _STRIDE_FREE[node.target]
 
 

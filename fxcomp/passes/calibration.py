@@ -9,13 +9,14 @@ batch.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.fx as fx
 
+from fxcomp.arguments import described
 from fxcomp.errors import CalibrationError, FxcompError, first_line
 from fxcomp.tracing import node_info
 
@@ -91,15 +92,11 @@ def calibration_outputs(gm: fx.GraphModule, calib_data: Any, needed_by: str) -> 
                 raise
             given, expected = mismatch
             raise CalibrationError(
-                f"{needed_by}: the model fails on a calibration batch of {_spec(given.shape, given.dtype)} "
+                f"{needed_by}: the model fails on a calibration batch of {described(given.shape, given.dtype)} "
                 f"({type(error).__name__}: {first_line(error)}); give batches shaped like the example inputs "
-                f"({_spec(expected.shape, expected.dtype)}, any batch size)"
+                f"({described(expected.shape, expected.dtype)}, any batch size)"
             ) from error
         yield batch, output
-
-
-def _spec(shape: Sequence[int], dtype: torch.dtype) -> str:
-    return "×".join(map(str, shape)) + f" {str(dtype).removeprefix('torch.')}"
 
 
 def _describe(batch: Any) -> str:

@@ -109,6 +109,15 @@ def _leaf_error(value: Any, reference: Any) -> float:
     return 0.0
 
 
+def _integer_difference(outputs: Any, reference: Any, index: int) -> tuple[int, int] | None:
+    """How many entries of integer output ``index`` differ, and of how many (None when it is no such output)."""
+    value, ref = pytree.tree_leaves(outputs)[index], pytree.tree_leaves(reference)[index]
+    comparable = isinstance(value, torch.Tensor) and isinstance(ref, torch.Tensor) and value.shape == ref.shape
+    if not comparable or value.dtype != ref.dtype or value.is_floating_point() or value.is_complex() or value.is_meta:
+        return None
+    return int((value != ref).sum()), value.numel()
+
+
 @dataclass(frozen=True)
 class Mismatch:
     """Where outputs differ in kind from a reference: the flattened output ``index`` (None when the
@@ -177,6 +186,13 @@ def verify(
     _check_structure(label, gm, outputs, baseline)
     if applied.tolerance is not None:
         error, index = relative_error(outputs, reference)
+        flipped = _integer_difference(outputs, reference, index) if error == math.inf else None
+        if flipped is not None:
+            raise PassError(
+                f"{label} changed integer output {index} (node '{output_nodes(gm)[index]}') in {flipped[0]} of "
+                f"{flipped[1]} entries; integer outputs (class indices, masks) must match exactly, and rounding within "
+                f"the promised {applied.tolerance:g} can flip an argmax at a near-tie: return the scores instead"
+            )
         if error > applied.tolerance:
             raise PassError(
                 f"{label} promises outputs within relative error {applied.tolerance:g} but output {index} "

@@ -102,7 +102,7 @@ def fxcomp_register_checks(register: Register) -> None:
     an empty list when the graph is fine, otherwise a list of problem
     descriptions; compression then stops with :class:`fxcomp.PassError` naming
     the pass, the check and the first problem. Each check also runs once on the
-    model before the first pass; ``context.state`` is its own dict for the
+    model before the first pass (``context.pass_name`` is then ``None``); ``context.state`` is its own dict for the
     whole ``compress`` call, so it can compare values of its own (an early
     exit's logits) with the pass's ``context.tolerance``.
     """

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import inspect
 import math
-import numbers
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -21,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fxcomp.arguments import described, is_real, is_whole
 from fxcomp.data.batches import Batches, loader, pair
 from fxcomp.data.splits import Splits
 from fxcomp.dynamic.model import EarlyExitModel
@@ -160,13 +160,13 @@ def _fit(
     ``step_loss`` returns the batch's loss and, per student, its logits (a list of them for an
     early-exit model, whose training accuracy is the mean over its exits).
     """
-    if not _whole(epochs) or epochs < 1:
+    if not is_whole(epochs) or epochs < 1:
         raise UsageError(f"recovery needs epochs >= 1 (a whole number), got {epochs!r}")
-    if not _finite(lr) or not lr > 0:
+    if not is_real(lr) or not lr > 0:
         raise UsageError(f"recovery needs lr > 0 (a finite number), got {lr!r}")
-    if not _finite(momentum) or not _finite(weight_decay) or not 0 <= momentum <= 1 or not weight_decay >= 0:
+    if not is_real(momentum) or not is_real(weight_decay) or not 0 <= momentum <= 1 or not weight_decay >= 0:
         raise UsageError(f"recovery needs momentum in [0, 1] and weight_decay >= 0, got {momentum!r} and {weight_decay!r}")
-    if patience is not None and (not _whole(patience) or patience < 1):
+    if patience is not None and (not is_whole(patience) or patience < 1):
         raise UsageError(f"recovery needs patience >= 1 (a whole number) or None, got {patience!r}")
     if schedule not in ("cosine", "constant"):
         raise UsageError(f"schedule '{schedule}' is not one of: cosine, constant")
@@ -268,14 +268,6 @@ def _train_and_val(train_data: Any, val_data: Any, batch_size: int, seed: int) -
     return train, loader(val_data, 256, shuffle=False, split="val") if val_data is not None else None
 
 
-def _whole(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _first_batch(data: Batches, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """Two examples of the first training batch, checked against ``model``: it runs on the inputs and
     the targets are class indices within its outputs."""
@@ -298,16 +290,14 @@ def _first_batch(data: Batches, model: nn.Module) -> tuple[torch.Tensor, torch.T
     fits = y.dim() == 1 and not y.is_floating_point() and not y.is_complex() and y.dtype != torch.bool
     if classes is None or not fits or len(y) != len(x) or y.min() < 0 or y.max() >= classes:
         raise TrainingError(
-            f"recovery trains a classifier on class indices: the model gives {_described(logits)} and the targets "
-            f"are {_described(y)}; give one integer label in [0, classes) per example"
+            f"recovery trains a classifier on class indices: the model gives {_tensor_described(logits)} and the targets "
+            f"are {_tensor_described(y)}; give one integer label in [0, classes) per example"
         )
     return x, y
 
 
-def _described(value: Any) -> str:
-    if not isinstance(value, torch.Tensor):
-        return f"a {type(value).__name__}"
-    return f"{'×'.join(map(str, value.shape)) or 'a scalar'} {str(value.dtype).removeprefix('torch.')}"
+def _tensor_described(value: Any) -> str:
+    return described(value.shape, value.dtype) if isinstance(value, torch.Tensor) else f"a {type(value).__name__}"
 
 
 def recover(
@@ -352,7 +342,7 @@ def recover(
         seed: seeds the weights' random state and the shuffling.
         progress: print a progress line per epoch on stderr.
     """
-    if not _whole(seed):
+    if not is_whole(seed):
         raise UsageError(f"recovery needs a whole-number seed, got {seed!r}")
     torch.manual_seed(seed)
     student = copy.deepcopy(model)
@@ -424,7 +414,7 @@ def mutual_learning(peers: Sequence[nn.Module], train_data: Any, *, val_data: An
         known = ", ".join((*_TRAINING_OPTIONS, "seed", "batch_size"))
         raise UsageError(f"mutual_learning got unknown option(s) {', '.join(sorted(unknown))}; it takes {known}")
     seed, batch_size = options.pop("seed", 0), options.pop("batch_size", 128)
-    if not _whole(seed):
+    if not is_whole(seed):
         raise UsageError(f"mutual learning needs a whole-number seed, got {seed!r}")
     torch.manual_seed(seed)
     students = [copy.deepcopy(p) for p in peers]
@@ -485,10 +475,10 @@ def born_again(
     their values, so give ``factory`` for such models) and is trained with ``distill`` (default
     KD) from the previous one. Returns one result per new generation.
     """
-    if not _whole(generations) or generations < 1:
+    if not is_whole(generations) or generations < 1:
         raise UsageError(f"born_again needs generations >= 1 (a whole number), got {generations!r}")
     seed = options.get("seed", 0)
-    if not _whole(seed):
+    if not is_whole(seed):
         raise UsageError(f"born_again needs a whole-number seed, got {seed!r}")
     results, current = [], model
     for generation in range(1, generations + 1):

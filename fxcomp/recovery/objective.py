@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fxcomp.arguments import described
 from fxcomp.errors import RecipeError, TrainingError
 from fxcomp.passes.options import number
 from fxcomp.recovery.losses import AttentionTransferLoss, HintLoss, KDLoss, RelationalKDLoss, SimilarityPreservingLoss
@@ -108,7 +109,7 @@ class Objective:
 
 def _pair_problem(kind: str, student: torch.Tensor, teacher: torch.Tensor) -> str | None:
     """Why a distillation term of ``kind`` cannot compare these two values, or None."""
-    shapes = f"{_shape(student)} against {_shape(teacher)}"
+    shapes = f"{described(student.shape)} against {described(teacher.shape)}"
     if kind == "kd" and student.shape != teacher.shape:
         return f"{shapes}; distill from a teacher with the same outputs"
     if kind == "fitnet" and (student.dim() != teacher.dim() or student.dim() not in (2, 4)):
@@ -118,10 +119,6 @@ def _pair_problem(kind: str, student: torch.Tensor, teacher: torch.Tensor) -> st
     if student.shape[0] != teacher.shape[0]:
         return f"{shapes}; both must keep the batch dimension first"
     return None
-
-
-def _shape(value: torch.Tensor) -> str:
-    return "×".join(map(str, value.shape)) or "a scalar"
 
 
 def _names(value: Any, kind: str, side: str) -> list[str]:
