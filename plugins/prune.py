@@ -250,6 +250,8 @@ class Prune(Pass):
             raise PluginError(
                 f"importance criterion '{name}' must return one 1-D tensor of per-channel scores for each group"
             )
+        if not all(bool(torch.isfinite(s).all()) for s in scores):
+            raise PluginError(f"importance criterion '{name}' returned NaN or infinite scores; return finite per-channel scores")
         found = iter(scores)
         return [next(found).double() if group.prunable else None for group in groups]
 

@@ -209,3 +209,81 @@ def test_plugins_command_lists_plugins(install_plugin, capsys) -> None:
     assert rows["fold_bn"].split()[1:4] == ["fxcomp", fxcomp.__version__, "passes:"]
     assert "fxcomp-scaler" in rows["scaler4"] and "0.4.2" in rows["scaler4"]
     assert "passes: scale_output; importance: toy_norm" in rows["scaler4"]
+
+
+# -- plugin authors' mistakes -------------------------------------------------------------------
+
+
+def _with(**hooks) -> fxcomp.Plugins:
+    plugin = types.SimpleNamespace(
+        **{name: fxcomp.hookimpl(specname=name)(hook) for name, hook in hooks.items()}
+    )
+    return fxcomp.load_plugins(extra={"mine": plugin}, disable=())
+
+
+class _Returns(Pass):
+    """Applies by returning whatever ``returned(gm)`` gives; declares ``tolerance``."""
+
+    name = "returns"
+    returned = staticmethod(lambda gm: PassResult(gm, modified=False))
+
+    def plan(self, gm, context):
+        context.example_inputs[0].zero_()  # a careless pass: the caller's tensors must not change
+        return {}
+
+    def apply(self, gm, plan, context):
+        return self.returned(gm)
+
+
+def test_what_a_pass_returns_and_declares_is_checked(small_cnn, image) -> None:
+    from fxcomp.passes import Option, number
+
+    with pytest.raises(fxcomp.PluginError, match=r"^Option\(number\) takes the check, not its factory: write number\(...\)$"):
+        Option(number, default=0.5)
+    cases = [
+        ({"returned": staticmethod(lambda gm: gm)}, r"apply returned a GraphModule; return fxcomp.PassResult\(graph_module, modified, stats\)$"),
+        ({"returned": staticmethod(lambda gm: PassResult(gm, False, stats=[1]))}, "returned stats that are not a JSON-serializable dict"),
+        ({"returned": staticmethod(lambda gm: PassResult(gm, False, stats={"t": torch.ones(1)}))}, "returned stats that are not a JSON-serializable dict"),
+        ({"tolerance": "0.1"}, r"declares tolerance '0.1'; a pass's tolerance is a number >= 0, or None$"),
+    ]
+    for attributes, message in cases:
+        broken = type("Broken", (_Returns,), attributes)
+        plugins = _with(fxcomp_register_passes=lambda register, cls=broken: register(cls))
+        before = image.clone()
+        with pytest.raises(fxcomp.PassError, match=r"^pass 'returns' \(passes\[0\]\)[: ].*" + message):
+            fxcomp.compress(small_cnn, image, "passes: [{pass: returns}]", plugins=plugins)
+        assert torch.equal(image, before)
+
+
+def test_recipe_options_are_checked_once(small_cnn, image) -> None:
+    def percent(value, path):
+        return value / 100  # a normalizing check: applied twice, 50 would become 0.005
+
+    class Percent(_Returns):
+        name = "returns"
+        schema = {"amount": fxcomp.Option(percent, default=0.5)}
+
+    plugins = _with(fxcomp_register_passes=lambda register: register(Percent))
+    result = fxcomp.compress(small_cnn, image, "passes: [{pass: returns, amount: 50}]", plugins=plugins)
+    assert result.plan[0]["options"] == {"amount": 0.5}
+
+
+def test_checks_must_return_problem_lists_and_leave_modes_alone(small_cnn, image) -> None:
+    def sloppy(gm, context):
+        gm.train()
+        return "fine"
+
+    plugins = _with(fxcomp_register_checks=lambda register: register("sloppy", sloppy))
+    with pytest.raises(fxcomp.PassError, match=r"^check 'sloppy' \(plugin 'mine'\) returned str; a check returns a list of problem strings"):
+        fxcomp.compress(small_cnn.eval(), image, "passes: [{pass: fold_bn}]", plugins=plugins)
+    plugins = _with(fxcomp_register_checks=lambda register: register("sloppy", lambda gm, context: gm.train() and []))
+    assert not fxcomp.compress(small_cnn.eval(), image, "passes: [{pass: fold_bn}]", plugins=plugins).model.training
+
+
+def test_non_finite_importance_scores_are_refused(small_cnn, image) -> None:
+    def broken(groups, gm, context):
+        return [torch.full((group.channels,), float("nan")) for group in groups]
+
+    plugins = _with(fxcomp_register_importance=lambda register: register("broken", broken))
+    with pytest.raises(fxcomp.PluginError, match="^importance criterion 'broken' returned NaN or infinite scores"):
+        fxcomp.compress(small_cnn, image, "passes: [{pass: prune, ratio: 0.5, importance: broken}]", plugins=plugins)

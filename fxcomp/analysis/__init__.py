@@ -2,5 +2,6 @@
 
 from fxcomp.analysis.analyzer import analyze, set_size_arguments, size_arguments
 from fxcomp.analysis.groups import ChannelGroup, Member
+from fxcomp.analysis.rules import RULE_KINDS
 
-__all__ = ["ChannelGroup", "Member", "analyze", "set_size_arguments", "size_arguments"]
+__all__ = ["RULE_KINDS", "ChannelGroup", "Member", "analyze", "set_size_arguments", "size_arguments"]

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fxcomp.errors import RecipeError
+from fxcomp.errors import PluginError, RecipeError
 
 Check = Callable[[Any, str], Any]
 """Validates ``value`` for the field at ``path`` and returns it normalized, or raises RecipeError."""
@@ -35,6 +35,10 @@ class Option:
     check: Check
     default: Any = REQUIRED
     doc: str = ""
+
+    def __post_init__(self) -> None:
+        if self.check in _FACTORIES:
+            raise PluginError(f"Option({self.check.__name__}) takes the check, not its factory: write {self.check.__name__}(...)")
 
 
 def _fail(path: str, expected: str, value: Any) -> RecipeError:
@@ -156,3 +160,6 @@ def validate_options(schema: Mapping[str, Option], given: Mapping[str, Any], pat
         else:
             options[name] = option.default
     return options
+
+
+_FACTORIES = (number, integer, choice, globs, string, boolean, optional)

@@ -75,6 +75,19 @@ def _working_copy(
     return trace(working, inputs, leaf_modules=leaf_modules, concrete_args=concrete_args)
 
 
+def _check_result(label: str, result: Any) -> None:
+    """Refuse what ``apply`` returned unless it is a PassResult with a GraphModule and JSON statistics."""
+    if not isinstance(result, PassResult) or not isinstance(result.graph_module, fx.GraphModule):
+        got = "a GraphModule" if isinstance(result, fx.GraphModule) else type(result).__name__
+        raise PassError(f"{label}: apply returned {got}; return fxcomp.PassResult(graph_module, modified, stats)")
+    try:
+        if not isinstance(result.stats, dict):
+            raise TypeError(f"a {type(result.stats).__name__}")
+        json.dumps(result.stats)
+    except (TypeError, ValueError) as error:
+        raise PassError(f"{label} returned stats that are not a JSON-serializable dict ({error}); fix the pass") from error
+
+
 def compress(
     model: nn.Module,
     example_inputs: torch.Tensor | Sequence[torch.Tensor],
@@ -125,7 +138,10 @@ def compress(
     records: list[dict[str, Any]] = []
     for index, compression_pass in enumerate(passes):
         label = f"pass '{compression_pass.name}' (passes[{index}])"
-        context = PassContext(inputs, calib_data, plugins, train_data, val_data, original, list(records))
+        # Copies of what the caller owns and of earlier records, so a pass cannot change them.
+        context = PassContext(
+            tuple(t.clone() for t in inputs), calib_data, plugins, train_data, val_data, original, copy.deepcopy(records)
+        )
         plan = _run_pass_step(label, compression_pass.plan, gm, context)
         try:
             json.dumps(plan)
@@ -137,6 +153,7 @@ def compress(
         if dry_run and index == len(passes) - 1:
             break
         result: PassResult = _run_pass_step(label, compression_pass.apply, gm, plan, context)
+        _check_result(label, result)
         gm = result.graph_module
         outputs = verify(gm, compression_pass, label, inputs, outputs, baseline, plugins.registry.checks, states)
         record.update(modified=bool(result.modified), stats=result.stats)

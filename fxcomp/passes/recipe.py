@@ -94,7 +94,8 @@ def _build(entry: Any, index: int, plugins: Plugins) -> Pass:
         raise RecipeError(f"{path}.pass: unknown pass {name!r}; registered passes: {known}")
     pass_class: type[Pass] = passes[name].value
     options = {key: value for key, value in entry.items() if key != "pass"}
-    return pass_class(**validate_options(pass_class.schema, options, path))
+    validate_options(pass_class.schema, options, path)  # errors name the recipe field; the pass checks once more
+    return pass_class(**options)  # from the values given, so that a normalizing check applies once
 
 
 @dataclass

@@ -12,6 +12,7 @@ import torch
 import torch.fx as fx
 from torch.utils import _pytree as pytree
 
+from fxcomp.arguments import is_real
 from fxcomp.errors import PassError, TraceError, first_line
 from fxcomp.passes.base import CheckContext, Pass
 from fxcomp.plugin.registry import Entry
@@ -184,6 +185,8 @@ def verify(
     except RuntimeError as error:
         raise PassError(f"{label} produced a graph that fails to run: {error}") from error
     _check_structure(label, gm, outputs, baseline)
+    if applied.tolerance is not None and not (is_real(applied.tolerance) and applied.tolerance >= 0):
+        raise PassError(f"{label} declares tolerance {applied.tolerance!r}; a pass's tolerance is a number >= 0, or None")
     if applied.tolerance is not None:
         error, index = relative_error(outputs, reference)
         flipped = _integer_difference(outputs, reference, index) if error == math.inf else None
@@ -212,10 +215,17 @@ def start_checks(gm: fx.GraphModule, inputs: Sequence[torch.Tensor], outputs: An
 def _run_checks(
     gm: fx.GraphModule, label: str, checks: dict[str, Entry], states: dict[str, dict[str, Any]], context: CheckContext
 ) -> None:
+    modes = [(module, module.training) for module in gm.modules()]
     for name, entry in checks.items():
+        where = f"check '{name}' (plugin '{entry.plugin}')"
         try:
             problems = entry.value(gm, dataclasses.replace(context, state=states.setdefault(name, {})))
         except Exception as error:  # noqa: BLE001 - a crashing check is reported like a failing one
-            raise PassError(f"{label}: check '{name}' (plugin '{entry.plugin}') raised: {first_line(error)}") from error
+            raise PassError(f"{label}: {where} raised: {first_line(error)}") from error
+        finally:
+            for module, training in modes:  # a check that switches modes must not leave them switched
+                module.training = training
+        if problems is not None and (not isinstance(problems, (list, tuple)) or not all(isinstance(p, str) for p in problems)):
+            raise PassError(f"{where} returned {type(problems).__name__}; a check returns a list of problem strings (empty when fine)")
         if problems:
-            raise PassError(f"{label} failed check '{name}' (plugin '{entry.plugin}'): {problems[0]}")
+            raise PassError(f"{label} failed {where}: {problems[0]}")

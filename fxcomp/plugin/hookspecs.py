@@ -62,14 +62,16 @@ def fxcomp_register_channel_rules(register: Register) -> None:
 
     Call ``register(target, kind)`` where ``target`` is an ``nn.Module``
     subclass (matched by exact type), a function, or a tensor method name, and
-    ``kind`` is one of ``fxcomp.analysis.rules.RULE_KINDS``:
+    ``kind`` is one of ``fxcomp.analysis.RULE_KINDS``:
 
     * ``"elementwise"``: tensor and parameter arguments broadcast together and
       channels meeting at one position merge (activations, gating, dropout);
     * ``"spatial"``: the first tensor argument's channels (axis 1) pass through
       while other axes change size (pooling, resizing);
     * ``"movement"``: the op only moves or selects elements (permutes, views);
-      the analyzer runs the op itself on integer channel labels.
+      the analyzer runs the op itself on integer channel labels. The op must move
+      or select channels the same way whatever their count: ``torch.roll`` over
+      channels is no movement op here (its wrap-around shifts when channels go).
 
     :func:`fxcomp.analyze` consults these rules before its own; an op with no
     rule is treated conservatively: the channel groups it touches are pinned
