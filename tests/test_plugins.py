@@ -287,3 +287,14 @@ def test_non_finite_importance_scores_are_refused(small_cnn, image) -> None:
     plugins = _with(fxcomp_register_importance=lambda register: register("broken", broken))
     with pytest.raises(fxcomp.PluginError, match="^importance criterion 'broken' returned NaN or infinite scores"):
         fxcomp.compress(small_cnn, image, "passes: [{pass: prune, ratio: 0.5, importance: broken}]", plugins=plugins)
+
+
+def test_hooks_that_would_register_nothing_are_refused() -> None:
+    returns = types.SimpleNamespace(
+        fxcomp_register_passes=fxcomp.hookimpl(specname="fxcomp_register_passes")(lambda register: [_Shift])
+    )
+    with pytest.raises(fxcomp.PluginError, match=r"^plugin 'mine' returned list from fxcomp_register_passes, which fxcomp ignores; call register"):
+        fxcomp.load_plugins(extra={"mine": returns}, disable=())
+    unmarked = types.SimpleNamespace(fxcomp_register_passes=lambda register: register(_Shift))
+    with pytest.raises(fxcomp.PluginError, match=r"^plugin 'mine' \(object SimpleNamespace\) defines fxcomp_register_passes without @fxcomp.hookimpl"):
+        fxcomp.load_plugins(extra={"mine": unmarked}, disable=())

@@ -51,6 +51,12 @@ def _blocked_names(disable: Iterable[str] | None) -> tuple[str, ...]:
 
 
 def _register(manager: pluggy.PluginManager, plugin: object, name: str, origin: str) -> None:
+    unmarked = _unmarked_hooks(plugin)
+    if unmarked:
+        raise PluginError(
+            f"plugin '{name}' ({origin}) defines {unmarked[0]} without @fxcomp.hookimpl, so it would never be "
+            "called; mark it"
+        )
     if manager.has_plugin(name):
         raise PluginError(
             f"two plugins are named '{name}' (the second from {origin}); uninstall one of them "
@@ -94,7 +100,7 @@ def _fill_registry(manager: pluggy.PluginManager) -> Registry:
         for impl in getattr(manager.hook, hook_name).get_hookimpls():
             register = registry.registrar(kind, impl.plugin_name)
             try:
-                impl.function(**{arg: register for arg in impl.argnames})
+                returned = impl.function(**{arg: register for arg in impl.argnames})
             except PluginError:
                 raise
             except Exception as error:  # noqa: BLE001 - a crashing hook is the plugin's fault
@@ -102,7 +108,19 @@ def _fill_registry(manager: pluggy.PluginManager) -> Registry:
                     f"plugin '{impl.plugin_name}' failed in {hook_name}: {first_line(error)}; fix it or block it "
                     f"with {DISABLE_ENV}={impl.plugin_name}"
                 ) from error
+            side_effects = isinstance(returned, (list, tuple)) and all(item is None for item in returned)  # [register(x) ...]
+            if returned is not None and not side_effects:
+                raise PluginError(
+                    f"plugin '{impl.plugin_name}' returned {type(returned).__name__} from {hook_name}, which fxcomp "
+                    "ignores; call register(...) for each entry instead"
+                )
     return registry
+
+
+def _unmarked_hooks(plugin: object) -> list[str]:
+    """Names of ``plugin``'s functions named like fxcomp's hooks but not marked with ``@fxcomp.hookimpl``."""
+    names = [name for name in dir(plugin) if name in HOOK_KINDS or name.startswith("fxcomp_register_")]
+    return [name for name in names if not hasattr(getattr(plugin, name, None), f"{PROJECT}_impl")]
 
 
 def load_plugins(
