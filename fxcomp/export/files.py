@@ -403,8 +403,9 @@ class _Loader:
             )
         module = cls.__new__(cls)
         nn.Module.__init__(module)
+        derived = _derived_attributes(module)
         for key, value in _expect(spec.get("attrs", {}), dict, f"attributes of '{path}'").items():
-            if not _IDENTIFIER.match(key) or key in _MODULE_INTERNALS or key in _derived_attributes(module):
+            if not _IDENTIFIER.match(key) or key in _MODULE_INTERNALS or key in derived:
                 raise _malformed(f"attribute name {key!r:.40} of '{path}'")
             module.__dict__[key] = decode(value)
         module.training = bool(spec.get("training"))

@@ -29,8 +29,9 @@ class Batch:
     target: torch.Tensor | None
 
 
-def _input_count(gm: fx.GraphModule) -> int:
-    return sum(1 for node in gm.graph.nodes if node.op == "placeholder" and not node.args)
+def _required_inputs(gm: fx.GraphModule) -> list[fx.Node]:
+    """The placeholders a batch must fill (those without a default)."""
+    return [node for node in gm.graph.nodes if node.op == "placeholder" and not node.args]
 
 
 def calibration_batches(gm: fx.GraphModule, calib_data: Any, needed_by: str) -> Iterator[Batch]:
@@ -50,7 +51,7 @@ def calibration_batches(gm: fx.GraphModule, calib_data: Any, needed_by: str) -> 
             f"{needed_by}: calib_data must be an iterable of batches (a list or a DataLoader), "
             f"got {type(calib_data).__name__}; wrap a single batch in a list"
         )
-    count = _input_count(gm)
+    count = len(_required_inputs(gm))
     seen = 0
     for batch in calib_data:
         parts = (batch,) if isinstance(batch, torch.Tensor) else tuple(batch) if isinstance(batch, (tuple, list)) else ()
@@ -73,7 +74,7 @@ def calibration_outputs(gm: fx.GraphModule, calib_data: Any, needed_by: str) -> 
     dtype or a non-batch size and that makes the model fail raises
     :class:`fxcomp.CalibrationError` naming both shapes; other failures propagate.
     """
-    traced = [node_info(node).output for node in gm.graph.nodes if node.op == "placeholder" and not node.args]
+    traced = [node_info(node).output for node in _required_inputs(gm)]
     for batch in calibration_batches(gm, calib_data, needed_by):
         try:
             output = gm(*batch.inputs)

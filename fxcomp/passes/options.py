@@ -7,12 +7,11 @@ default. Errors read ``passes[1].ratio: expected a number in [0, 1), got 1.5``.
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from fxcomp.arguments import is_real
 from fxcomp.errors import PluginError, RecipeError
 
 Check = Callable[[Any, str], Any]
@@ -59,7 +58,7 @@ def number(
     expected = "a number" + (span if low is not None or high is not None else "")
 
     def check(value: Any, path: str) -> float:
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        if not is_real(value):
             raise _fail(path, expected, value)
         too_low = low is not None and (value <= low if low_open else value < low)
         too_high = high is not None and (value >= high if high_open else value > high)

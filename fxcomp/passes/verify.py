@@ -16,7 +16,7 @@ from fxcomp.arguments import is_real
 from fxcomp.errors import PassError, TraceError, first_line
 from fxcomp.passes.base import CheckContext, Pass
 from fxcomp.plugin.registry import Entry
-from fxcomp.tracing import eval_mode, propagate, qualname
+from fxcomp.tracing import eval_mode, kept_modes, propagate, qualname
 
 
 class _Locator(fx.Interpreter):
@@ -215,16 +215,13 @@ def start_checks(gm: fx.GraphModule, inputs: Sequence[torch.Tensor], outputs: An
 def _run_checks(
     gm: fx.GraphModule, label: str, checks: dict[str, Entry], states: dict[str, dict[str, Any]], context: CheckContext
 ) -> None:
-    modes = [(module, module.training) for module in gm.modules()]
     for name, entry in checks.items():
         where = f"check '{name}' (plugin '{entry.plugin}')"
         try:
-            problems = entry.value(gm, dataclasses.replace(context, state=states.setdefault(name, {})))
+            with kept_modes(gm):  # a check that switches modes must not leave them switched
+                problems = entry.value(gm, dataclasses.replace(context, state=states.setdefault(name, {})))
         except Exception as error:  # noqa: BLE001 - a crashing check is reported like a failing one
             raise PassError(f"{label}: {where} raised: {first_line(error)}") from error
-        finally:
-            for module, training in modes:  # a check that switches modes must not leave them switched
-                module.training = training
         if problems is not None and (not isinstance(problems, (list, tuple)) or not all(isinstance(p, str) for p in problems)):
             raise PassError(f"{where} returned {type(problems).__name__}; a check returns a list of problem strings (empty when fine)")
         if problems:

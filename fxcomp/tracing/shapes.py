@@ -195,8 +195,15 @@ def eval_mode(module: nn.Module) -> contextlib.AbstractContextManager[None]:
 @contextlib.contextmanager
 def in_mode(module: nn.Module, *, training: bool) -> Iterator[None]:
     """Put every submodule in training (or eval) mode for the duration, then restore each one's flag."""
+    with kept_modes(module):
+        module.train(training)
+        yield
+
+
+@contextlib.contextmanager
+def kept_modes(module: nn.Module) -> Iterator[None]:
+    """Restore every submodule's training flag afterwards, whatever the body switched."""
     flags = [(child, child.training) for child in module.modules()]
-    module.train(training)
     try:
         yield
     finally:
