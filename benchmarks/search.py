@@ -7,7 +7,9 @@ of its MACs two ways, each for ``--seeds`` seeds:
 * uniform: ``{pass: prune, target_macs: T}`` (the same ratio for every group, L1);
 * searched: ``{pass: search, target_macs: T, seed: s}`` (evolutionary search over the
   per-group ratios, scored by BatchNorm recalibration + held-out accuracy; with
-  ``--finetune-steps N`` each candidate is fine-tuned N steps before it is scored);
+  ``--finetune-steps N`` each candidate is fine-tuned N steps before it is scored; with
+  ``--techniques prune lowrank separable`` the search may also factor layers or split them
+  into depthwise-separable pairs on top of the pruning);
 
 and both recovered by the same ``{pass: recover, epochs: R, seed: s}`` (the uniform model's
 BatchNorm statistics are first re-estimated on 8 training batches, and with
@@ -17,7 +19,7 @@ run's MACs, proxy and test accuracy, the search's wall time, and the mean ± std
 the test accuracy per method.
 
     python benchmarks/search.py [--epochs 4] [--recover-epochs 2] [--seeds 3] [--target 0.5] [--workers 1]
-                                [--finetune-steps 0] [--widths 16 32 64]
+                                [--finetune-steps 0] [--widths 16 32 64] [--techniques prune]
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ def main() -> None:
     parser.add_argument("--finetune-steps", type=int, default=0, help="training steps before each candidate is scored")
     parser.add_argument("--finetune-lr", type=float, default=0.01)
     parser.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64], help="channels of the CNN's stages")
+    parser.add_argument("--techniques", nargs="+", default=["prune"], help="what the search may do to a layer")
     add_data_arguments(parser)
     args = parser.parse_args()
     data = benchmark_setup(args)
@@ -76,7 +79,8 @@ def main() -> None:
             "uniform": {"pass": "prune", "target_macs": args.target},
             "searched": {"pass": "search", "target_macs": args.target, "seed": seed, "population": args.population,
                          "generations": args.generations, "workers": args.workers, "progress": False,
-                         "finetune_steps": args.finetune_steps, "finetune_lr": args.finetune_lr},
+                         "finetune_steps": args.finetune_steps, "finetune_lr": args.finetune_lr,
+                         "techniques": args.techniques},
         }
         for method, step in methods.items():
             start = time.perf_counter()
@@ -97,6 +101,8 @@ def main() -> None:
             evaluated = plan.get("evaluated", "-")
             rows.append([seed, method, f"{macs:.3f}", evaluated, f"{seconds:.0f}", proxy, f"{100 * accuracy:.2f}"])
             print(tabulate([rows[-1]], tablefmt="plain"), flush=True)
+            if method == "searched" and plan["chosen"]["rewrites"]:
+                print(f"     rewrites chosen: {plan['chosen']['rewrites']}", flush=True)
     print()
     headers = ["seed", "method", "MACs kept", "candidates", "prune/search s", "proxy accuracy %", "test accuracy % after recovery"]
     print(tabulate(rows, headers=headers))
@@ -105,7 +111,8 @@ def main() -> None:
     gain = statistics.mean(results["searched"]) - statistics.mean(results["uniform"])
     print(tabulate(summary, headers=["method", f"test accuracy % ({args.seeds} seeds)"]))
     tuned = f"; candidates and uniform fine-tuned {args.finetune_steps} steps (lr {args.finetune_lr}) first" if args.finetune_steps else ""
-    print(f"searched − uniform: {gain:+.2f} pp; recovery {args.recover_epochs} epochs each{tuned}; torch {torch.__version__}, {args.threads} threads")
+    print(f"searched − uniform: {gain:+.2f} pp; recovery {args.recover_epochs} epochs each{tuned}; "
+          f"search techniques: {', '.join(args.techniques)}; torch {torch.__version__}, {args.threads} threads")
 
 
 if __name__ == "__main__":

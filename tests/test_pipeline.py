@@ -316,6 +316,19 @@ def test_pass_options_are_validated_at_construction() -> None:
     assert _Ratio(ratio=0.2).config() == {"pass": "ratio_pass", "ratio": 0.2}
 
 
+def test_a_choices_option_takes_one_or_a_list_of_its_values() -> None:
+    from fxcomp.passes import choices
+
+    check = choices("a", "b", "c")
+    assert check("b", "p.x") == ("b",)
+    assert check(["c", "a", "c"], "p.x") == ("c", "a")
+    for wrong in ([], ["a", "d"], 3, [1]):
+        with pytest.raises(fxcomp.RecipeError, match=r"^p\.x: expected one or a list of 'a', 'b', 'c', got"):
+            check(wrong, "p.x")
+    with pytest.raises(fxcomp.PluginError, match=r"write choices\(\.\.\.\)"):
+        Option(choices)
+
+
 def test_a_graph_module_can_be_compressed_again(small_cnn, image, plugins) -> None:
     first = fxcomp.compress(small_cnn, image, "passes: [{pass: fold_bn, include: bn1}]", plugins=plugins)
     second = fxcomp.compress(first.model, image, "passes: [{pass: fold_bn}]", plugins=plugins)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import pytest
@@ -221,6 +222,108 @@ def test_with_finetune_steps_the_applied_model_is_the_one_scored(trained, data) 
     assert evaluate(result.model, held_out)[1] == result.plan[0]["plan"]["chosen"]["accuracy"]
     with pytest.raises(RecipeError, match="finetune_steps"):
         _search(trained, data, target_macs=0.5, finetune_steps=-1)
+
+
+REWRITING = {"target_macs": 0.5, "techniques": ["prune", "lowrank", "separable"], "population": 6, "generations": 2}
+
+
+def test_rewrites_chosen_per_layer_meet_the_budget_and_are_applied_as_scored(trained, data, monkeypatch) -> None:
+    import fxcomp_plugins.search as search_plugin
+
+    # Whatever the search chooses is applied as scored; make it choose the best candidate that rewrites a layer.
+    ranked = search_plugin.ranked
+    monkeypatch.setattr(search_plugin, "ranked", lambda candidates: sorted(ranked(candidates), key=lambda c: not c.rewrites))
+    result = _search(trained, data, **REWRITING)
+    plan = result.plan[0]["plan"]
+    rewriting = [c for c in plan["candidates"] if c["rewrites"]]
+    assert plan["uniform"]["rewrites"] == {} and rewriting
+    assert set().union(*(c["rewrites"].values() for c in rewriting)) == {"lowrank", "separable"}
+    assert all(abs(c["cost"] - 0.5) <= 0.02 * 0.5 for c in plan["candidates"] if c["feasible"])
+    assert abs(result.report.after_totals.macs / result.report.before_totals.macs - 0.5) <= 0.02 * 0.5
+    chosen = plan["chosen"]
+    assert chosen["rewrites"] and chosen["feasible"]
+    rewritten = [name for name, module in result.model.named_modules() if isinstance(module, nn.Sequential) and name not in ("stem", "wide")]
+    assert sorted(rewritten) == sorted(chosen["rewrites"]) and result.plan[0]["stats"]["rewritten_layers"] == len(rewritten)
+    for layer, technique in chosen["rewrites"].items():
+        chain = result.model.get_submodule(layer)
+        assert isinstance(result.model.get_submodule(plan["renamed"][layer]), (nn.Conv2d, nn.Linear))
+        first, second = chain[0], chain[1]
+        if technique == "separable":  # a depthwise conv, then a pointwise one
+            assert len(chain) == 2 and first.groups == first.in_channels and second.kernel_size == (1, 1)
+        else:  # factors keeping half the rank: the first narrows its input to at most half
+            inputs, rank = first.weight.shape[1], first.weight.shape[0]
+            assert len(chain) in (2, 3) and rank <= math.ceil(0.5 * inputs)
+    held_out = TensorDataset(*(t[: SMALL["eval_samples"]] for t in data.val.tensors))
+    assert evaluate(result.model, held_out)[1] == chosen["accuracy"]
+
+
+class _Narrowing(nn.Module):
+    """conv1 (1→32) then a 1×1 conv2 (32→16): factoring conv2 gains only while conv1 keeps most channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32)
+        self.conv2, self.bn2 = nn.Conv2d(32, 16, 1), nn.BatchNorm2d(16)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_a_rewrite_pruning_made_pointless_is_skipped_and_not_recorded() -> None:
+    from fxcomp.passes import PassContext
+    from fxcomp_plugins.search import Search
+    from fxcomp_plugins.search.evaluation import prune_with
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 8, 8)
+    gm = fxcomp.trace(_Narrowing().eval(), x)
+    examples = TensorDataset(torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,)))
+    context = PassContext((x,), None, fxcomp.load_plugins(), examples, examples)
+    problem = Search(target_macs=0.5, techniques=["prune", "lowrank"])._problem(gm, context)
+    assert "conv2" in problem.layers and problem.names == ["conv1", "conv2"]
+    whole = prune_with(problem, [0.0, 0.0], {"conv2": "lowrank"})
+    assert whole.rewrites == {"conv2": "lowrank"} and whole.renamed == {"conv2": "conv2.1"}
+    assert isinstance(whole.graph.get_submodule("conv2.1"), nn.Conv2d)
+    halved = prune_with(problem, [0.5, 0.0], {"conv2": "lowrank"})  # 16 → 16 channels: rank 8 saves nothing
+    assert halved.rewrites == {} and halved.renamed == {}
+    assert type(halved.graph.get_submodule("conv2")) is nn.Conv2d
+
+
+def test_the_same_seed_gives_the_same_rewrites(trained, data) -> None:
+    first, again = (_search(trained, data, **{**REWRITING, "population": 4, "generations": 1}, seed=5).plan[0]["plan"] for _ in range(2))
+    assert first["candidates"] == again["candidates"]
+    assert any(c["rewrites"] for c in first["candidates"])
+
+
+def test_rewrite_techniques_are_checked(trained, data) -> None:
+    with pytest.raises(RecipeError, match="^search.techniques: include prune; pruning is what meets the budget"):
+        _search(trained, data, target_macs=0.5, techniques=["lowrank"])
+    with pytest.raises(RecipeError, match="techniques: expected one or a list of 'prune', 'lowrank', 'separable', got"):
+        _search(trained, data, target_macs=0.5, techniques=["prune", "distill"])
+    plugins = fxcomp.load_plugins(disable=["lowrank"])
+    step = {"pass": "search", **SMALL, **REWRITING}
+    with pytest.raises(RecipeError, match="search uses the 'lowrank' pass, which no loaded plugin registers"):
+        fxcomp.compress(trained, data.example_inputs(), {"passes": [step]}, train_data=data.train, val_data=data.val, plugins=plugins)
+
+
+def test_the_evolution_draws_only_each_layers_own_choices() -> None:
+    from fxcomp_plugins.search.evolution import Candidate, Evolution
+
+    choices = [["prune", "lowrank"], ["prune", "separable"], ["prune", "lowrank", "separable"]]
+    evolution = Evolution(4, choices=choices, population=30, mutation=0.5, crossover=0.5, seed=0)
+    first = evolution.first()
+    assert first[0].direction == (1.0,) * 4 and first[0].choices == ("prune",) * 3
+    parents = [Candidate(0, genome, accuracy=1.0 - index / 100, cost=0.5, feasible=True) for index, genome in enumerate(first)]
+    children = evolution.children(parents, 30)
+    genomes = first + children
+    assert len({genome.key() for genome in genomes}) == len(genomes)
+    for genome in genomes:
+        assert all(choice in options for choice, options in zip(genome.choices, choices))
+    assert {choice for genome in genomes for choice in genome.choices} == {"prune", "lowrank", "separable"}
+    again = Evolution(4, choices=choices, population=30, mutation=0.5, crossover=0.5, seed=0)
+    assert again.first() == first and again.children(parents, 30) == children
 
 
 def _flops_as_latency(run, threads, repeats=0) -> float:

@@ -100,6 +100,19 @@ def choice(*values: str) -> Check:
     return check
 
 
+def choices(*values: str) -> Check:
+    """One or several of a fixed set of strings (a string or a list), normalized to a tuple without repeats."""
+    expected = "one or a list of " + ", ".join(repr(v) for v in values)
+
+    def check(value: Any, path: str) -> tuple[str, ...]:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not items or not all(isinstance(v, str) and v in values for v in items):
+            raise _fail(path, expected, value)
+        return tuple(dict.fromkeys(items))
+
+    return check
+
+
 def string() -> Check:
     """A non-empty string."""
 
@@ -161,4 +174,4 @@ def validate_options(schema: Mapping[str, Option], given: Mapping[str, Any], pat
     return options
 
 
-_FACTORIES = (number, integer, choice, globs, string, boolean, optional)
+_FACTORIES = (number, integer, choice, choices, globs, string, boolean, optional)

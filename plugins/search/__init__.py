@@ -1,9 +1,12 @@
 """Built-in plugin ``search``: automatic per-group pruning ratios under a budget (MetaPruning / AMC style).
 
 The pass ``search`` looks for the per-group pruning ratios that keep the most accuracy
-at a budget — ``target_macs`` or ``target_params`` as a fraction of the original — with
+at a budget — ``target_macs``, ``target_params`` or a latency — and, with ``techniques``,
+which layers to factor (``lowrank``) or split into depthwise-separable pairs
+(``separable``) on top of the pruning, with
 an evolutionary search (:mod:`.evolution`) scored by a fast proxy (:mod:`.evaluation`):
-each candidate is pruned for real (the ``prune`` pass with ``group_ratios``), its cost
+each candidate is pruned for real (the ``prune`` pass with ``group_ratios``, then the
+chosen layers rewritten by the ``lowrank`` / ``separable`` passes), its cost
 checked against the budget, its BatchNorm statistics re-estimated on a few training
 batches (and, with ``finetune_steps``, the candidate fine-tuned that many steps, as in
 NetAdapt), and its accuracy measured on held-out data (``compress(..., val_data=...)``).
@@ -24,22 +27,25 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from fxcomp import DataError, RecipeError, SaveError, analyze, hookimpl, torch_threads
+from fxcomp import DataError, RecipeError, SaveError, analyze, hookimpl, qualname, torch_threads
 from fxcomp.export import check_writable
-from fxcomp.passes import Option, Pass, PassContext, PassResult, boolean, integer, number, optional, string
+from fxcomp.passes import Option, Pass, PassContext, PassResult, boolean, choices, integer, number, optional, string
 
 from fxcomp_plugins.search.budget import CostModel
 from fxcomp_plugins.search.evaluation import Problem, held_out, prune_with, score_all, worker_threads
-from fxcomp_plugins.search.evolution import Candidate, Evolution, pareto_front, ranked
+from fxcomp_plugins.search.evolution import PRUNE, Candidate, Evolution, pareto_front, ranked
 from fxcomp_plugins.search.latency import LatencyTable, model_ms
 from fxcomp_plugins.search.plot import check_plotting, plot_search
 
 TOLERANCE = 0.02
 """How far (relative) a candidate's real cost may be from the budget."""
 
+REWRITES = ("lowrank", "separable")
+"""The techniques a layer may get on top of pruning, in the order they are applied."""
+
 
 class Search(Pass):
-    """Search per-group pruning ratios for a MACs or parameter budget, then prune with the best."""
+    """Search per-group pruning ratios (and per-layer rewrites) for a budget, then apply the best."""
 
     name = "search"
     schema = {
@@ -58,6 +64,10 @@ class Search(Pass):
         "mutation": Option(number(0, 1), default=0.3, doc="probability that a child's gene is perturbed"),
         "crossover": Option(number(0, 1), default=0.5, doc="probability that a child mixes two parents"),
         "max_ratio": Option(number(0, 1, high_open=True), default=0.8, doc="most of any group's channels removed"),
+        "techniques": Option(choices(PRUNE, *REWRITES), default=(PRUNE,),
+                             doc="what the search may do to a layer: prune (always), and lowrank or separable on top"),
+        "lowrank_ratio": Option(number(0, 1, low_open=True, high_open=True), default=0.5,
+                                doc="the fraction of its full rank a layer the search factors keeps"),
         "importance": Option(string(), default="l1", doc="prune's importance criterion"),
         "round_to": Option(integer(1), default=1, doc="prune's round_to"),
         "recalibration_batches": Option(integer(0), default=8, doc="training batches that re-estimate BatchNorm"),
@@ -79,6 +89,8 @@ class Search(Pass):
         if len(targets) != 1:
             raise RecipeError("search: give exactly one budget: target_macs, target_params, target_latency_ms or target_latency")
         self.metric = budgets[targets[0]]
+        if PRUNE not in self.options["techniques"]:
+            raise RecipeError("search.techniques: include prune; pruning is what meets the budget, rewrites come on top")
         if self.metric == "latency" and self.options["workers"] > 1:
             raise RecipeError("search: latency budgets are measured on this machine, which needs it to itself; use workers: 1")
         for key in ("history", "plot"):  # checked now, not after the whole search
@@ -99,11 +111,12 @@ class Search(Pass):
         for role, data in (("train_data", context.train_data), ("val_data", context.val_data)):
             if isinstance(data, Sized) and len(data) == 0:
                 raise DataError(f"search: {role} is empty; give it the examples candidates are re-estimated and scored on")
-        if "prune" not in context.plugins.registry.passes:
-            raise RecipeError(
-                "search prunes with the 'prune' pass, which no loaded plugin registers; "
-                "remove prune from FXCOMP_DISABLE_PLUGINS"
-            )
+        for technique in self.options["techniques"]:
+            if technique not in context.plugins.registry.passes:
+                raise RecipeError(
+                    f"search uses the '{technique}' pass, which no loaded plugin registers; "
+                    f"remove {technique} from FXCOMP_DISABLE_PLUGINS"
+                )
         groups = [group for group in analyze(gm, plugins=context.plugins) if group.prunable]
         if not groups:
             raise RecipeError("search: the model has no prunable channel group; fxcomp.analyze(gm) lists why each is pinned")
@@ -125,9 +138,25 @@ class Search(Pass):
             finetune_steps=self.options["finetune_steps"],
             finetune_lr=self.options["finetune_lr"],
         )
+        self._rewritable(problem, gm, context)
         if self.metric == "latency":
             self._latency_budget(problem, gm, latency)
         return problem
+
+    def _rewritable(self, problem: Problem, gm: fx.GraphModule, context: PassContext) -> None:
+        """The layers each rewrite technique would change in ``gm`` (its own plan says), and their choices."""
+        problem.rewrite_options = {"lowrank": {"ratio": self.options["lowrank_ratio"]}, "separable": {}}
+        problem.rewrite_passes = {
+            technique: context.plugins.registry.passes[technique].value for technique in REWRITES if technique in self.options["techniques"]
+        }
+        takers: dict[str, list[str]] = {}
+        for technique in problem.rewrite_passes:
+            every_layer = problem.rewrite_passes[technique](**problem.rewrite_options[technique])
+            for entry in every_layer.plan(gm, context)["layers"]:
+                takers.setdefault(entry["layer"], []).append(technique)
+        order = {qualname(node): index for index, node in enumerate(gm.graph.nodes)}
+        problem.layers = sorted(takers, key=order.__getitem__)
+        problem.choices = [[PRUNE, *takers[layer]] for layer in problem.layers]
 
     def _latency_budget(self, problem: Problem, gm: fx.GraphModule, measured: dict[str, Any] | None) -> None:
         """Fill the problem's latency table, the unpruned model's latency and the rest-of-model overhead
@@ -153,7 +182,7 @@ class Search(Pass):
         start = time.perf_counter()
         problem = self._problem(gm, context)
         evolution = Evolution(
-            len(problem.names), population=self.options["population"], mutation=self.options["mutation"],
+            len(problem.names), choices=problem.choices, population=self.options["population"], mutation=self.options["mutation"],
             crossover=self.options["crossover"], seed=self.options["seed"],
         )
         candidates: list[Candidate] = []
@@ -193,6 +222,7 @@ class Search(Pass):
             "target": problem.target,
             "latency": latency,
             "chosen": chosen.as_dict(),
+            "renamed": chosen.renamed,
             "uniform": uniform.as_dict(),
             "evaluated": len(candidates),
             "rejected": [c.as_dict() for c in candidates if not c.feasible],
@@ -210,18 +240,24 @@ class Search(Pass):
     def apply(self, gm: fx.GraphModule, plan: dict[str, Any], context: PassContext) -> PassResult:
         problem = self._problem(gm, context, plan["latency"])
         ratios = [plan["chosen"]["ratios"][name] for name in problem.names]
-        pruned = prune_with(problem, ratios)
-        cost = problem.real_cost(pruned)
-        if abs(cost - problem.target) > TOLERANCE * problem.target:
-            raise RecipeError(
-                f"search: the chosen ratios give {cost:.3f} of the original {self.metric}, off the budget "
-                f"{problem.target:.3g}, on this machine; run the search where it is applied"
-            )
-        # The model the search scored: BatchNorm statistics re-estimated (and fine-tuned) as for the
-        # proxy, with as many threads as a scoring process had (float sums depend on the split).
+        rewrites = plan["chosen"].get("rewrites", {})
+        allowed = dict(zip(problem.layers, problem.choices))
+        for layer, technique in sorted(rewrites.items()):
+            if technique not in allowed.get(layer, ()):
+                raise RecipeError(f"search: the plan rewrites '{layer}' with {technique}, which this search cannot; apply the plan its own search made")
+        # The model the search scored, built and settled (BatchNorm re-estimated, fine-tuned) with as many
+        # threads as a scoring process had: float sums, and the rewrites' factorizations, depend on the split.
         with torch_threads(worker_threads(self.options["workers"])):
-            pruned = problem.settle(pruned)
-        return PassResult(pruned, modified=True, stats={self.metric: round(cost, 4), "proxy_accuracy": plan["chosen"]["accuracy"]})
+            pruned = prune_with(problem, ratios, rewrites)
+            cost = problem.real_cost(pruned.graph)
+            if abs(cost - problem.target) > TOLERANCE * problem.target or pruned.rewrites != rewrites:
+                raise RecipeError(
+                    f"search: the chosen candidate gives {cost:.3f} of the original {self.metric} (budget {problem.target:.3g}) "
+                    f"and rewrites {len(pruned.rewrites)} of its {len(rewrites)} layers on this machine; run the search where it is applied"
+                )
+            graph = problem.settle(pruned.graph)
+        stats = {self.metric: round(cost, 4), "proxy_accuracy": plan["chosen"]["accuracy"], "rewritten_layers": len(pruned.rewrites)}
+        return PassResult(graph, modified=True, stats=stats)
 
 
 @hookimpl

@@ -1,5 +1,5 @@
-"""Scoring a candidate: prune for real, check the budget, recalibrate BatchNorm (and optionally
-fine-tune a few steps), measure held-out accuracy.
+"""Scoring a candidate: prune (and rewrite the layers it chooses to) for real, check the budget,
+recalibrate BatchNorm (and optionally fine-tune a few steps), measure held-out accuracy.
 
 Candidates are scored one after another, by worker processes on this machine
 (``workers``: forked, each with its share of the threads), or across the processes of
@@ -10,8 +10,9 @@ results are gathered, so every rank makes the same decisions).
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
-from dataclasses import dataclass
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -26,6 +27,7 @@ from fxcomp.passes import Pass, PassContext, parameter_values
 from fxcomp.recovery import evaluate, recalibrate_batchnorm, short_finetune
 
 from fxcomp_plugins.search.budget import CostModel
+from fxcomp_plugins.search.evolution import PRUNE, Genome
 from fxcomp_plugins.search.latency import LatencyTable
 
 _CORRECTIONS = 8
@@ -54,6 +56,19 @@ class Problem:
     full_ms: float = 0.0
     finetune_steps: int = 0
     finetune_lr: float = 0.01
+    layers: list[str] = field(default_factory=list)
+    choices: list[list[str]] = field(default_factory=list)
+    rewrite_passes: dict[str, type[Pass]] = field(default_factory=dict)
+    rewrite_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def rewrites(self, genome: Genome) -> dict[str, str]:
+        """The layers ``genome`` rewrites, by qualified name, and how."""
+        return {layer: choice for layer, choice in zip(self.layers, genome.choices) if choice != PRUNE}
+
+    def rewrite(self, technique: str, layers: Sequence[str]) -> Pass:
+        """The ``technique`` pass set up to rewrite exactly ``layers``."""
+        literal = [re.sub(r"([*?\[])", r"[\1]", layer) for layer in layers]  # names as globs matching only themselves
+        return self.rewrite_passes[technique](**self.rewrite_options[technique], include=literal)
 
     def real_cost(self, pruned: fx.GraphModule) -> float:
         """``pruned``'s cost in the budget's metric as a fraction of the original's."""
@@ -94,19 +109,42 @@ def held_out(data: Any, samples: int | None) -> Any:
     return Subset(data, range(samples))
 
 
-def prune_with(problem: Problem, ratios: Sequence[float]) -> fx.GraphModule:
-    """A copy of the problem's graph pruned with one ratio per group."""
+@dataclass
+class Pruned:
+    """A candidate's graph, the rewrites its passes applied (layer → technique) and where each layer's output now comes from."""
+
+    graph: fx.GraphModule
+    rewrites: dict[str, str] = field(default_factory=dict)
+    renamed: dict[str, str] = field(default_factory=dict)
+
+
+def prune_with(problem: Problem, ratios: Sequence[float], rewrites: Mapping[str, str]) -> Pruned:
+    """A copy of the problem's graph pruned with one ratio per group, then with ``rewrites`` (layer → technique) applied.
+
+    A rewrite pass skips a layer pruning left with nothing to gain; the result lists only
+    the rewrites made.
+    """
     chosen = {name: ratio for name, ratio in zip(problem.names, ratios) if ratio > 0}
-    pruning = problem.prune(**problem.prune_options, group_ratios=chosen)
-    pruned = copy.deepcopy(problem.gm)
-    plan = pruning.plan(pruned, problem.context)
-    pruning.apply(pruned, plan, problem.context)
-    propagate(pruned, problem.context.example_inputs)
+    pruning = problem.prune(**problem.prune_options, ratio=0.0, group_ratios=chosen)  # groups not listed keep every channel
+    pruned = Pruned(copy.deepcopy(problem.gm))
+    plan = pruning.plan(pruned.graph, problem.context)
+    pruned.graph = pruning.apply(pruned.graph, plan, problem.context).graph_module
+    propagate(pruned.graph, problem.context.example_inputs)
+    for technique in problem.rewrite_passes:
+        layers = [layer for layer, choice in rewrites.items() if choice == technique]
+        if layers:
+            rewrite = problem.rewrite(technique, layers)
+            plan = rewrite.plan(pruned.graph, problem.context)
+            pruned.graph = rewrite.apply(pruned.graph, plan, problem.context).graph_module
+            propagate(pruned.graph, problem.context.example_inputs)
+            pruned.rewrites.update((entry["layer"], technique) for entry in plan["layers"])
+            pruned.renamed.update(plan["renamed"])
     return pruned
 
 
-def meet_budget(problem: Problem, direction: Sequence[float]) -> tuple[list[float] | None, fx.GraphModule | None, float | None, str]:
-    """Ratios along ``direction`` whose real cost is within the tolerance of the target, the pruned graph and its cost.
+def meet_budget(problem: Problem, genome: Genome) -> tuple[list[float] | None, Pruned | None, float | None, str]:
+    """Ratios along the genome's direction whose real cost, with its rewrites, is within the tolerance of the
+    target, the pruned graph and its cost.
 
     The cost model's target (``goal``) is corrected against the real cost: by secant steps
     through the last two (goal, real cost) points — the first step assumes they are
@@ -117,6 +155,7 @@ def meet_budget(problem: Problem, direction: Sequence[float]) -> tuple[list[floa
     direction that cannot reach the budget (groups capped at ``max_ratio``) or still
     misses it gives ``None`` and the reason.
     """
+    direction, rewrites = genome.direction, problem.rewrites(genome)
     goal, cost = problem.target, None
     below, above = 0.0, 1.0  # goals known to give too low / too high a real cost (or none at all)
     tried: list[tuple[float, float]] = []
@@ -130,8 +169,8 @@ def meet_budget(problem: Problem, direction: Sequence[float]) -> tuple[list[floa
             below = max(below, goal)
             goal = (below + above) / 2
             continue
-        pruned = prune_with(problem, ratios)
-        cost = problem.real_cost(pruned)
+        pruned = prune_with(problem, ratios, rewrites)
+        cost = problem.real_cost(pruned.graph)
         if _within(problem, cost):
             return ratios, pruned, cost, ""
         if cost > problem.target:
@@ -141,7 +180,7 @@ def meet_budget(problem: Problem, direction: Sequence[float]) -> tuple[list[floa
         tried.append((goal, cost))
         goal = _next_goal(tried, problem.target, below, above)
     if cheaper is not None and dearer is not None:
-        found = _mixed(problem, cheaper, dearer)
+        found = _mixed(problem, cheaper, dearer, rewrites)
         if found is not None:
             return found
     if capped and all(tried_cost > problem.target for _, tried_cost in tried):
@@ -154,8 +193,8 @@ def _within(problem: Problem, cost: float) -> bool:
 
 
 def _mixed(
-    problem: Problem, cheaper: list[float], dearer: list[float]
-) -> tuple[list[float], fx.GraphModule, float, str] | None:
+    problem: Problem, cheaper: list[float], dearer: list[float], rewrites: Mapping[str, str]
+) -> tuple[list[float], Pruned, float, str] | None:
     """Move the groups from ``dearer``'s ratios to ``cheaper``'s one at a time (the ones that differ most
     first) until the real cost falls within the budget; None if no mix does."""
     order = sorted(range(len(cheaper)), key=lambda index: cheaper[index] - dearer[index], reverse=True)
@@ -164,8 +203,8 @@ def _mixed(
         if ratios[index] == cheaper[index]:
             continue
         ratios[index] = cheaper[index]
-        pruned = prune_with(problem, ratios)
-        cost = problem.real_cost(pruned)
+        pruned = prune_with(problem, ratios, rewrites)
+        cost = problem.real_cost(pruned.graph)
         if _within(problem, cost):
             return list(ratios), pruned, cost, ""
         if cost < problem.target:
@@ -184,26 +223,29 @@ def _next_goal(tried: list[tuple[float, float]], target: float, below: float, ab
     return step if below < step < above else (below + above) / 2
 
 
-def score(problem: Problem, direction: Sequence[float]) -> dict[str, Any]:
-    """Prune along ``direction`` within the budget, recalibrate BatchNorm, evaluate: a JSON-able record.
+def score(problem: Problem, genome: Genome) -> dict[str, Any]:
+    """Prune along the genome's direction within the budget (with its rewrites), recalibrate BatchNorm,
+    evaluate: a JSON-able record.
 
     With a latency budget the record also carries the table entries measured on the way
     (``measured``), so that entries measured in another process reach the main table.
     """
     known = set(problem.latency.entries) if problem.latency is not None else set()
-    record = _score(problem, direction)
+    record = _score(problem, genome)
     if problem.latency is not None:
         record["measured"] = {key: ms for key, ms in problem.latency.entries.items() if key not in known}
     return record
 
 
-def _score(problem: Problem, direction: Sequence[float]) -> dict[str, Any]:
-    ratios, pruned, cost, note = meet_budget(problem, direction)
+def _score(problem: Problem, genome: Genome) -> dict[str, Any]:
+    ratios, pruned, cost, note = meet_budget(problem, genome)
     if pruned is None:
         return {"ratios": {}, "cost": cost, "accuracy": None, "feasible": False, "note": note}
-    _, accuracy = evaluate(problem.settle(pruned), problem.eval_data)
+    _, accuracy = evaluate(problem.settle(pruned.graph), problem.eval_data)
     return {
         "ratios": dict(zip(problem.names, ratios)),  # exact: apply must rebuild the same graph
+        "rewrites": pruned.rewrites,
+        "renamed": pruned.renamed,
         "cost": cost,
         "accuracy": accuracy,
         "feasible": True,
@@ -225,14 +267,14 @@ def _start_worker(problem: Problem, threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _score_in_worker(direction: list[float]) -> dict[str, Any]:
+def _score_in_worker(genome: Genome) -> dict[str, Any]:
     assert _WORKER_PROBLEM is not None
-    return score(_WORKER_PROBLEM, direction)
+    return score(_WORKER_PROBLEM, genome)
 
 
-def score_all(problem: Problem, directions: Sequence[list[float]], workers: int) -> list[dict[str, Any]]:
-    """Score every direction, in this process, in ``workers`` forked processes, or across a distributed job."""
-    records = _score_all(problem, directions, workers)
+def score_all(problem: Problem, genomes: Sequence[Genome], workers: int) -> list[dict[str, Any]]:
+    """Score every genome, in this process, in ``workers`` forked processes, or across a distributed job."""
+    records = _score_all(problem, genomes, workers)
     for record in records:
         measured = record.pop("measured", {})
         if problem.latency is not None:
@@ -240,19 +282,19 @@ def score_all(problem: Problem, directions: Sequence[list[float]], workers: int)
     return records
 
 
-def _score_all(problem: Problem, directions: Sequence[list[float]], workers: int) -> list[dict[str, Any]]:
+def _score_all(problem: Problem, genomes: Sequence[Genome], workers: int) -> list[dict[str, Any]]:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         rank, world = dist.get_rank(), dist.get_world_size()
-        mine = {index: score(problem, directions[index]) for index in range(rank, len(directions), world)}
+        mine = {index: score(problem, genomes[index]) for index in range(rank, len(genomes), world)}
         gathered: list[dict[int, dict[str, Any]] | None] = [None] * world
         dist.all_gather_object(gathered, mine)
         merged = {index: record for part in gathered for index, record in (part or {}).items()}
-        return [merged[index] for index in range(len(directions))]
+        return [merged[index] for index in range(len(genomes))]
     if workers <= 1:
-        return [score(problem, direction) for direction in directions]
+        return [score(problem, genome) for genome in genomes]
     if "fork" not in multiprocessing.get_all_start_methods():
         raise RecipeError("search.workers: worker processes need the 'fork' start method, which this platform lacks; use workers: 1")
     threads = worker_threads(workers)
     context = multiprocessing.get_context("fork")
     with context.Pool(workers, initializer=_start_worker, initargs=(problem, threads)) as pool:
-        return pool.map(_score_in_worker, directions, chunksize=1)
+        return pool.map(_score_in_worker, genomes, chunksize=1)
