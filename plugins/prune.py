@@ -182,6 +182,12 @@ def _step_fraction(
     return max(0.0, (group.channels - keep) / group.channels)
 
 
+def _tensor_versions(gm: fx.GraphModule) -> dict[str, tuple[int, int]]:
+    """Each parameter's and buffer's identity and in-place version counter: what a criterion must leave alone."""
+    named = [*gm.named_parameters(remove_duplicate=False), *gm.named_buffers(remove_duplicate=False)]
+    return {name: (id(tensor), tensor._version) for name, tensor in named}
+
+
 class Prune(Pass):
     """Remove the least important channels of every prunable coupled group."""
 
@@ -242,8 +248,13 @@ class Prune(Pass):
     ) -> list[torch.Tensor | None]:
         """The criterion's scores for the prunable groups, None for the pinned ones."""
         prunable = [group for group in groups if group.prunable]
-        scores = list(criterion(prunable, gm, context)) if prunable else []
         name = self.options["importance"]
+        before = _tensor_versions(gm)
+        scores = list(criterion(prunable, gm, context)) if prunable else []
+        after = _tensor_versions(gm)
+        changed = sorted(key for key in before.keys() | after.keys() if before.get(key) != after.get(key))
+        if changed:
+            raise PluginError(f"importance criterion '{name}' changed the model's '{changed[0]}' while scoring; score without writing to the model")
         if len(scores) != len(prunable) or any(
             not isinstance(s, torch.Tensor) or s.shape != (g.channels,) for s, g in zip(scores, prunable)
         ):

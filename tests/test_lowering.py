@@ -533,6 +533,58 @@ def test_kernels_returning_nan_or_the_wrong_shape_are_refused(result, message) -
         fxcomp.lower(gm, "mine", plugins=plugins)
 
 
+class _Misbehaving(_ReluLowering):
+    """A relu lowering that breaks the contract in one way."""
+
+    def __init__(self, fault: str) -> None:
+        super().__init__()
+        self.fault = fault
+        if fault == "tolerance":
+            self.tolerance = "1e-4"
+
+    def match(self, gm, node):
+        answer = super().match(gm, node)
+        if not isinstance(answer, Matched):
+            return answer
+        if self.fault == "match raises":
+            raise KeyError("oops")
+        return {"list": answer.nodes, "names": Matched([node.name]), "tuple nodes": Matched(node)}.get(self.fault, answer)
+
+    def build(self, gm, nodes):
+        if self.fault == "build raises":
+            raise ValueError("no kernel today")
+        return (lambda x: x.relu()) if self.fault == "function" else super().build(gm, nodes)
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        ("list", r"lowering 'relu' of backend 'mine''s match returned list, not a Matched, a Declined or None"),
+        ("tuple nodes", r"'s match returned Matched whose nodes are a Node, not a list"),
+        ("match raises", r"lowering 'relu' of backend 'mine' failed matching at 'relu' \(KeyError: 'oops'\)"),
+        ("build raises", r"\(nodes relu\) failed building its kernel \(ValueError: no kernel today\)"),
+        ("function", r"\(nodes relu\) built a function, not a torch.nn.Module"),
+        ("tolerance", r"lowering 'relu' of backend 'mine' has tolerance '1e-4', not a finite number >= 0"),
+    ],
+)
+def test_a_lowering_breaking_its_contract_is_a_lowering_error_naming_its_plugin(fault, message) -> None:
+    plugins = fxcomp.load_plugins(extra={"careless": _third_party(_Misbehaving(fault))})
+    gm = fxcomp.trace(_model(MLP), torch.randn(3, 40))
+    with pytest.raises(LoweringError, match=message + ".*plugin 'careless'"):
+        fxcomp.lower(gm, "mine", plugins=plugins)
+
+
+def test_a_match_naming_other_than_graph_nodes_is_declined() -> None:
+    plugins = fxcomp.load_plugins(extra={"careless": _third_party(_Misbehaving("names"))})
+    inputs = torch.randn(3, 40)
+    gm = fxcomp.trace(_model(MLP), inputs)
+    result = fxcomp.lower(gm, "mine", plugins=plugins)
+    assert not result.report.lowered
+    assert [entry["nodes"] for entry in result.report.declined if entry["pattern"] == "relu"][:2] == [["'relu'"], ["'relu_1'"]]
+    assert "not all nodes of the graph" in result.report.declined[0]["reason"]
+    assert torch.equal(result.module(inputs), gm(inputs))
+
+
 @pytest.mark.parametrize(
     ("step", "message"),
     [

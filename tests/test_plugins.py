@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import types
 
 import pytest
@@ -126,6 +127,9 @@ def test_plugin_that_fails_to_import_is_named(install_plugin) -> None:
         ("fxcomp_register_importance", lambda register: register("x", 3), "not callable"),
         ("fxcomp_register_lowerings", lambda register: register("triton", 3, print), "must be non-empty strings"),
         ("fxcomp_register_serializables", lambda register: register(3), "nn.Module subclass or a function"),
+        ("fxcomp_register_serializables", lambda register: register(functools.partial(torch.add, alpha=2)),
+         "which has no module-level name: give the function or class itself, not an instance or a partial"),
+        ("fxcomp_register_serializables", lambda register: register(lambda x: x), r"test_plugins\.<lambda>\.<locals>\.<lambda>: give a function or class defined at module level"),
     ],
 )
 def test_bad_registrations_are_refused(hook, call, fragment) -> None:

@@ -84,6 +84,26 @@ def test_a_criterion_returning_wrong_shapes_is_reported() -> None:
         fxcomp.compress(_TwoLayers(), torch.randn(1, 2, 3, 3), {"passes": [{"pass": "prune", "ratio": 0.5, "importance": "broken"}]}, plugins=plugins)
 
 
+@pytest.mark.parametrize("write", ["in place", "replaced", "buffer"])
+def test_a_criterion_that_writes_to_the_model_is_reported(write: str) -> None:
+    def careless(groups, gm, context):
+        with torch.no_grad():
+            if write == "in place":
+                gm.get_submodule("0").weight.abs_()  # a "score" computed in place
+            elif write == "replaced":
+                gm.get_submodule("0").weight = torch.nn.Parameter(torch.zeros_like(gm.get_submodule("0").weight))
+            else:
+                gm.get_submodule("1").running_mean.zero_()
+        return [torch.ones(group.channels) for group in groups]
+
+    plugin = types.SimpleNamespace(fxcomp_register_importance=fxcomp.hookimpl(lambda register: register("careless", careless)))
+    plugins = fxcomp.load_plugins(disable=(), extra={"careless_plugin": plugin})
+    name = "1.running_mean" if write == "buffer" else "0.weight"
+    model = nn.Sequential(nn.Conv2d(2, 4, 1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 1, 1)).eval()
+    with pytest.raises(fxcomp.PluginError, match=f"^importance criterion 'careless' changed the model's '{name}' while scoring"):
+        fxcomp.compress(model, torch.randn(1, 2, 3, 3), {"passes": [{"pass": "prune", "ratio": 0.5, "importance": "careless"}]}, plugins=plugins)
+
+
 @pytest.mark.parametrize("goal", [{"ratio": 0.5}, {"target_macs": 0.4}])
 def test_iterative_steps_compose_into_one_replayable_plan(goal: dict) -> None:
     torch.manual_seed(0)

@@ -24,9 +24,10 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 from torch.utils import _pytree as pytree
 
+from fxcomp.arguments import is_real
 from fxcomp.dynamic.model import EarlyExitModel
-from fxcomp.errors import LoweringError, first_line
-from fxcomp.lowering.base import Declined, Lowering
+from fxcomp.errors import FxcompError, LoweringError, first_line
+from fxcomp.lowering.base import Declined, Lowering, Matched
 from fxcomp.lowering.direct import can_write_directly
 from fxcomp.lowering.layout import to_layout
 from fxcomp.lowering.report import LoweringReport, layout_name, layout_options
@@ -272,6 +273,8 @@ def _external_inputs(nodes: Sequence[fx.Node]) -> list[fx.Node]:
 
 def _why_not(nodes: Sequence[fx.Node], first: fx.Node, claimed: set[fx.Node]) -> str | None:
     """Why the node list a lowering returned cannot be replaced as one kernel, if it cannot."""
+    if not all(isinstance(node, fx.Node) and node.graph is first.graph for node in nodes):
+        return "the lowering returned a match whose nodes are not all nodes of the graph it was offered"
     if not nodes or nodes[0] is not first:
         return "the lowering returned a match that does not start at the node it was offered"
     order = {node: index for index, node in enumerate(first.graph.nodes)}
@@ -287,8 +290,31 @@ def _why_not(nodes: Sequence[fx.Node], first: fx.Node, claimed: set[fx.Node]) ->
     return None
 
 
+def _blame(plugins: Plugins, backend: str, name: str) -> str:
+    """What to do about lowering ``name``'s misbehaviour: report it to its plugin or block the plugin."""
+    plugin = plugins.registry.lowerings[(backend, name)].plugin
+    return f"report it to plugin '{plugin}' or block it with {DISABLE_ENV}={plugin}"
+
+
+def _answer(lowering: Lowering, where: str, blame: str, gm: fx.GraphModule, node: fx.Node) -> Matched | Declined | None:
+    """The lowering's ``match`` at ``node``, held to its contract."""
+    try:
+        answer = lowering.match(gm, node)
+    except FxcompError:  # the plugin's own message
+        raise
+    except Exception as error:  # noqa: BLE001 - a failing plugin is reported with its lowering
+        raise LoweringError(f"{where} failed matching at '{qualname(node)}' ({type(error).__name__}: {first_line(error)}); {blame}") from error
+    if answer is not None and not isinstance(answer, (Matched, Declined)):
+        raise LoweringError(f"{where}'s match returned {type(answer).__name__}, not a Matched, a Declined or None; {blame}")
+    if answer is not None and not isinstance(answer.nodes, (list, tuple)):
+        raise LoweringError(f"{where}'s match returned {type(answer).__name__} whose nodes are a {type(answer.nodes).__name__}, not a list; {blame}")
+    if isinstance(answer, Declined) and not isinstance(answer.reason, str):
+        raise LoweringError(f"{where}'s match declined with a {type(answer.reason).__name__} as the reason, not a string; {blame}")
+    return answer
+
+
 def _plans(
-    gm: fx.GraphModule, lowerings: dict[str, Lowering]
+    gm: fx.GraphModule, lowerings: dict[str, Lowering], backend: str, plugins: Plugins
 ) -> tuple[list[_Plan], list[dict[str, Any]]]:
     """The occurrences to lower (at each node, the longest match; ties by pattern name) and the declined ones."""
     plans: list[_Plan] = []
@@ -300,12 +326,14 @@ def _plans(
         best: _Plan | None = None
         reasons: list[dict[str, Any]] = []
         for name in sorted(lowerings):
-            answer = lowerings[name].match(gm, node)
+            where = f"lowering '{name}' of backend '{backend}'"
+            answer = _answer(lowerings[name], where, _blame(plugins, backend, name), gm, node)
             if answer is None:
                 continue
             reason = answer.reason if isinstance(answer, Declined) else _why_not(answer.nodes, node, claimed)
             if reason is not None:
-                reasons.append({"pattern": name, "nodes": [qualname(n) for n in answer.nodes], "reason": reason})
+                names = [qualname(n) if isinstance(n, fx.Node) else repr(n) for n in answer.nodes]
+                reasons.append({"pattern": name, "nodes": names, "reason": reason})
             elif best is None or len(answer.nodes) > len(best.nodes):
                 best = _Plan(name, lowerings[name], list(answer.nodes))
         if best is not None:
@@ -392,10 +420,15 @@ def _with_lowerings(
     plugins: Plugins,
 ) -> LoweringResult:
     for name, lowering in sorted(lowerings.items()):
+        if not is_real(lowering.tolerance) or lowering.tolerance < 0:
+            raise LoweringError(
+                f"lowering '{name}' of backend '{backend}' has tolerance {lowering.tolerance!r}, not a finite number >= 0; "
+                f"{_blame(plugins, backend, name)}"
+            )
         problem = lowering.unavailable()
         if problem is not None:
             raise LoweringError(f"backend '{backend}' cannot run here (lowering '{name}'): {problem}")
-    plans, declined = _plans(working, lowerings)
+    plans, declined = _plans(working, lowerings, backend, plugins)
     externals = [_external_inputs(plan.nodes) for plan in plans]
     recorder = _Recorder(working, [node for plan, nodes in zip(plans, externals) for node in (*nodes, plan.nodes[-1])])
     with torch.no_grad():  # working is in eval mode
@@ -408,9 +441,16 @@ def _with_lowerings(
     for plan, (arguments, expected) in zip(plans, values):
         nodes = [qualname(node) for node in plan.nodes]
         where = f"lowering '{plan.name}' of backend '{backend}' (nodes {', '.join(nodes)})"
-        plugin = plugins.registry.lowerings[(backend, plan.name)].plugin
-        blame = f"report it to plugin '{plugin}' or block it with {DISABLE_ENV}={plugin}"
-        kernel = plan.lowering.build(working, plan.nodes).eval()
+        blame = _blame(plugins, backend, plan.name)
+        try:
+            kernel = plan.lowering.build(working, plan.nodes)
+        except FxcompError:  # the plugin's own message
+            raise
+        except Exception as error:  # noqa: BLE001 - a failing plugin is reported with its lowering
+            raise LoweringError(f"{where} failed building its kernel ({type(error).__name__}: {first_line(error)}); {blame}") from error
+        if not isinstance(kernel, nn.Module):
+            raise LoweringError(f"{where} built a {type(kernel).__name__}, not a torch.nn.Module; {blame}")
+        kernel.eval()
         with torch.no_grad():
             try:
                 value = kernel(*arguments)

@@ -115,7 +115,8 @@ def fxcomp_register_serializables(register: Register) -> None:
     """Allow module classes and functions in files written by :func:`fxcomp.save`.
 
     Call ``register(obj)`` with an ``nn.Module`` subclass or a function that
-    the graphs your passes produce contain. :func:`fxcomp.load` instantiates
+    the graphs your passes produce contain, defined at module level (files name it
+    by module and qualified name). :func:`fxcomp.load` instantiates
     or calls only allow-listed objects, so a file can never run anything else.
     """
 

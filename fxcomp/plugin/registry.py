@@ -111,6 +111,12 @@ class Registry:
             is_module_class = isinstance(obj, type) and issubclass(obj, nn.Module)
             if not is_module_class and not callable(obj):
                 raise bad(f"{obj!r}: give an nn.Module subclass or a function")
+            # Saved files name it by module and qualified name, and load finds it again by that name.
+            module, name = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+            if not isinstance(module, str) or not isinstance(name, str):
+                raise bad(f"{obj!r}, which has no module-level name: give the function or class itself, not an instance or a partial")
+            if "<" in name:
+                raise bad(f"{module}.{name}: give a function or class defined at module level; a lambda or a local one has no name to load it by")
             self._add(kind, obj, obj, plugin)
 
         registrars: dict[str, Callable[..., None]] = {
