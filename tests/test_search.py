@@ -141,10 +141,12 @@ def test_a_splits_object_as_val_data_scores_on_its_validation_part(trained, data
     assert on_splits["candidates"] == on_val["candidates"]
 
 
-def test_worker_processes_score_as_the_main_process_does(trained, data) -> None:
-    alone = _search(trained, data, target_macs=0.5).plan[0]["plan"]
-    shared = _search(trained, data, target_macs=0.5, workers=2).plan[0]["plan"]
+@pytest.mark.parametrize("techniques", [["prune"], ["prune", "lowrank", "separable"]])
+def test_worker_processes_score_as_the_main_process_does(techniques, trained, data) -> None:
+    alone = _search(trained, data, target_macs=0.5, techniques=techniques, seed=5).plan[0]["plan"]
+    shared = _search(trained, data, target_macs=0.5, techniques=techniques, seed=5, workers=2).plan[0]["plan"]
     assert shared["candidates"] == alone["candidates"]
+    assert any(c["rewrites"] for c in alone["candidates"]) == (len(techniques) > 1)
 
 
 def _distributed_search(rank: int, world: int, directory: str) -> None:
