@@ -37,7 +37,7 @@ import torch.nn as nn
 
 from fxcomp import CheckContext, RecipeError, hookimpl, node_info, qualname
 from fxcomp.dynamic import CRITERIA, EarlyExitModel, add_exits, cut_problems, has_exits, resolve_cuts
-from fxcomp.passes import Option, Pass, PassContext, PassResult, choice, integer, relative_error
+from fxcomp.passes import Option, Pass, PassContext, PassResult, choice, integer, optional, relative_error
 from fxcomp.tracing import TensorSpec, eval_mode
 
 _POOLS = {3: nn.AdaptiveAvgPool1d, 4: nn.AdaptiveAvgPool2d, 5: nn.AdaptiveAvgPool3d}
@@ -92,6 +92,10 @@ def _describe(head: nn.Sequential) -> str:
     return " → ".join(type(layer).__name__ for layer in head)
 
 
+DEFAULT_EXITS = 2
+"""Exits ``at: auto`` places when ``num_exits`` is not given."""
+
+
 class EarlyExit(Pass):
     """Insert exit heads at cut points of a classifier (BranchyNet / Shallow-Deep Networks)."""
 
@@ -99,13 +103,19 @@ class EarlyExit(Pass):
     tolerance = 0.0  # the graph is not changed: exits only run in an EarlyExitModel
     schema = {
         "at": Option(_at, default="auto", doc="'auto' or node/module names to put exits after"),
-        "num_exits": Option(integer(1), default=2, doc="with at: auto, how many exits (evenly spaced in MACs)"),
+        "num_exits": Option(optional(integer(1)), default=None,
+                            doc=f"with at: auto, how many exits, evenly spaced in MACs (default {DEFAULT_EXITS})"),
         "head_conv": Option(integer(0), default=0, doc="channels of a 3×3 conv + BN + ReLU in each head (0: none)"),
         "head_pool": Option(integer(1), default=1, doc="average-pool size per spatial axis before the linear layer"),
         "head_hidden": Option(integer(0), default=0, doc="width of a hidden linear layer + ReLU in each head (0: none)"),
         "criterion": Option(choice(*CRITERIA), default="confidence", doc="max softmax probability, or entropy"),
         "seed": Option(integer(0), default=0, doc="seeds the heads' initial weights"),
     }
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        if self.options["at"] != "auto" and self.options["num_exits"] is not None:
+            raise RecipeError("early_exit: num_exits spaces automatic exits; with at: [...] the list gives them, so drop num_exits")
 
     def plan(self, gm: fx.GraphModule, context: PassContext) -> dict[str, Any]:
         if has_exits(gm):
@@ -144,7 +154,7 @@ class EarlyExit(Pass):
     def _auto(
         self, problems: dict[fx.Node, str | None], cumulative: dict[fx.Node, int], total: int
     ) -> tuple[list[fx.Node], list[dict[str, Any]]]:
-        count = self.options["num_exits"]
+        count = self.options["num_exits"] or DEFAULT_EXITS
         valid = [node for node, problem in problems.items() if problem is None]
         if not valid or total == 0:
             raise RecipeError("early_exit found no cut point for an exit in this model; give points with at: [...]")

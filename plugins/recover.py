@@ -22,7 +22,7 @@ import torch.fx as fx
 from fxcomp import DataError, EarlyExitModel, RecipeError, hookimpl, recover
 from fxcomp.dynamic import has_exits
 from fxcomp.passes import Option, Pass, PassContext, PassResult, choice, integer, number, optional
-from fxcomp.recovery import exit_training, objective, rename_through
+from fxcomp.recovery import SGD_MOMENTUM, exit_training, objective, rename_through
 
 
 def _distill(value: Any, path: str) -> Any:
@@ -68,7 +68,7 @@ class Recover(Pass):
         "epochs": Option(integer(1), default=3, doc="training epochs"),
         "lr": Option(number(0, None, low_open=True), default=0.01, doc="peak learning rate"),
         "optimizer": Option(choice("sgd", "adam"), default="sgd", doc="SGD with Nesterov momentum, or Adam"),
-        "momentum": Option(number(0, 1), default=0.9, doc="SGD momentum"),
+        "momentum": Option(optional(number(0, 1)), default=None, doc=f"SGD momentum (default {SGD_MOMENTUM}); not with adam"),
         "weight_decay": Option(number(0, None), default=0.0, doc="L2 weight decay"),
         "schedule": Option(choice("cosine", "constant"), default="cosine", doc="learning-rate schedule"),
         "batch_size": Option(integer(1), default=128, doc="batch size when the data is a Dataset"),
@@ -77,6 +77,11 @@ class Recover(Pass):
         "distill": Option(_distill, default=None, doc="distillation spec (kd, fitnet, attention, rkd, sp) or a list"),
         "exits": Option(_exits, default=None, doc="how to train early exits: {weights, train: joint|heads, distill}"),
     }
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        if self.options["optimizer"] == "adam" and self.options["momentum"] is not None:
+            raise RecipeError("recover: momentum applies to optimizer sgd; drop it with adam, which keeps its own moment estimates")
 
     def plan(self, gm: fx.GraphModule, context: PassContext) -> dict[str, Any]:
         if context.train_data is None:

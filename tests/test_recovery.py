@@ -179,6 +179,7 @@ def test_kd_from_a_teacher_beats_chance_and_feature_terms_train_adapters(data, t
         ({"distill": {"kind": "attention", "student": "fc", "teacher": "conv3"}, "teacher": DigitsNet()}, fxcomp.TrainingError,
          "attention transfer pairs two feature maps"),
         ({"momentum": -0.5}, UsageError, r"momentum in \[0, 1\] and weight_decay >= 0, got -0.5 and 0.0"),
+        ({"momentum": 0.5, "optimizer": "adam"}, UsageError, r"^momentum applies to optimizer sgd; drop it with adam"),
         ({"weight_decay": -1e-4}, UsageError, r"weight_decay >= 0, got 0.9 and -0.0001"),
         ({"batch_size": 0}, UsageError, "batch_size must be a whole number >= 1, got 0"),
     ],
@@ -302,6 +303,8 @@ def test_recover_after_prune_in_a_recipe_beats_prune_alone(data, trained) -> Non
         fxcomp.compress(trained, x, {"passes": [{"pass": "recover"}]})
     with pytest.raises(RecipeError, match=r"passes\[0\].distill: distill fitnet: 'student' must name a node"):
         fxcomp.compress(trained, x, {"passes": [{"pass": "recover", "distill": {"kind": "fitnet"}}]})
+    with pytest.raises(RecipeError, match=r"recover: momentum applies to optimizer sgd; drop it with adam"):
+        fxcomp.compress(trained, x, {"passes": [{"pass": "recover", "optimizer": "adam", "momentum": 0.9}]}, train_data=data.train)
 
 
 def test_cli_compress_trains_on_named_data(tmp_path, capsys) -> None:

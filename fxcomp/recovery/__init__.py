@@ -15,6 +15,7 @@ from fxcomp.recovery.batchnorm import recalibrate_batchnorm
 from fxcomp.recovery.exits import ExitTraining, exit_training
 from fxcomp.recovery.features import rename_through, with_features
 from fxcomp.recovery.loop import (
+    SGD_MOMENTUM,
     EpochRecord,
     RecoveryResult,
     born_again,
@@ -37,6 +38,7 @@ from fxcomp.recovery.objective import Objective, objective
 from fxcomp.recovery.short import short_finetune
 
 __all__ = [
+    "SGD_MOMENTUM",
     "AttentionTransferLoss",
     "EpochRecord",
     "ExitTraining",

@@ -131,6 +131,10 @@ class _Progress:
         self.stream.flush()
 
 
+SGD_MOMENTUM = 0.9
+"""The momentum SGD trains with when none is given."""
+
+
 def _optimizer(name: str, parameters: list[nn.Parameter], lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
     if name == "sgd":
         return torch.optim.SGD(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=momentum > 0)
@@ -149,7 +153,7 @@ def _fit(
     epochs: int,
     lr: float,
     optimizer: str,
-    momentum: float,
+    momentum: float | None,
     weight_decay: float,
     schedule: str,
     patience: int | None,
@@ -164,14 +168,17 @@ def _fit(
         raise UsageError(f"recovery needs epochs >= 1 (a whole number), got {epochs!r}")
     if not is_real(lr) or not lr > 0:
         raise UsageError(f"recovery needs lr > 0 (a finite number), got {lr!r}")
-    if not is_real(momentum) or not is_real(weight_decay) or not 0 <= momentum <= 1 or not weight_decay >= 0:
-        raise UsageError(f"recovery needs momentum in [0, 1] and weight_decay >= 0, got {momentum!r} and {weight_decay!r}")
+    if momentum is not None and optimizer == "adam":
+        raise UsageError("momentum applies to optimizer sgd; drop it with adam, which keeps its own moment estimates")
+    given = SGD_MOMENTUM if momentum is None else momentum
+    if not is_real(given) or not is_real(weight_decay) or not 0 <= given <= 1 or not weight_decay >= 0:
+        raise UsageError(f"recovery needs momentum in [0, 1] and weight_decay >= 0, got {given!r} and {weight_decay!r}")
     if patience is not None and (not is_whole(patience) or patience < 1):
         raise UsageError(f"recovery needs patience >= 1 (a whole number) or None, got {patience!r}")
     if schedule not in ("cosine", "constant"):
         raise UsageError(f"schedule '{schedule}' is not one of: cosine, constant")
     parameters = [p for s in students for p in s.parameters() if p.requires_grad] + extra
-    optim = _optimizer(optimizer, parameters, lr, momentum, weight_decay)
+    optim = _optimizer(optimizer, parameters, lr, given, weight_decay)
     total = len(train) if hasattr(train, "__len__") else None
     steps = epochs * total if total else None
     scheduler = (
@@ -311,7 +318,7 @@ def recover(
     distill: Any = None,
     exits: Any = None,
     optimizer: str = "sgd",
-    momentum: float = 0.9,
+    momentum: float | None = None,
     weight_decay: float = 0.0,
     schedule: str = "cosine",
     batch_size: int = 128,
@@ -335,8 +342,9 @@ def recover(
             :mod:`fxcomp.recovery.exits`): ``{"weights": [...], "train": "joint" | "heads",
             "distill": {"T": 3, "alpha": 0.5}}``. Every exit is trained, by default jointly with
             equal weights; ``distill`` (teacher) then applies to the final output only.
-        optimizer, momentum, weight_decay, schedule: ``sgd`` (Nesterov momentum) or ``adam``;
-            ``cosine`` decays the rate to zero over all steps, ``constant`` keeps it.
+        optimizer, momentum, weight_decay, schedule: ``sgd`` (Nesterov momentum, 0.9 unless
+            ``momentum`` is given) or ``adam`` (no ``momentum``); ``cosine`` decays the rate to
+            zero over all steps, ``constant`` keeps it.
         batch_size: used when the data is a Dataset.
         patience: stop after this many epochs without a better validation result.
         seed: seeds the weights' random state and the shuffling.
