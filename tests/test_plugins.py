@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import types
 
@@ -237,6 +238,39 @@ class _Returns(Pass):
 
     def apply(self, gm, plan, context):
         return self.returned(gm)
+
+
+def test_the_original_model_goes_as_a_copy_to_the_passes_that_ask_for_it(small_cnn, image) -> None:
+    seen = []
+
+    class Scribbler(Pass):
+        name = "scribbler"
+        uses_original = True
+
+        def plan(self, gm, context):
+            seen.append(copy.deepcopy(context.original.state_dict()))
+            with torch.no_grad():
+                for parameter in context.original.parameters():
+                    parameter.zero_()  # a careless pass: the next one must still get the original
+            return {}
+
+        def apply(self, gm, plan, context):
+            return PassResult(gm, modified=False)
+
+    class Other(Scribbler):
+        name = "other"
+        uses_original = False
+
+        def plan(self, gm, context):
+            seen.append(context.original)
+            return {}
+
+    plugins = _with(fxcomp_register_passes=lambda register: [register(Scribbler), register(Other)])
+    fxcomp.compress(small_cnn, image, "passes: [{pass: scribbler}, {pass: other}, {pass: scribbler}]", plugins=plugins)
+    first, other, second = seen
+    assert other is None
+    assert first.keys() == second.keys() and all(torch.equal(first[key], second[key]) for key in first)
+    assert all(torch.equal(value, small_cnn.state_dict()[key]) for key, value in first.items())
 
 
 def test_what_a_pass_returns_and_declares_is_checked(small_cnn, image) -> None:

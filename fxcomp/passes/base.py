@@ -29,7 +29,8 @@ class PassContext:
         plugins: the loaded plugins.
         train_data, val_data: labelled data for passes that train (``recover``).
         original: the model before any pass of the recipe (an annotated ``GraphModule``),
-            given to passes that set ``uses_original`` (a distillation teacher).
+            a fresh copy for each pass that sets ``uses_original`` (a distillation teacher);
+            ``None`` for the others.
         records: the plan records of the recipe's earlier passes (as in ``result.plan``).
     """
 

@@ -138,9 +138,10 @@ def compress(
     records: list[dict[str, Any]] = []
     for index, compression_pass in enumerate(passes):
         label = f"pass '{compression_pass.name}' (passes[{index}])"
-        # Copies of what the caller owns and of earlier records, so a pass cannot change them.
+        # Copies of what the caller owns, of the original model and of earlier records, so a pass cannot change them.
+        teacher = copy.deepcopy(original) if compression_pass.uses_original else None
         context = PassContext(
-            tuple(t.clone() for t in inputs), calib_data, plugins, train_data, val_data, original, copy.deepcopy(records)
+            tuple(t.clone() for t in inputs), calib_data, plugins, train_data, val_data, teacher, copy.deepcopy(records)
         )
         plan = _run_pass_step(label, compression_pass.plan, gm, context)
         try:
