@@ -139,6 +139,22 @@ def test_include_exclude_shared_and_unsupported_layers() -> None:
     assert rename_through(["a", "b"], result.plan) == ["a.1", "b"]
 
 
+def test_a_layer_whose_weight_the_graph_also_reads_is_skipped() -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc, self.head = nn.Linear(32, 32), nn.Linear(32, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.fc(x) + 0.1 * torch.nn.functional.linear(x, self.fc.weight))
+
+    x = torch.randn(2, 32)
+    result = _run(Net(), x, ratio=0.25)
+    skipped = {skip["layer"]: skip["reason"] for skip in result.plan[0]["plan"]["skipped"]}
+    assert skipped["fc"] == "the graph also reads its 'fc.weight' directly"
+    assert type(result.model.fc) is nn.Linear
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [

@@ -108,7 +108,7 @@ def test_candidates_that_break_the_budget_are_never_applied(data) -> None:
     assert plan["chosen"]["feasible"] and plan["chosen"] not in plan["rejected"]
     after, before = result.report.after_totals.macs, result.report.before_totals.macs
     assert abs(after / before - 0.5) <= 0.02 * 0.5
-    with pytest.raises(RecipeError, match="no candidate meets the budget 0.05"):
+    with pytest.raises(RecipeError, match=r"no candidate meets the budget 0.05 \(cannot reach 0.050 .*\); raise max_ratio or the target$"):
         _search(coarse, data, target_macs=0.05, max_ratio=0.3)
 
 
@@ -224,6 +224,8 @@ def test_with_finetune_steps_the_applied_model_is_the_one_scored(trained, data) 
     assert evaluate(result.model, held_out)[1] == result.plan[0]["plan"]["chosen"]["accuracy"]
     with pytest.raises(RecipeError, match="finetune_steps"):
         _search(trained, data, target_macs=0.5, finetune_steps=-1)
+    with pytest.raises(fxcomp.TrainingError, match=r"^search.finetune_lr 1e\+30: the training loss became nan"):
+        _search(trained, data, target_macs=0.5, finetune_steps=3, finetune_lr=1e30)
 
 
 REWRITING = {"target_macs": 0.5, "techniques": ["prune", "lowrank", "separable"], "population": 6, "generations": 2}
@@ -276,7 +278,8 @@ class _Narrowing(nn.Module):
 def test_a_rewrite_pruning_made_pointless_is_skipped_and_not_recorded() -> None:
     from fxcomp.passes import PassContext
     from fxcomp_plugins.search import Search
-    from fxcomp_plugins.search.evaluation import prune_with
+    from fxcomp_plugins.search.evaluation import prune_with, score
+    from fxcomp_plugins.search.evolution import Genome
 
     torch.manual_seed(0)
     x = torch.randn(2, 1, 8, 8)
@@ -291,6 +294,12 @@ def test_a_rewrite_pruning_made_pointless_is_skipped_and_not_recorded() -> None:
     halved = prune_with(problem, [0.5, 0.0], {"conv2": "lowrank"})  # 16 → 16 channels: rank 8 saves nothing
     assert halved.rewrites == {} and halved.renamed == {}
     assert type(halved.graph.get_submodule("conv2")) is nn.Conv2d
+    # Factoring conv2 alone leaves 0.85 of the MACs: under a 0.95 budget the candidate is rejected, naming what it asked for.
+    near = Search(target_macs=0.95, techniques=["prune", "lowrank"])._problem(gm, context)
+    genome = Genome((1.0, 1.0), tuple("lowrank" if layer == "conv2" else "prune" for layer in near.layers))
+    record = score(near, genome)
+    assert not record["feasible"] and record["rewrites"] == {"conv2": "lowrank"}
+    assert record["note"] == "its real cost stays at 0.850 of the original, off the budget 0.950"
 
 
 def test_the_same_seed_gives_the_same_rewrites(trained, data) -> None:

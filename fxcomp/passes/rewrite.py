@@ -56,6 +56,10 @@ def why_not_replaceable(gm: fx.GraphModule, node: fx.Node, calls: dict[str, int]
     holders = parameter_holders(gm)
     if any(holders[id(p)] > 1 for p in module.parameters()):
         return "its weight is shared with another module"
+    prefix = f"{node.target}."
+    read = next((other for other in gm.graph.find_nodes(op="get_attr") if str(other.target).startswith(prefix)), None)
+    if read is not None:
+        return f"the graph also reads its '{read.target}' directly"
     if len(node.args) != 1 or node.kwargs:
         return "it is called with more than one input"
     return None

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections import Counter
 from collections.abc import Sized
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,17 @@ TOLERANCE = 0.02
 
 REWRITES = ("lowrank", "separable")
 """The techniques a layer may get on top of pruning, in the order they are applied."""
+
+
+def _no_candidate(target: float, notes: list[str]) -> str:
+    """Why no candidate met the budget (the most frequent reason) and what to change."""
+    reason = Counter(notes).most_common(1)[0][0]
+    if reason.startswith("cannot reach"):
+        advice = "raise max_ratio or the target"
+    else:
+        advice = ("the real cost steps over the 2% window (channels go in steps of round_to and of coupled groups, "
+                  "rewrites cut whole layers): lower round_to, move the target or drop rewrite techniques")
+    return f"search: no candidate meets the budget {target:.3g} ({reason}); {advice}"
 
 
 class Search(Pass):
@@ -200,8 +212,7 @@ class Search(Pass):
         if problem.latency is not None:
             problem.latency.save()
         if not best:
-            reasons = sorted({candidate.note for candidate in candidates})
-            raise RecipeError(f"search: no candidate meets the budget {problem.target:.3g} ({reasons[0]}); raise max_ratio or the target")
+            raise RecipeError(_no_candidate(problem.target, [candidate.note for candidate in candidates]))
         plan = self._record(problem, candidates, best[0], time.perf_counter() - start)
         self._write(plan)
         return plan

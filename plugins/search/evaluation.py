@@ -21,7 +21,7 @@ import torch.multiprocessing as multiprocessing
 import torch.fx as fx
 from torch.utils.data import Dataset, Subset
 
-from fxcomp import RecipeError, node_info, propagate
+from fxcomp import RecipeError, TrainingError, node_info, propagate
 from fxcomp.data import Splits
 from fxcomp.passes import Pass, PassContext, parameter_values
 from fxcomp.recovery import evaluate, recalibrate_batchnorm, short_finetune
@@ -86,7 +86,10 @@ class Problem:
             torch.manual_seed(self.seed)
             recalibrate_batchnorm(pruned, self.context.train_data, batches=self.recalibration_batches, seed=self.seed)
             if self.finetune_steps:
-                pruned = short_finetune(pruned, self.context.train_data, steps=self.finetune_steps, lr=self.finetune_lr, seed=self.seed)
+                try:
+                    pruned = short_finetune(pruned, self.context.train_data, steps=self.finetune_steps, lr=self.finetune_lr, seed=self.seed)
+                except TrainingError as error:
+                    raise TrainingError(f"search.finetune_lr {self.finetune_lr:g}: {error}") from error
         return pruned
 
 
@@ -239,8 +242,8 @@ def score(problem: Problem, genome: Genome) -> dict[str, Any]:
 
 def _score(problem: Problem, genome: Genome) -> dict[str, Any]:
     ratios, pruned, cost, note = meet_budget(problem, genome)
-    if pruned is None:
-        return {"ratios": {}, "cost": cost, "accuracy": None, "feasible": False, "note": note}
+    if pruned is None:  # a rejected candidate lists the rewrites it asked for
+        return {"ratios": {}, "rewrites": problem.rewrites(genome), "cost": cost, "accuracy": None, "feasible": False, "note": note}
     _, accuracy = evaluate(problem.settle(pruned.graph), problem.eval_data)
     return {
         "ratios": dict(zip(problem.names, ratios)),  # exact: apply must rebuild the same graph

@@ -45,8 +45,9 @@ class Candidate:
     """One evaluated genome: its ratios, the rewrites applied, real cost (fraction of the original) and proxy accuracy.
 
     ``rewrites`` are the layers a rewrite pass changed (a chosen rewrite that pruning made
-    unprofitable is skipped by its pass, and not listed); ``renamed`` maps each to the layer
-    now giving its output, as the rewrite passes' plans do.
+    unprofitable is skipped by its pass, and not listed; a rejected candidate lists the ones
+    its genome asked for); ``renamed`` maps each to the layer now giving its output, as the
+    rewrite passes' plans do.
     """
 
     generation: int
