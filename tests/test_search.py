@@ -337,6 +337,28 @@ def test_the_evolution_draws_only_each_layers_own_choices() -> None:
     assert again.first() == first and again.children(parents, 30) == children
 
 
+class _Noisy(torch.utils.data.Dataset):
+    """Images with fresh random noise on every read: calibration data that draws from the global generator."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.images[index] + 0.5 * torch.randn_like(self.images[index])
+
+
+def test_data_driven_importance_ranks_the_same_when_scoring_and_applying(trained, data) -> None:
+    calib = DataLoader(_Noisy(data.train.tensors[0][:256]), batch_size=64, shuffle=True)
+    step = {"pass": "search", **SMALL, "target_macs": 0.5, "importance": "activation"}
+    result = fxcomp.compress(trained, data.example_inputs(), {"passes": [step]},
+                             train_data=data.train, val_data=data.val, calib_data=calib)
+    held_out = TensorDataset(*(t[: SMALL["eval_samples"]] for t in data.val.tensors))
+    assert evaluate(result.model, held_out)[1] == result.plan[0]["plan"]["chosen"]["accuracy"]
+
+
 def _flops_as_latency(run, threads, repeats=0) -> float:
     """A stand-in for the latency table's timer: runs the layer once and reports 1 s per 10⁹ FLOPs.
 

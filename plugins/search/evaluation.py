@@ -125,23 +125,27 @@ def prune_with(problem: Problem, ratios: Sequence[float], rewrites: Mapping[str,
     """A copy of the problem's graph pruned with one ratio per group, then with ``rewrites`` (layer → technique) applied.
 
     A rewrite pass skips a layer pruning left with nothing to gain; the result lists only
-    the rewrites made.
+    the rewrites made. Everything runs from the same random state (the seed), so a
+    data-driven importance whose calibration data draws random numbers (shuffling,
+    augmentation) ranks channels the same way for every candidate and for ``apply``.
     """
     chosen = {name: ratio for name, ratio in zip(problem.names, ratios) if ratio > 0}
     pruning = problem.prune(**problem.prune_options, ratio=0.0, group_ratios=chosen)  # groups not listed keep every channel
     pruned = Pruned(copy.deepcopy(problem.gm))
-    plan = pruning.plan(pruned.graph, problem.context)
-    pruned.graph = pruning.apply(pruned.graph, plan, problem.context).graph_module
-    propagate(pruned.graph, problem.context.example_inputs)
-    for technique in problem.rewrite_passes:
-        layers = [layer for layer, choice in rewrites.items() if choice == technique]
-        if layers:
-            rewrite = problem.rewrite(technique, layers)
-            plan = rewrite.plan(pruned.graph, problem.context)
-            pruned.graph = rewrite.apply(pruned.graph, plan, problem.context).graph_module
-            propagate(pruned.graph, problem.context.example_inputs)
-            pruned.rewrites.update((entry["layer"], technique) for entry in plan["layers"])
-            pruned.renamed.update(plan["renamed"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(problem.seed)
+        plan = pruning.plan(pruned.graph, problem.context)
+        pruned.graph = pruning.apply(pruned.graph, plan, problem.context).graph_module
+        propagate(pruned.graph, problem.context.example_inputs)
+        for technique in problem.rewrite_passes:
+            layers = [layer for layer, choice in rewrites.items() if choice == technique]
+            if layers:
+                rewrite = problem.rewrite(technique, layers)
+                plan = rewrite.plan(pruned.graph, problem.context)
+                pruned.graph = rewrite.apply(pruned.graph, plan, problem.context).graph_module
+                propagate(pruned.graph, problem.context.example_inputs)
+                pruned.rewrites.update((entry["layer"], technique) for entry in plan["layers"])
+                pruned.renamed.update(plan["renamed"])
     return pruned
 
 
