@@ -286,7 +286,12 @@ def test_a_rewrite_pruning_made_pointless_is_skipped_and_not_recorded() -> None:
     gm = fxcomp.trace(_Narrowing().eval(), x)
     examples = TensorDataset(torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,)))
     context = PassContext((x,), None, fxcomp.load_plugins(), examples, examples)
-    problem = Search(target_macs=0.5, techniques=["prune", "lowrank"])._problem(gm, context)
+    def searched(**budget):  # the problem a search plans on: groups, and the layers a rewrite would change
+        problem = Search(techniques=["prune", "lowrank"], **budget)._problem(gm, context)
+        Search._rewritable(problem, gm, context)
+        return problem
+
+    problem = searched(target_macs=0.5)
     assert "conv2" in problem.layers and problem.names == ["conv1", "conv2"]
     whole = prune_with(problem, [0.0, 0.0], {"conv2": "lowrank"})
     assert whole.rewrites == {"conv2": "lowrank"} and whole.renamed == {"conv2": "conv2.1"}
@@ -295,7 +300,7 @@ def test_a_rewrite_pruning_made_pointless_is_skipped_and_not_recorded() -> None:
     assert halved.rewrites == {} and halved.renamed == {}
     assert type(halved.graph.get_submodule("conv2")) is nn.Conv2d
     # Factoring conv2 alone leaves 0.85 of the MACs: under a 0.95 budget the candidate is rejected, naming what it asked for.
-    near = Search(target_macs=0.95, techniques=["prune", "lowrank"])._problem(gm, context)
+    near = searched(target_macs=0.95)
     genome = Genome((1.0, 1.0), tuple("lowrank" if layer == "conv2" else "prune" for layer in near.layers))
     record = score(near, genome)
     assert not record["feasible"] and record["rewrites"] == {"conv2": "lowrank"}

@@ -296,21 +296,26 @@ def _blame(plugins: Plugins, backend: str, name: str) -> str:
     return f"report it to plugin '{plugin}' or block it with {DISABLE_ENV}={plugin}"
 
 
-def _answer(lowering: Lowering, where: str, blame: str, gm: fx.GraphModule, node: fx.Node) -> Matched | Declined | None:
-    """The lowering's ``match`` at ``node``, held to its contract."""
+def _answer(lowering: Lowering, name: str, backend: str, plugins: Plugins, gm: fx.GraphModule, node: fx.Node) -> Matched | Declined | None:
+    """The lowering's ``match`` at ``node``, held to its contract (the messages are built only when it breaks it)."""
     try:
         answer = lowering.match(gm, node)
     except FxcompError:  # the plugin's own message
         raise
     except Exception as error:  # noqa: BLE001 - a failing plugin is reported with its lowering
-        raise LoweringError(f"{where} failed matching at '{qualname(node)}' ({type(error).__name__}: {first_line(error)}); {blame}") from error
-    if answer is not None and not isinstance(answer, (Matched, Declined)):
-        raise LoweringError(f"{where}'s match returned {type(answer).__name__}, not a Matched, a Declined or None; {blame}")
-    if answer is not None and not isinstance(answer.nodes, (list, tuple)):
-        raise LoweringError(f"{where}'s match returned {type(answer).__name__} whose nodes are a {type(answer.nodes).__name__}, not a list; {blame}")
-    if isinstance(answer, Declined) and not isinstance(answer.reason, str):
-        raise LoweringError(f"{where}'s match declined with a {type(answer.reason).__name__} as the reason, not a string; {blame}")
-    return answer
+        problem = f"failed matching at '{qualname(node)}' ({type(error).__name__}: {first_line(error)})"
+        raise LoweringError(f"lowering '{name}' of backend '{backend}' {problem}; {_blame(plugins, backend, name)}") from error
+    if answer is None:
+        return None
+    if not isinstance(answer, (Matched, Declined)):
+        problem = f"returned {type(answer).__name__}, not a Matched, a Declined or None"
+    elif not isinstance(answer.nodes, (list, tuple)):
+        problem = f"returned {type(answer).__name__} whose nodes are a {type(answer.nodes).__name__}, not a list"
+    elif isinstance(answer, Declined) and not isinstance(answer.reason, str):
+        problem = f"declined with a {type(answer.reason).__name__} as the reason, not a string"
+    else:
+        return answer
+    raise LoweringError(f"lowering '{name}' of backend '{backend}''s match {problem}; {_blame(plugins, backend, name)}")
 
 
 def _plans(
@@ -326,8 +331,7 @@ def _plans(
         best: _Plan | None = None
         reasons: list[dict[str, Any]] = []
         for name in sorted(lowerings):
-            where = f"lowering '{name}' of backend '{backend}'"
-            answer = _answer(lowerings[name], where, _blame(plugins, backend, name), gm, node)
+            answer = _answer(lowerings[name], name, backend, plugins, gm, node)
             if answer is None:
                 continue
             reason = answer.reason if isinstance(answer, Declined) else _why_not(answer.nodes, node, claimed)

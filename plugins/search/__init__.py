@@ -149,22 +149,21 @@ class Search(Pass):
             metric=self.metric,
             finetune_steps=self.options["finetune_steps"],
             finetune_lr=self.options["finetune_lr"],
+            rewrite_passes={technique: context.plugins.registry.passes[technique].value
+                            for technique in REWRITES if technique in self.options["techniques"]},
+            rewrite_options={"lowrank": {"ratio": self.options["lowrank_ratio"]}, "separable": {}},
         )
-        self._rewritable(problem, gm, context)
         if self.metric == "latency":
             self._latency_budget(problem, gm, latency)
         return problem
 
-    def _rewritable(self, problem: Problem, gm: fx.GraphModule, context: PassContext) -> None:
-        """The layers each rewrite technique would change in ``gm`` (its own plan says), and their choices."""
-        problem.rewrite_options = {"lowrank": {"ratio": self.options["lowrank_ratio"]}, "separable": {}}
-        problem.rewrite_passes = {
-            technique: context.plugins.registry.passes[technique].value for technique in REWRITES if technique in self.options["techniques"]
-        }
+    @staticmethod
+    def _rewritable(problem: Problem, gm: fx.GraphModule, context: PassContext, among: list[str] | None = None) -> None:
+        """The layers (of ``among``, or all) each rewrite technique would change in ``gm`` (its own plan says), and their choices."""
         takers: dict[str, list[str]] = {}
-        for technique in problem.rewrite_passes:
-            every_layer = problem.rewrite_passes[technique](**problem.rewrite_options[technique])
-            for entry in every_layer.plan(gm, context)["layers"]:
+        for technique, rewrite in problem.rewrite_passes.items():
+            planner = rewrite(**problem.rewrite_options[technique]) if among is None else problem.rewrite(technique, among)
+            for entry in planner.plan(gm, context)["layers"]:
                 takers.setdefault(entry["layer"], []).append(technique)
         order = {qualname(node): index for index, node in enumerate(gm.graph.nodes)}
         problem.layers = sorted(takers, key=order.__getitem__)
@@ -193,6 +192,7 @@ class Search(Pass):
     def plan(self, gm: fx.GraphModule, context: PassContext) -> dict[str, Any]:
         start = time.perf_counter()
         problem = self._problem(gm, context)
+        self._rewritable(problem, gm, context)
         evolution = Evolution(
             len(problem.names), choices=problem.choices, population=self.options["population"], mutation=self.options["mutation"],
             crossover=self.options["crossover"], seed=self.options["seed"],
@@ -252,6 +252,7 @@ class Search(Pass):
         problem = self._problem(gm, context, plan["latency"])
         ratios = [plan["chosen"]["ratios"][name] for name in problem.names]
         rewrites = plan["chosen"].get("rewrites", {})
+        self._rewritable(problem, gm, context, among=sorted(rewrites))  # only the layers the plan rewrites
         allowed = dict(zip(problem.layers, problem.choices))
         for layer, technique in sorted(rewrites.items()):
             if technique not in allowed.get(layer, ()):
