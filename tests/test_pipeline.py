@@ -329,6 +329,19 @@ def test_a_choices_option_takes_one_or_a_list_of_its_values() -> None:
         Option(choices)
 
 
+def test_an_integer_option_takes_numpy_integers_and_gives_a_python_int() -> None:
+    import numpy as np
+
+    from fxcomp.passes import integer
+
+    check = integer(1, 8)
+    value = check(np.int64(4), "p.bits")
+    assert value == 4 and type(value) is int
+    for wrong in (True, 4.0, "4", np.float32(4.0), 0, 9):
+        with pytest.raises(fxcomp.RecipeError, match=r"^p\.bits: expected an integer in \[1, 8\], got"):
+            check(wrong, "p.bits")
+
+
 def test_a_graph_module_can_be_compressed_again(small_cnn, image, plugins) -> None:
     first = fxcomp.compress(small_cnn, image, "passes: [{pass: fold_bn, include: bn1}]", plugins=plugins)
     second = fxcomp.compress(first.model, image, "passes: [{pass: fold_bn}]", plugins=plugins)

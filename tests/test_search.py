@@ -307,6 +307,33 @@ def test_a_rewrite_pruning_made_pointless_is_skipped_and_not_recorded() -> None:
     assert record["note"] == "its real cost stays at 0.850 of the original, off the budget 0.950"
 
 
+def test_genomes_building_the_same_model_are_scored_once(monkeypatch) -> None:
+    from fxcomp.passes import PassContext
+    from fxcomp_plugins.search import Search
+    from fxcomp_plugins.search import evaluation
+    from fxcomp_plugins.search.evolution import Genome
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 8, 8)
+    gm = fxcomp.trace(_Narrowing().eval(), x)
+    examples = TensorDataset(torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,)))
+    context = PassContext((x,), None, fxcomp.load_plugins(), examples, examples)
+    problem = Search(techniques=["prune", "lowrank"], target_macs=0.52)._problem(gm, context)
+    Search._rewritable(problem, gm, context)
+    calls = []
+    monkeypatch.setattr(evaluation, "evaluate", lambda model, data: calls.append(model) or evaluate(model, data))
+    # Pruning conv1 alone to the budget leaves 16 of its channels, and factoring conv2 then gains nothing:
+    # the two genomes reach the budget through different ratios but build the same model.
+    pruned_only, pointless = (Genome((1.0, 0.0), tuple(c if layer == "conv2" else "prune" for layer in problem.layers))
+                              for c in ("prune", "lowrank"))
+    first, second = evaluation.score(problem, pruned_only), evaluation.score(problem, pointless)
+    assert first["feasible"] and second["feasible"] and first["ratios"] != second["ratios"]
+    assert first["rewrites"] == second["rewrites"] == {} and first["accuracy"] == second["accuracy"]
+    assert len(calls) == 1
+    factored = evaluation.score(problem, Genome((1.0, 0.5), pointless.choices))  # another model is scored anew
+    assert factored["feasible"] and factored["rewrites"] == {"conv2": "lowrank"} and len(calls) == 2
+
+
 def test_the_same_seed_gives_the_same_rewrites(trained, data) -> None:
     first, again = (_search(trained, data, **{**REWRITING, "population": 4, "generations": 1}, seed=5).plan[0]["plan"] for _ in range(2))
     assert first["candidates"] == again["candidates"]

@@ -148,7 +148,41 @@ def test_tracing_leaves_the_model_untouched() -> None:
     for key, value in model.state_dict().items():
         assert torch.equal(value, state[key]), key  # BatchNorm statistics did not move
     assert {name: m.training for name, m in model.named_modules()} == flags
+    assert all(type(m.training) is bool for m in model.modules())
     assert gm.training is True
+
+
+class _FunctionalDropout(nn.Module):
+    """The classic MNIST net's dropout: a function given the module's flag, and one always on (MC dropout)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(8, 64), nn.Linear(64, 4)
+        self.head = nn.Sequential(nn.ReLU(), nn.Linear(4, 4))
+
+    def forward(self, x):
+        x = torch.nn.functional.dropout(torch.relu(self.fc1(x)), 0.5, training=self.training)
+        return self.head(self.fc2(x)), torch.nn.functional.dropout(x, 0.5, training=True)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_a_training_flag_given_to_a_function_follows_the_graphs_mode(mode, tmp_path) -> None:
+    torch.manual_seed(0)
+    model, x = getattr(_FunctionalDropout(), mode)(), torch.randn(16, 8)
+    gm = fxcomp.trace(model, x)
+    model.eval(), gm.eval()
+    assert torch.equal(gm(x)[0], model(x)[0])  # traced in either mode, the eval graph has no dropout
+    assert not torch.equal(gm(x)[1], gm(x)[1])  # a literal training=True stays on
+    gm.train()
+    torch.manual_seed(1)
+    dropped = gm(x)[0]
+    torch.manual_seed(1)
+    assert torch.equal(dropped, model.train()(x)[0]) and not torch.equal(dropped, gm.eval()(x)[0])
+    pruned = fxcomp.compress(model.eval(), x, "passes: [{pass: prune, ratio: 0.5}]").model
+    fxcomp.save(pruned, tmp_path / "m.fxc")
+    for graph in (pruned, fxcomp.load(tmp_path / "m.fxc")):
+        assert torch.equal(graph.eval()(x)[0], graph(x)[0])
+        assert not torch.equal(graph.train()(x)[0], graph(x)[0])
 
 
 def test_meta_device_model_needs_no_memory() -> None:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fxcomp.arguments import is_real
+from fxcomp.arguments import is_real, is_whole
 from fxcomp.errors import PluginError, RecipeError
 
 Check = Callable[[Any, str], Any]
@@ -70,7 +70,7 @@ def number(
 
 
 def integer(low: int | None = None, high: int | None = None) -> Check:
-    """A whole number, optionally within closed bounds."""
+    """A whole number (Python's or NumPy's), optionally within closed bounds, normalized to ``int``."""
     if low is not None and high is not None:
         expected = f"an integer in [{low}, {high}]"
     elif low is not None:
@@ -79,11 +79,11 @@ def integer(low: int | None = None, high: int | None = None) -> Check:
         expected = "an integer"
 
     def check(value: Any, path: str) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
+        if not is_whole(value):
             raise _fail(path, expected, value)
         if (low is not None and value < low) or (high is not None and value > high):
             raise _fail(path, expected, value)
-        return value
+        return int(value)
 
     return check
 

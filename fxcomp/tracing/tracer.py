@@ -28,8 +28,25 @@ def as_input_tuple(example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> tup
     return tuple(inputs)
 
 
+class _TrainingFlag(int):
+    """A module's ``training`` flag while it is traced: true or false as the flag is, and recorded in
+    the graph as a read of the flag, so ``F.dropout(x, training=self.training)`` follows
+    ``train()``/``eval()`` of the traced graph instead of the mode the model was traced in."""
+
+    path: str
+
+    def __new__(cls, value: bool, path: str) -> _TrainingFlag:
+        flag = super().__new__(cls, value)
+        flag.path = path
+        return flag
+
+    def __repr__(self) -> str:
+        return repr(bool(self))
+
+
 class _Tracer(fx.Tracer):
-    """An fx tracer that also stops at user-chosen leaf modules (by type or qualified name)."""
+    """An fx tracer that also stops at user-chosen leaf modules (by type or qualified name) and keeps
+    modules' ``training`` flags passed to functions as reads of the flag (branches on it are still fixed)."""
 
     def __init__(self, leaf_modules: Sequence[LeafSpec]) -> None:
         super().__init__()
@@ -40,6 +57,21 @@ class _Tracer(fx.Tracer):
         if module_qualified_name in self._leaf_names or isinstance(m, self._leaf_types):
             return True
         return super().is_leaf_module(m, module_qualified_name)
+
+    def create_arg(self, a: Any) -> Any:
+        if isinstance(a, _TrainingFlag):
+            return self.create_node("get_attr", f"{a.path}.training" if a.path else "training", (), {})
+        return super().create_arg(a)
+
+    def trace(self, root: nn.Module, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
+        modes = [(module, module.training) for module in root.modules()]
+        for name, module in root.named_modules():
+            module.training = _TrainingFlag(module.training, name)
+        try:
+            return super().trace(root, concrete_args)
+        finally:
+            for module, training in modes:
+                module.training = training
 
 
 def _innermost_module_frame(

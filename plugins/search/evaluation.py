@@ -10,6 +10,7 @@ results are gathered, so every rank makes the same decisions).
 from __future__ import annotations
 
 import copy
+import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -60,6 +61,9 @@ class Problem:
     choices: list[list[str]] = field(default_factory=list)
     rewrite_passes: dict[str, type[Pass]] = field(default_factory=dict)
     rewrite_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    accuracies: dict[str, float] = field(default_factory=dict)
+    """Proxy accuracy by :func:`fingerprint`: genomes that build the same model (ratios that keep the
+    same channels, rewrites pruning made pointless) are scored once per process."""
 
     def rewrites(self, genome: Genome) -> dict[str, str]:
         """The layers ``genome`` rewrites, by qualified name, and how."""
@@ -147,6 +151,15 @@ def prune_with(problem: Problem, ratios: Sequence[float], rewrites: Mapping[str,
                 pruned.rewrites.update((entry["layer"], technique) for entry in plan["layers"])
                 pruned.renamed.update(plan["renamed"])
     return pruned
+
+
+def fingerprint(gm: fx.GraphModule) -> str:
+    """A digest of everything that decides what ``gm`` computes: its modules, code and state."""
+    digest = hashlib.sha256(str(gm).encode())
+    for name, tensor in gm.state_dict().items():
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(tensor.detach().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def meet_budget(problem: Problem, genome: Genome) -> tuple[list[float] | None, Pruned | None, float | None, str]:
@@ -248,7 +261,10 @@ def _score(problem: Problem, genome: Genome) -> dict[str, Any]:
     ratios, pruned, cost, note = meet_budget(problem, genome)
     if pruned is None:  # a rejected candidate lists the rewrites it asked for
         return {"ratios": {}, "rewrites": problem.rewrites(genome), "cost": cost, "accuracy": None, "feasible": False, "note": note}
-    _, accuracy = evaluate(problem.settle(pruned.graph), problem.eval_data)
+    built = fingerprint(pruned.graph)
+    if built not in problem.accuracies:
+        problem.accuracies[built] = evaluate(problem.settle(pruned.graph), problem.eval_data)[1]
+    accuracy = problem.accuracies[built]
     return {
         "ratios": dict(zip(problem.names, ratios)),  # exact: apply must rebuild the same graph
         "rewrites": pruned.rewrites,
