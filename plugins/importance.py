@@ -193,6 +193,16 @@ def _input_axis(module: nn.Module) -> int | None:
     return None
 
 
+def _channel_axis(module: nn.Module, value: torch.Tensor) -> int:
+    """Where ``module``'s input or output ``value`` holds its channels: last for linear layers, first for
+    an unbatched convolution's, else axis 1 (0 without a batch axis)."""
+    if isinstance(module, nn.Linear):
+        return value.dim() - 1
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return 1 if value.dim() == module.weight.dim() else 0
+    return 1 if value.dim() > 1 else 0
+
+
 def activation_importance(
     groups: Sequence[ChannelGroup], gm: fx.GraphModule, context: PassContext
 ) -> list[torch.Tensor]:
@@ -216,7 +226,7 @@ def activation_importance(
     sums = {id(group): torch.zeros(group.channels, dtype=torch.float64) for group in groups}
 
     def record(key: str, value: torch.Tensor, module: nn.Module) -> None:
-        channel_axis = value.dim() - 1 if isinstance(module, nn.Linear) else (1 if value.dim() > 1 else 0)
+        channel_axis = _channel_axis(module, value)
         per_entry = _per_entry(value.detach().abs().double(), channel_axis) / (value.numel() / value.shape[channel_axis])
         for group, member in readers[key]:
             _scatter(sums[id(group)], member, per_entry)

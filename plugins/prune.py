@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
-from fxcomp import ChannelGroup, Mask, PluginError, RecipeError, analyze, hookimpl, node_info, propagate, qualname
+from fxcomp import ChannelGroup, PluginError, RecipeError, UsageError, analyze, hookimpl, node_info, propagate, qualname
 from fxcomp.analysis import set_size_arguments, size_arguments
 from fxcomp.passes import (
     Option, Pass, PassContext, PassResult, choice, globs, integer, number, optional, parameter_values, string,
@@ -69,6 +69,13 @@ def _channels_to_remove(scores: torch.Tensor, ratio: float, round_to: int, segme
     return sorted(removed)
 
 
+def _needs_values(criterion: str) -> UsageError:
+    return UsageError(
+        f"prune.importance: '{criterion}' needs the weights' values, which a model on the meta device does not have; "
+        "load real weights or use importance: random"
+    )
+
+
 def _select(value: torch.Tensor, axes: dict[str, list[int]]) -> torch.Tensor:
     for axis, indices in axes.items():
         value = value.index_select(int(axis), torch.tensor(indices, dtype=torch.long))
@@ -77,14 +84,8 @@ def _select(value: torch.Tensor, axes: dict[str, list[int]]) -> torch.Tensor:
 
 def _shrink(module: nn.Module, name: str, axes: dict[str, list[int]]) -> None:
     """Keep only the given entries of a parameter or buffer (of a masked weight: of its tensor and mask)."""
-    if parametrize.is_parametrized(module, name):
+    if parametrize.is_parametrized(module, name):  # by masks only: the analyzer pins other parametrizations
         chain = module.parametrizations[name]
-        others = sorted({type(step).__name__ for step in chain if not isinstance(step, Mask)})
-        if others:
-            raise RecipeError(
-                f"prune: '{name}' of a {type(module).__name__} is parametrized by {', '.join(others)}; "
-                "run prune before the pass that added it"
-            )
         stored = chain.original
         chain._parameters["original"] = nn.Parameter(_select(stored.detach(), axes), requires_grad=stored.requires_grad)
         for step in chain:
@@ -250,7 +251,14 @@ class Prune(Pass):
         prunable = [group for group in groups if group.prunable]
         name = self.options["importance"]
         before = _tensor_versions(gm)
-        scores = list(criterion(prunable, gm, context)) if prunable else []
+        try:
+            scores = list(criterion(prunable, gm, context)) if prunable else []
+        except (RuntimeError, NotImplementedError) as error:
+            if any(tensor.is_meta for tensor in (*gm.parameters(), *gm.buffers())):
+                raise _needs_values(name) from error
+            raise
+        if any(isinstance(s, torch.Tensor) and s.is_meta for s in scores):
+            raise _needs_values(name)
         after = _tensor_versions(gm)
         changed = sorted(key for key in before.keys() | after.keys() if before.get(key) != after.get(key))
         if changed:

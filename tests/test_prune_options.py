@@ -172,6 +172,31 @@ def test_activation_importance_removes_dead_channels() -> None:
     assert _removed(result) == {"a": [1, 3]}
 
 
+def test_activation_importance_reads_the_channels_of_an_unbatched_convolution() -> None:
+    """An unbatched conv input (C×H×W, here H = C) holds its channels on axis 0, not 1."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Conv2d(4, 2, 1)).eval()
+    with torch.no_grad():
+        model[0].bias.copy_(torch.tensor([5.0, -100.0, 5.0, -100.0]))  # channels 1 and 3 never fire after relu
+    generator = torch.Generator().manual_seed(0)
+    batches = [torch.randn(3, 4, 5, generator=generator) for _ in range(3)]
+    result = fxcomp.compress(
+        model, batches[0], {"passes": [{"pass": "prune", "ratio": 0.5, "importance": "activation"}]}, calib_data=batches
+    )
+    assert _removed(result) == {"0": [1, 3]}
+
+
+def test_a_model_on_the_meta_device_prunes_by_random_importance_only() -> None:
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    x = torch.empty(1, 3, 8, 8, device="meta")
+    with pytest.raises(fxcomp.UsageError, match=r"^prune\.importance: 'l1' needs the weights' values, .*use importance: random$"):
+        fxcomp.compress(model, x, "passes: [{pass: prune, ratio: 0.5}]")
+    result = fxcomp.compress(model, x, "passes: [{pass: prune, ratio: 0.5, importance: random}]")
+    conv = result.model.get_submodule("0")
+    assert conv.out_channels == 4 and conv.weight.is_meta
+
+
 def test_taylor_importance_matches_hand_computed_first_order_terms() -> None:
     torch.manual_seed(0)
     model = _Classifier().eval()

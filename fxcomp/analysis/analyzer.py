@@ -36,22 +36,29 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.utils import parametrize
 from torch.utils import _pytree as pytree
 
 from fxcomp.analysis.groups import ChannelGroup, LabelSets, Member
 from fxcomp.analysis.labels import NO_LABEL, along, compact, expand, fresh, labelled_axes, unlabelled
 from fxcomp.errors import TraceError
 from fxcomp.passes.base import matches
+from fxcomp.passes.masks import Mask
 from fxcomp.plugin.host import Plugins, load_plugins
 from fxcomp.tracing import TensorSpec, modules_by_path, node_info, qualname, require_graph
 
 
 @dataclass(frozen=True)
 class _Param:
-    """A parameter or buffer read by a ``get_attr`` node."""
+    """A parameter or buffer read by a ``get_attr`` node (``expansions``: the expand nodes that broadcast it since)."""
 
     name: str
     tensor: torch.Tensor
+    expansions: tuple[fx.Node, ...] = ()
+
+    def shape(self) -> tuple[int, ...]:
+        """Its shape for broadcasting: axes an expand broadcast it along count as size 1 (one entry serves them all)."""
+        return tuple(1 if stride == 0 else size for size, stride in zip(self.tensor.shape, self.tensor.stride()))
 
 
 @dataclass(frozen=True)
@@ -246,6 +253,9 @@ class _Walk:
                 self.pin(line, reason)
             out = self.new_labels(qualname(node), module.out_channels, channel_axis, ndim)
             self.segments.append((out.reshape(-1), groups))
+            if groups == module.in_channels and not bool((line >= 0).all()):
+                # Pruned, its outputs would read as those of a depthwise layer whose inputs were pruned.
+                self.pin(out, f"'{qualname(node)}' is a depthwise convolution on channels it cannot prune")
             if transposed:  # its weight holds out_channels / groups columns, each serving every group
                 self.pin(out, f"'{qualname(node)}' is a grouped transposed convolution, whose outputs it cannot prune")
                 return out
@@ -331,6 +341,8 @@ class _Walk:
         if line is None:
             self.pin(x, f"'{qualname(node)}' normalizes channels spread over several axes")
             return x
+        if isinstance(module, nn.LayerNorm) and module.weight is None:  # no parameter to shrink: its size is rewritten
+            self.member(qualname(node), 0, line, kind="shape")
         for param in ("weight", "bias", "running_mean", "running_var"):
             if getattr(module, param, None) is not None:
                 self.member(f"{name}.{param}", 0, line)
@@ -350,9 +362,11 @@ class _Walk:
         operands = []
         for arg, value in zip(args, self.value(tuple(args))):
             if isinstance(value, _Param):
-                operands.append((value, tuple(value.tensor.shape)))
+                operands.append((value, value.shape()))
             elif isinstance(value, torch.Tensor):
                 operands.append((value, tuple(self.spec(arg).shape)))
+            elif isinstance(value, _Sizes):  # y / y.size(1) ** 0.5: the value changes as its channels are pruned
+                self.pin(value, f"'{qualname(node)}' computes with the number of channels, which pruning would change")
         return self.merge(node, operands, out_spec.shape)
 
     def merge(self, node: fx.Node, operands: Sequence[tuple[Any, tuple[int, ...]]], shape: Sequence[int]) -> torch.Tensor:
@@ -362,20 +376,27 @@ class _Walk:
         labelled axis become a member; a tensor that carries no labels pins what it meets.
         """
         labelled = [(v, s) for v, s in operands if isinstance(v, torch.Tensor) and bool((v >= 0).any())]
-        if not labelled:
-            return unlabelled(len(shape))
-        broadcast = [torch.broadcast_to(v, _pad(v.shape, len(shape))) for v, _ in labelled]
-        result = broadcast[0]
-        for other in broadcast[1:]:
-            left, right = torch.broadcast_tensors(result, other)
-            self.labels.union(left.reshape(-1), right.reshape(-1))
-            result = torch.where(left >= 0, left, right)
-        result = compact(result.contiguous())
+        result = unlabelled(len(shape))
+        if labelled:
+            broadcast = [torch.broadcast_to(v, _pad(v.shape, len(shape))) for v, _ in labelled]
+            result = broadcast[0]
+            for other in broadcast[1:]:
+                left, right = torch.broadcast_tensors(result, other)
+                self.labels.union(left.reshape(-1), right.reshape(-1))
+                alone = (left >= 0) != (right >= 0)  # a channel meeting entries of no channel (a concatenated input)
+                if bool(alone.any()):
+                    self.pin([left[alone], right[alone]], f"'{qualname(node)}' combines channels with entries that cannot be pruned")
+                result = torch.where(left >= 0, left, right)
+            result = compact(result.contiguous())
         full = expand(result, shape)
         for value, operand_shape in operands:
             offset = len(shape) - len(operand_shape)
             for axis, size in enumerate(operand_shape):
-                if size == 1 or result.shape[axis + offset] == 1:
+                if size == 1:
+                    continue
+                if result.shape[axis + offset] == 1:
+                    if isinstance(value, _Param):  # entries serving no channel here: another use must not prune them
+                        self.member(value.name, axis, torch.full((size,), NO_LABEL))
                     continue
                 line = along(result, axis + offset, shape[axis + offset])
                 if isinstance(value, _Param):
@@ -383,9 +404,17 @@ class _Walk:
                         self.pin(full, f"'{qualname(node)}' reads parameter '{value.name}' across labelled axes")
                     else:
                         self.member(value.name, axis, line)
+                        self.expanded_sizes(value, axis, line)
                 elif bool((value == NO_LABEL).all()):
                     self.pin(full, f"'{qualname(node)}' combines the channels with a tensor that cannot be pruned")
         return result
+
+    def expanded_sizes(self, param: _Param, axis: int, line: torch.Tensor) -> None:
+        """A parameter's entries along ``axis`` follow ``line``'s channels: so must sizes its expands wrote there."""
+        for expansion in param.expansions:
+            sizes = size_arguments(expansion)
+            if sizes is not None and len(sizes) == param.tensor.dim() and isinstance(sizes[axis], int) and sizes[axis] > 1:
+                self.member(qualname(expansion), axis, line, kind="shape")
 
     def concat(self, node: fx.Node, args: Sequence[Any], kwargs: dict) -> Any:
         """torch.cat without expanding labels to full size.
@@ -420,7 +449,7 @@ class _Walk:
             squeezed[dim] = 1
             operands = []
             for value, size in zip(values, real):
-                size = list(size)
+                size = list(value.shape() if isinstance(value, _Param) else size)
                 size[dim] = 1
                 operands.append((value, tuple(size)))
             return self.merge(node, operands, squeezed)
@@ -446,7 +475,7 @@ class _Walk:
             return self.unknown(node, args, kwargs, "indexing with a tensor")
         result = _run_on_labels(function, pytree.tree_map(real, tuple(args)), pytree.tree_map(real, dict(kwargs)))
         if node.target in _SELECTIONS and isinstance(self.env.get(args[0]), torch.Tensor):
-            self.pin_selected(node, args[0], result)
+            self.pin_selected(node, function, args, kwargs, result)
         if node.target == "unflatten" and isinstance(self.env.get(args[0]), torch.Tensor):
             labels, dim = self.env[args[0]], args[1] if len(args) > 1 else kwargs.get("dim")
             if isinstance(dim, int) and labels.dim() and dim % labels.dim() in labelled_axes(labels):
@@ -463,16 +492,18 @@ class _Walk:
             self.literal_sizes(node, result)
         return result
 
-    def pin_selected(self, node: fx.Node, source: fx.Node, selected: Any) -> None:
-        """Pin the channels of a slice or index that keeps some channels and drops others.
+    def pin_selected(self, node: fx.Node, function: Callable[..., Any], args: Sequence[Any], kwargs: dict, selected: Any) -> None:
+        """Pin the channels of a slice or index that keeps some channels and drops or reorders others.
 
         Its positions are written in the graph, so after pruning they would pick other channels.
         Selecting along axes without channels (a token, every other pixel) keeps every channel
-        equally often and is fine.
+        equally often and in order, and is fine.
         """
+        source = args[0]
         labels = self.env[source]
         if not isinstance(selected, torch.Tensor) or not bool((labels >= 0).any()):
             return
+        reason = f"'{qualname(node)}' selects channels by positions written in the graph, which pruning would shift"
         size = len(self.labels)
         before = torch.bincount(expand(labels, self.spec(source).shape).reshape(-1) + 1, minlength=size + 1)
         after = torch.bincount(selected.reshape(-1) + 1, minlength=size + 1)
@@ -480,8 +511,40 @@ class _Walk:
         before, after = before[present], after[present]
         # Every channel, and the entries of no channel (bucket 0), must keep the same share of its
         # entries: after / before equal for all.
-        if not torch.equal(after * before[0], before * after[0]):
-            self.pin(labels, f"'{qualname(node)}' selects channels by positions written in the graph, which pruning would shift")
+        if not torch.equal(after * before[0], before * after[0]) or not self.selection_follows_pruning(function, args, kwargs):
+            self.pin(labels, reason)
+
+    def selection_follows_pruning(self, function: Callable[..., Any], args: Sequence[Any], kwargs: dict) -> bool:
+        """Whether a selection from a tensor with channels along one axis, run after some channels are
+        removed, picks what it picked before less their entries (in the same order).
+
+        Tried on the entries' positions with the first, the last and every other channel removed;
+        a selection that fails on the smaller tensor (a literal index past its end) does not follow.
+        """
+        source = args[0]
+        labels, shape = self.env[source], self.spec(source).shape
+        axes = labelled_axes(labels)
+        if len(axes) != 1:
+            return True  # channels spread over several axes: the equal-share test alone
+        (axis,) = axes
+        line = self.roots(labels.reshape(-1))
+        channels = line[line >= 0].unique()
+        position = expand(fresh(0, shape[axis], axis, len(shape)), shape)
+        whole = self.run_on(function, args, kwargs, source, position)
+        varying = _varying_axes(whole) if isinstance(whole, torch.Tensor) else []
+        if len(varying) != 1:
+            return False
+        (out_axis,) = varying
+        for removed in (channels[:1], channels[-1:], channels[::2]):
+            kept = torch.isin(line, removed, invert=True).nonzero().reshape(-1)
+            expected = whole.index_select(out_axis, torch.isin(_line_at(whole, out_axis), kept).nonzero().reshape(-1))
+            try:
+                pruned = self.run_on(function, args, kwargs, source, position.index_select(axis, kept))
+            except (RuntimeError, IndexError, ValueError):
+                return False
+            if not isinstance(pruned, torch.Tensor) or not torch.equal(pruned, expected):
+                return False
+        return True
 
     def positions(self, function: Callable[..., Any], args: Sequence[Any], kwargs: dict) -> list[Any] | None:
         """Where a movement puts each entry of its one labelled input, when that input has one labelled axis.
@@ -495,21 +558,25 @@ class _Walk:
         (source,) = labelled
         labels = self.env[source]
         (axis,) = labelled_axes(labels)
-        index = fresh(0, labels.shape[axis], axis, labels.dim())
+        index = expand(fresh(0, labels.shape[axis], axis, labels.dim()), self.spec(source).shape)
+        moved = self.run_on(function, args, kwargs, source, index)
+        return [compact(t) if isinstance(t, torch.Tensor) else t for t in pytree.tree_leaves(moved)]
+
+    def run_on(self, function: Callable[..., Any], args: Sequence[Any], kwargs: dict, source: fx.Node, value: torch.Tensor) -> Any:
+        """Run a movement with ``value`` in place of ``source`` (other tensors as entries of no channel)."""
 
         def real(arg: Any) -> Any:
             if isinstance(arg, slice):
                 return slice(real(arg.start), real(arg.stop), real(arg.step))
             if arg is source:
-                return expand(index, self.spec(arg).shape)
+                return value
             if isinstance(arg, fx.Node) and isinstance(self.env[arg], _Sizes):
                 return self.env[arg].value
             if isinstance(arg, fx.Node) and isinstance(self.env[arg], (torch.Tensor, _Param)):
                 return torch.full(self.spec(arg).shape, NO_LABEL)
             return self.env[arg] if isinstance(arg, fx.Node) else arg
 
-        moved = _run_on_labels(function, pytree.tree_map(real, tuple(args)), pytree.tree_map(real, dict(kwargs)))
-        return [compact(t) if isinstance(t, torch.Tensor) else t for t in pytree.tree_leaves(moved)]
+        return _run_on_labels(function, pytree.tree_map(real, tuple(args)), pytree.tree_map(real, dict(kwargs)))
 
     def roots(self, labels: torch.Tensor) -> torch.Tensor:
         """The set each label belongs to now (-1 stays -1)."""
@@ -604,8 +671,11 @@ def size_arguments(node: fx.Node) -> list[Any] | None:
     """The sizes written into a node that pruning must update, or None for other nodes.
 
     For view, reshape and expand: the target size of every output axis (ints, -1 or
-    nodes); for layer_norm: its ``normalized_shape``.
+    nodes); for layer_norm, and a ``LayerNorm`` module without parameters: its ``normalized_shape``.
     """
+    if node.op == "call_module":
+        module = node.graph.owning_module.get_submodule(node.target)
+        return list(module.normalized_shape) if isinstance(module, nn.LayerNorm) and module.weight is None else None
     if node.target in ("view", "reshape", "expand") or node.target is torch.reshape:
         rest = node.args[1:]
         if not rest and "shape" in node.kwargs:
@@ -621,6 +691,9 @@ def size_arguments(node: fx.Node) -> list[Any] | None:
 
 def set_size_arguments(node: fx.Node, sizes: list[Any]) -> None:
     """Write ``sizes`` back where :func:`size_arguments` read them."""
+    if node.op == "call_module":
+        node.graph.owning_module.get_submodule(node.target).normalized_shape = tuple(sizes)
+        return
     kwargs = {k: v for k, v in node.kwargs.items() if k not in ("shape", "normalized_shape")}
     if node.op == "call_method":
         node.args = (node.args[0], *sizes)
@@ -672,24 +745,71 @@ def _first_tensor(walk: _Walk, args: Sequence[Any]) -> tuple[fx.Node, torch.Tens
     return None
 
 
-def _channels_only(walk: _Walk, node: fx.Node, args: Sequence[Any]) -> Any:
-    """Ops that change only spatial extent (pooling, interpolation): channel labels pass through."""
-    found = _first_tensor(walk, args)
+def _spatial_axes(op: Any) -> int | None:
+    """How many trailing axes a pooling op works on (``MaxPool1d``: 1), or None when it takes all after the channel axis."""
+    name = op.__name__  # a module class or a function
+    return int(name[-2]) if name[-2:] in ("1d", "2d", "3d") and not name.startswith("Upsampl") else None
+
+
+def _channels_only(walk: _Walk, node: fx.Node, args: Sequence[Any], op: Any = None) -> Any:
+    """Ops that change only spatial extent (pooling, interpolation): channel labels pass through.
+
+    They work on the last ``_spatial_axes(op)`` axes (a 1-d pool of a ``B×C`` tensor, read as an
+    unbatched ``C×L``, pools over the channels) or on every axis after the first two.
+    """
+    found, spec = _first_tensor(walk, args), walk.spec(node)
     if found is None:
-        return _unlabelled_like(walk.spec(node))
+        return _unlabelled_like(spec)
     _, labels = found
-    if any(axis >= 2 for axis in labelled_axes(labels)):
+    count = _spatial_axes(op) if op is not None else None
+    first = 2 if count is None else labels.dim() - count
+    if any(axis >= first for axis in labelled_axes(labels)):
         walk.pin(labels, f"'{qualname(node)}' pools over labelled axes")
-        return _unlabelled_like(walk.spec(node))
-    return labels
+        return _unlabelled_like(spec)
+    return tuple(labels for _ in spec) if isinstance(spec, tuple) else labels  # with return_indices: the indices too
 
 
 def _expanded_parameter(walk: _Walk, node: fx.Node) -> Any:
     """A parameter broadcast along its size-1 axes (a class token over the batch) is still that parameter."""
     param, spec = walk.env[node.args[0]], walk.spec(node)
     if isinstance(spec, TensorSpec) and len(spec.shape) == param.tensor.dim():
-        return _Param(param.name, param.tensor.expand(spec.shape))
+        return _Param(param.name, param.tensor.expand(spec.shape), (*param.expansions, node))
     return walk.movement(node, lambda self, *a, **k: getattr(self, node.target)(*a, **k), node.args, node.kwargs)
+
+
+_SAME_VALUES = {"data", "real"}
+"""Tensor attributes holding the tensor's own values (for a real tensor)."""
+_TRANSPOSES = {"T", "mT", "H", "mH"}
+
+
+def _attribute(walk: _Walk, node: fx.Node, source: Any, name: Any) -> Any:
+    """``x.shape`` (sizes), ``x.data`` / ``x.real`` (the same channels), ``x.T`` / ``x.mT`` (moved);
+    any other tensor-valued attribute of a labelled tensor pins it."""
+    if name == "shape":
+        return walk.sizes_of(node, source)
+    labels = walk.env.get(source) if isinstance(source, fx.Node) else None
+    if not isinstance(walk.spec(node), TensorSpec) or not isinstance(labels, torch.Tensor):
+        return walk.spec(node)
+    if name in _SAME_VALUES:
+        return labels
+    if name in _TRANSPOSES:
+        return walk.movement(node, lambda tensor: getattr(tensor, "mT" if name in ("mT", "mH") else "T"), [source], {})
+    return walk.unknown(node, [source], {}, f"the tensor attribute .{name}")
+
+
+def _hooked(walk: _Walk, node: fx.Node, module: nn.Module) -> Any:
+    """A module with forward hooks is an unknown op; a hooked conv or linear layer is listed as a producer whose
+    channels are pinned, so the report says why it was not pruned."""
+    what = f"a {type(module).__name__} module with forward hooks"
+    out = walk.unknown(node, node.args, node.kwargs, what)
+    spec = walk.spec(node)
+    if not isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) or not isinstance(spec, TensorSpec):
+        return out
+    ndim = len(spec.shape)
+    axis = ndim - 1 if isinstance(module, nn.Linear) else (1 if ndim == module.weight.dim() else 0)
+    labels = walk.new_labels(qualname(node), spec.shape[axis], axis, ndim)
+    walk.pin(labels, f"'{qualname(node)}' is {what}, which the analyzer does not know")
+    return labels
 
 
 def _index_sizes(walk: _Walk, node: fx.Node) -> Any:
@@ -974,10 +1094,14 @@ def _tie_shuffle_groups(walk: _Walk, node: fx.Node, groups: int) -> None:
 def _split_sizes(walk: _Walk, node: fx.Node) -> None:
     """Record split sizes written into the graph (they must follow pruning) and chunk counts (equal parts)."""
     is_split = node.target in (torch.split, "split")
-    if not (is_split or node.target in (torch.chunk, "chunk")) or len(node.args) < 2:
+    if not (is_split or node.target in (torch.chunk, "chunk")):
         return
-    source, parts = node.args[0], node.args[1]
-    dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+    given, named = dict(zip(("input", "parts", "dim"), node.args)), node.kwargs
+    source = given.get("input", named.get("tensor", named.get("input")))
+    parts = given.get("parts", next((named[k] for k in ("split_size_or_sections", "split_size", "chunks") if k in named), None))
+    dim = given.get("dim", named.get("dim", 0))
+    if source is None or parts is None:
+        return
     labels, spec = walk.env.get(source), walk.spec(source)
     if not isinstance(labels, torch.Tensor) or not isinstance(spec, TensorSpec) or not isinstance(dim, int):
         return
@@ -1006,7 +1130,7 @@ def _plugin_rule(walk: _Walk, node: fx.Node) -> Any:
         return None
     args = node.args
     if kind == "elementwise":
-        return walk.elementwise(node, args)
+        return walk.elementwise(node, (*args, *node.kwargs.values()))
     if kind == "spatial":
         return _channels_only(walk, node, args)
     function = walk.modules[node.target] if node.op == "call_module" else node.target
@@ -1031,6 +1155,8 @@ def _step(walk: _Walk, node: fx.Node) -> Any:
         return rule
     if node.op == "call_module":
         module = walk.modules[node.target]
+        if module._forward_hooks or module._forward_pre_hooks:  # they may change what the module computes
+            return _hooked(walk, node, module)
         found = _first_tensor(walk, args)
         if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)) and found is not None and len(args) == 1:
             return walk.layer(node, module, found[1], node.target)
@@ -1039,13 +1165,13 @@ def _step(walk: _Walk, node: fx.Node) -> Any:
         if isinstance(module, nn.MultiheadAttention):
             return walk.attention(node, module, node.target)
         if type(module) in _UNARY_MODULES:
-            return walk.elementwise(node, args)
+            return walk.elementwise(node, (*args, *kwargs.values()))
         if type(module) in _SOFTMAX_MODULES and len(args) == 1 and not kwargs:
             return _softmax(walk, node, args[0], module.dim)
         if type(module) is nn.PReLU and found is not None and len(args) == 1:
             return _prelu(walk, node, module, found[1])
         if type(module) in _SPATIAL_MODULES:
-            return _channels_only(walk, node, args)
+            return _channels_only(walk, node, args, type(module))
         if type(module) is nn.ChannelShuffle:
             _tie_shuffle_groups(walk, node, module.groups)
         if type(module) in (nn.Flatten, nn.PixelShuffle, nn.PixelUnshuffle, nn.ChannelShuffle):
@@ -1053,8 +1179,8 @@ def _step(walk: _Walk, node: fx.Node) -> Any:
         return walk.unknown(node, args, kwargs, f"a {type(module).__name__} module")
     target = node.target
     if node.op == "call_function":
-        if target is getattr and len(args) == 2 and args[1] == "shape":
-            return walk.sizes_of(node, args[0])
+        if target is getattr and len(args) == 2:
+            return _attribute(walk, node, args[0], args[1])
         if target is operator.getitem and isinstance(walk.env.get(args[0]), _Sizes):
             return _index_sizes(walk, node)
         if not isinstance(walk.spec(node), TensorSpec) and any(
@@ -1062,7 +1188,7 @@ def _step(walk: _Walk, node: fx.Node) -> Any:
         ):
             return _size_arithmetic(walk, node)
         if target in _ELEMENTWISE_FUNCTIONS:
-            return walk.elementwise(node, args)
+            return walk.elementwise(node, (*args, *kwargs.values()))
         if target in (torch.matmul, operator.matmul, torch.bmm):
             return _matmul(walk, node)
         if target is F.scaled_dot_product_attention:
@@ -1070,7 +1196,7 @@ def _step(walk: _Walk, node: fx.Node) -> Any:
         if target is torch.einsum:
             return _einsum(walk, node)
         if target in _SPATIAL_FUNCTIONS:
-            return _channels_only(walk, node, args)
+            return _channels_only(walk, node, args, target)
         if target in _REDUCTIONS:
             return _reduction(walk, node)
         if target in _SOFTMAX_FUNCTIONS and args:
@@ -1086,12 +1212,12 @@ def _step(walk: _Walk, node: fx.Node) -> Any:
         if target in _MOVEMENT_FUNCTIONS:
             _split_sizes(walk, node)
             return walk.movement(node, target, args, kwargs)
-        if target is getattr or not any(isinstance(a, fx.Node) for a in pytree.tree_leaves((args, kwargs))):
+        if not any(isinstance(a, fx.Node) for a in pytree.tree_leaves((args, kwargs))):
             return walk.spec(node)
         return walk.unknown(node, args, kwargs, f"a call to {getattr(target, '__name__', target)}")
     if node.op == "call_method":
         if target in _ELEMENTWISE_METHODS:
-            return walk.elementwise(node, args[:1] if target in ("to", "float", "half", "type_as") else args)
+            return walk.elementwise(node, args[:1] if target in ("to", "float", "half", "type_as") else (*args, *kwargs.values()))
         if target in _REDUCTIONS:
             return _reduction(walk, node)
         if target in _SOFTMAX_METHODS:
@@ -1228,6 +1354,17 @@ def _build_groups(walk: _Walk, ignore: Sequence[str]) -> list[ChannelGroup]:
     return groups
 
 
+def _parametrized_by(parametrized: dict[str, nn.Module], name: str) -> str | None:
+    """The parametrizations of tensor ``name`` other than pruning masks (which pruning shrinks), if any;
+    ``parametrized`` holds the parametrized modules by path."""
+    owner, _, attribute = name.rpartition(".")
+    module = parametrized.get(owner)
+    if module is None or not parametrize.is_parametrized(module, attribute):
+        return None
+    steps = sorted({type(step).__name__ for step in module.parametrizations[attribute] if not isinstance(step, Mask)})
+    return ", ".join(steps) or None
+
+
 def analyze(
     gm: fx.GraphModule, *, ignore: Sequence[str] = (), plugins: Plugins | None = None
 ) -> list[ChannelGroup]:
@@ -1259,7 +1396,11 @@ def analyze(
                 raise
             raise TraceError(f"cannot analyze node '{qualname(node)}': {error}") from error
     shared = Counter(walk.aliases.values())
+    parametrized = {path: module for path, module in walk.modules.items() if parametrize.is_parametrized(module)}
     for name, _, line, kind in walk.members:
+        foreign = _parametrized_by(parametrized, name) if kind == "parameter" and parametrized else None
+        if foreign:
+            walk.pin(line, f"'{name}' is parametrized by {foreign}, which pruning cannot shrink; prune before parametrizing it")
         if kind == "parameter" and name in walk.opaque:
             walk.pin(line, f"'{name}' is also used by '{walk.opaque[name]}', which the analyzer does not know")
         if kind == "parameter" and shared[name] > 1:  # prune shrinks a tensor under one name only
