@@ -9,10 +9,13 @@ A recipe step::
 
 For every selected weight, 1-D k-means (Lloyd's algorithm, centroids initialized
 linearly between the smallest and largest weight, the paper's best choice) runs
-over its nonzero entries; each entry then reads its centroid through a
-:class:`fxcomp.passes.SharedWeights` parametrization. Zeros (pruned entries) stay
-zero, also under a pruning mask. A later ``recover`` step fine-tunes the centroids:
-each gets the sum of its members' gradients, and the assignment never changes.
+over its nonzero entries (a centroid left without members moves onto the value
+farthest from its centroid, so the planned count survives); each entry then reads
+its centroid through a :class:`fxcomp.passes.SharedWeights` parametrization. Zeros
+(pruned entries) stay zero, also under a pruning mask. A weight another module holds
+too (tied weights) or an empty one is skipped, with the reason in the plan. A later
+``recover`` step fine-tunes the centroids: each gets the sum of its members'
+gradients, and the assignment never changes.
 The plan gives every weight's centroid count; the statistics its relative weight
 error ‖W − Ŵ‖/‖W‖.
 """
@@ -35,8 +38,10 @@ from fxcomp.passes import (
     globs,
     has_parametrization,
     integer,
+    parameter_holders,
     selected_modules,
     share_weights,
+    weight_skip_reason,
 )
 
 _KINDS = {"conv": nn.modules.conv._ConvNd, "linear": nn.Linear}
@@ -45,7 +50,7 @@ _KINDS = {"conv": nn.modules.conv._ConvNd, "linear": nn.Linear}
 def _bits(value: Any, path: str) -> dict[str, int]:
     if isinstance(value, int) and not isinstance(value, bool):
         value = {kind: value for kind in _KINDS}
-    if not isinstance(value, dict) or set(value) - set(_KINDS):
+    if not isinstance(value, dict) or not value or set(value) - set(_KINDS):
         raise RecipeError(f"{path}: expected a number of bits or a mapping like {{conv: 8, linear: 5}}, got {value!r}")
     for kind, bits in value.items():
         if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= 16:
@@ -56,23 +61,60 @@ def _bits(value: Any, path: str) -> dict[str, int]:
 def kmeans_1d(values: torch.Tensor, clusters: int, iterations: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
     """Lloyd's k-means of 1-D ``values`` with centroids initialized linearly between min and max.
 
-    Returns the sorted centroids that have members and each value's centroid index. Runs
-    until no value changes cluster or for ``iterations`` rounds; deterministic.
+    A centroid left without members (one in the gap a pruned weight leaves around zero)
+    moves onto the value farthest from its centroid, so as many clusters as there are
+    distinct values, up to ``clusters``, survive. Returns the sorted centroids (each its
+    members' mean) and each value's centroid index. Runs until no value changes cluster
+    or for ``iterations`` rounds; deterministic.
     """
     values = values.double()
     centroids = torch.linspace(float(values.min()), float(values.max()), clusters, dtype=torch.float64)
-    labels = torch.bucketize(values, (centroids[1:] + centroids[:-1]) / 2)
+    labels = _nearest(values, centroids)
     for _ in range(iterations):
-        sums = torch.zeros(clusters, dtype=torch.float64).index_add_(0, labels, values)
-        counts = torch.bincount(labels, minlength=clusters)
-        centroids = torch.where(counts > 0, sums / counts.clamp(min=1), centroids).sort().values
-        fresh = torch.bucketize(values, (centroids[1:] + centroids[:-1]) / 2)
+        centroids, labels = _fill_empty(values, centroids, labels)
+        centroids = _means(values, labels, centroids).sort().values
+        fresh = _nearest(values, centroids)
         if torch.equal(fresh, labels):
             break
         labels = fresh
+    centroids, labels = _fill_empty(values, centroids, labels)
+    centroids = _means(values, labels, centroids)
     used = torch.bincount(labels, minlength=clusters) > 0
     renumber = torch.cumsum(used, 0) - 1
     return centroids[used], renumber[labels]
+
+
+def _nearest(values: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Each value's nearest centroid (``centroids`` sorted)."""
+    return torch.bucketize(values, (centroids[1:] + centroids[:-1]) / 2)
+
+
+def _means(values: torch.Tensor, labels: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Each cluster's mean; a cluster without members keeps its centroid."""
+    sums = torch.zeros_like(centroids).index_add_(0, labels, values)
+    counts = torch.bincount(labels, minlength=len(centroids))
+    return torch.where(counts > 0, sums / counts.clamp(min=1), centroids)
+
+
+def _fill_empty(values: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move centroids without members onto the values farthest from their centroids (distinct values).
+
+    Repeats until every centroid has members or every value sits on one. Returns the
+    sorted centroids and the values' new labels.
+    """
+    empty = torch.bincount(labels, minlength=len(centroids)) == 0
+    while bool(empty.any()):
+        distance = (values - centroids[labels]).abs()
+        farthest = distance.topk(min(int(empty.sum()), len(values))).indices
+        chosen = values[farthest[distance[farthest] > 0]].unique()
+        if not len(chosen):
+            break
+        centroids = centroids.clone()
+        centroids[empty.nonzero().flatten()[: len(chosen)]] = chosen
+        centroids = centroids.sort().values
+        labels = _nearest(values, centroids)
+        empty = torch.bincount(labels, minlength=len(centroids)) == 0
+    return centroids, labels
 
 
 def _kind(module: nn.Module) -> str:
@@ -93,22 +135,29 @@ class Cluster(Pass):
     def plan(self, gm: fx.GraphModule, context: PassContext) -> dict[str, Any]:
         layers, skipped = [], []
         types = tuple(_KINDS.values())
+        holders = parameter_holders(gm)
         for _node, name, module in selected_modules(gm, types, self.options["include"], self.options["exclude"]):
-            if has_parametrization(module, "weight", SharedWeights):
-                skipped.append({"layer": name, "reason": "its weight is already shared"})
+            reason = self._skip_reason(module, holders)
+            if reason is not None:
+                skipped.append({"layer": name, "reason": reason})
                 continue
             weight = module.weight.detach()
             nonzero = weight[weight != 0]
-            if nonzero.numel() == 0:
-                skipped.append({"layer": name, "reason": "its weight is all zero"})
-                continue
-            bits = self.options["bits"].get(_kind(module))
-            if bits is None:
-                skipped.append({"layer": name, "reason": f"no bits given for {_kind(module)} layers"})
-                continue
+            bits = self.options["bits"][_kind(module)]
             clusters = min(2**bits, int(nonzero.unique().numel()))
             layers.append({"layer": name, "bits": bits, "numel": weight.numel(), "nonzero": nonzero.numel(), "clusters": clusters})
         return {"layers": layers, "skipped": skipped}
+
+    def _skip_reason(self, module: nn.Module, holders: dict[int, int]) -> str | None:
+        """Why the layer ``module`` is left alone, or None; ``holders`` from :func:`parameter_holders`."""
+        if has_parametrization(module, "weight", SharedWeights):
+            return "its weight is already shared"
+        if _kind(module) not in self.options["bits"]:
+            return f"no bits given for {_kind(module)} layers"
+        reason = weight_skip_reason(module, holders)
+        if reason is None and not module.weight.count_nonzero():
+            reason = "its weight is all zero"
+        return reason
 
     def apply(self, gm: fx.GraphModule, plan: dict[str, Any], context: PassContext) -> PassResult:
         modules = {name: module for _node, name, module in selected_modules(gm, tuple(_KINDS.values()), ["*"], [])}

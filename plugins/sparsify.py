@@ -26,7 +26,6 @@ from typing import Any
 import torch
 import torch.fx as fx
 import torch.nn as nn
-from torch.nn.utils import parametrize
 
 from fxcomp import hookimpl, qualname
 from fxcomp.passes import (
@@ -41,6 +40,7 @@ from fxcomp.passes import (
     number,
     parameter_holders,
     selected_modules,
+    weight_skip_reason,
 )
 
 _SPARSIFIABLE = (nn.modules.conv._ConvNd, nn.Linear)
@@ -55,13 +55,6 @@ def _lowest(magnitudes: torch.Tensor, count: int) -> torch.Tensor:
     ties = (magnitudes == threshold).nonzero().flatten()
     lowest[ties[: count - int(lowest.count_nonzero())]] = True
     return lowest
-
-
-def _stored_weight(module: nn.Module) -> torch.Tensor:
-    """The tensor a layer stores its weight in: the parameter, or its parametrization's ``original``."""
-    if parametrize.is_parametrized(module, "weight"):
-        return module.parametrizations.weight.original
-    return module.weight
 
 
 class Sparsify(Pass):
@@ -90,9 +83,10 @@ class Sparsify(Pass):
             weight = module.weight.detach()
             if weight.numel() < self.options["min_params"]:
                 reason = f"{weight.numel()} entries, fewer than min_params={self.options['min_params']}"
+            else:
+                reason = weight_skip_reason(module, holders)
+            if reason is not None:
                 skipped.append({"parameter": parameter, "reason": reason})
-            elif holders.get(id(_stored_weight(module)), 0) > 1:
-                skipped.append({"parameter": parameter, "reason": "the weight is shared with another module"})
             else:
                 selected.append((parameter, weight))
         return selected, skipped

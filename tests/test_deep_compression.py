@@ -56,6 +56,26 @@ def test_kmeans_uses_linear_initialization_and_converges_to_interval_means() -> 
     assert few.tolist() == [1.0, 3.0] and labels.tolist() == [0, 0, 1]
 
 
+def test_kmeans_refills_the_clusters_in_a_pruned_gap() -> None:
+    from fxcomp_plugins.cluster import kmeans_1d
+
+    values = torch.tensor([-1.0, -0.9, -0.8, 0.8, 0.9, 1.0]).repeat(4)  # linear initialization puts 2 of 6 centroids in the gap
+    centroids, labels = kmeans_1d(values, 6)
+    torch.testing.assert_close(centroids, torch.tensor([-1.0, -0.9, -0.8, 0.8, 0.9, 1.0], dtype=torch.float64))
+    assert labels.tolist() == [0, 1, 2, 3, 4, 5] * 4
+
+
+def test_cluster_keeps_as_many_centroids_as_it_plans(sparse_shared) -> None:
+    result, _ = sparse_shared
+    plan = {entry["layer"]: entry for entry in result.plan[1]["plan"]["layers"]}
+    assert {name: entry["clusters"] for name, entry in plan.items()} == {"conv1": 16, "conv2": 16, "fc": 8}
+    for name, entry in plan.items():
+        shared = result.model.get_submodule(name).parametrizations.weight[1]
+        assert len(shared.centroids) == entry["clusters"]
+        weight = result.model.get_submodule(name).weight.detach()
+        assert weight[weight != 0].unique().numel() == entry["clusters"]
+
+
 def test_centroid_gradient_is_the_sum_of_its_members_gradients() -> None:
     layer = nn.Linear(6, 4)
     assignment = torch.tensor([[0, 1, 2, -1, 0, 1]] * 4)
@@ -82,11 +102,37 @@ def test_recover_moves_centroids_but_not_the_assignment_or_the_zeros(sparse_shar
     assert new[new != 0].unique().numel() <= 16
 
 
+class TiedLM(nn.Module):
+    """An embedding whose weight the output layer reuses (tied weights)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.mid, self.head = nn.Embedding(20, 8), nn.Linear(8, 8), nn.Linear(8, 20, bias=False)
+        self.head.weight = self.emb.weight
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.mid(self.emb(tokens))))
+
+
+def test_cluster_skips_a_weight_tied_to_another_module(tmp_path) -> None:
+    torch.manual_seed(0)
+    tokens = torch.randint(0, 20, (4, 5))
+    result = fxcomp.compress(TiedLM(), tokens, {"passes": [{"pass": "cluster", "bits": 2}]})
+    plan = result.plan[0]["plan"]
+    assert [entry["layer"] for entry in plan["layers"]] == ["mid"]
+    assert plan["skipped"] == [{"layer": "head", "reason": "its weight is shared with another module"}]
+    model = result.model
+    assert model.head.weight is model.emb.weight and model.emb.weight.requires_grad
+    fxcomp.save(model, tmp_path / "tied.fxc", codec="deep")
+    assert torch.equal(fxcomp.load(tmp_path / "tied.fxc")(tokens), model(tokens))
+
+
 def test_cluster_options_are_checked() -> None:
     with pytest.raises(RecipeError, match=r"passes\[0\].bits.conv: expected a number of bits in \[1, 16\]"):
         fxcomp.compress(SmallCNN(), torch.randn(1, 3, 8, 8), {"passes": [{"pass": "cluster", "bits": {"conv": 0}}]})
-    with pytest.raises(RecipeError, match="bits: expected a number of bits or a mapping"):
-        fxcomp.compress(SmallCNN(), torch.randn(1, 3, 8, 8), {"passes": [{"pass": "cluster", "bits": {"rnn": 4}}]})
+    for bits in ({"rnn": 4}, {}):
+        with pytest.raises(RecipeError, match=r"bits: expected a number of bits or a mapping like \{conv: 8, linear: 5\}"):
+            fxcomp.compress(SmallCNN(), torch.randn(1, 3, 8, 8), {"passes": [{"pass": "cluster", "bits": bits}]})
 
 
 def test_shared_weights_round_trip_through_save_and_load(sparse_shared, tmp_path) -> None:
@@ -225,6 +271,12 @@ def test_save_refuses_unknown_codecs(sparse_shared, tmp_path) -> None:
         fxcomp.save(result.model, tmp_path / "m.fxc", codec="zip")
     with pytest.raises(SaveError, match="index_bits must be between 1 and 16"):
         fxcomp.save(result.model, tmp_path / "m.fxc", codec="deep", index_bits=0)
+    unused = r"^index_bits sets the deep codec's position width; add codec='deep' \(a recipe's save: \{codec: deep\}\) or drop it$"
+    with pytest.raises(SaveError, match=unused):
+        fxcomp.save(result.model, tmp_path / "m.fxc", index_bits=5)
+    recipe = {"passes": [], "save": {"index_bits": 5}}
+    with pytest.raises(SaveError, match=unused):
+        fxcomp.compress(SmallCNN(), torch.randn(1, 3, 8, 8), recipe).save(tmp_path / "m.fxc")
 
 
 def test_a_recipe_save_section_sets_how_the_result_is_saved(tmp_path) -> None:
@@ -333,6 +385,6 @@ def test_index_bits_takes_whole_numbers_only(tmp_path) -> None:
     report = fxcomp.save(gm, tmp_path / "m.fxc", codec="deep", index_bits=np.int64(4))
     assert [layer.index_bits for layer in report.layers] == [4] and type(report.layers[0].index_bits) is int
     assert torch.equal(fxcomp.load(tmp_path / "m.fxc").get_submodule("0").weight, gm.get_submodule("0").weight)
-    for bits in (4.0, "4", None, True):
+    for bits in (4.0, "4", True):
         with pytest.raises(SaveError, match=rf"^index_bits must be between 1 and 16 \(a whole number\), got {re.escape(repr(bits))}$"):
             fxcomp.save(gm, tmp_path / "m.fxc", codec="deep", index_bits=bits)

@@ -85,7 +85,8 @@ def test_zero_weights_stay_zero_under_a_mask() -> None:
 def test_quantize_pass_plans_applies_and_round_trips(scheme, tmp_path) -> None:
     torch.manual_seed(0)
     x = torch.randn(2, 3, 8, 8)
-    result = fxcomp.compress(SmallCNN().eval(), x, {"passes": [{"pass": "quantize", "scheme": scheme, "group_size": 16}]})
+    groups = {"group_size": 16} if scheme == "int4_weight_only" else {}
+    result = fxcomp.compress(SmallCNN().eval(), x, {"passes": [{"pass": "quantize", "scheme": scheme, **groups}]})
     plan = {entry["layer"]: entry for entry in result.plan[0]["plan"]["layers"]}
     assert set(plan) == {"conv1", "conv2", "fc"}
     if scheme == "int4_weight_only":
@@ -116,11 +117,36 @@ def test_quantize_options_and_skips() -> None:
     x = torch.randn(1, 3, 8, 8)
     with pytest.raises(RecipeError, match="scheme"):
         fxcomp.compress(SmallCNN(), x, {"passes": [{"pass": "quantize", "scheme": "int3"}]})
+    with pytest.raises(RecipeError, match=r"^quantize: observer applies to scheme int8; drop it with scheme int8_weight_only, which keeps inputs in float$"):
+        fxcomp.compress(SmallCNN(), x, {"passes": [{"pass": "quantize", "observer": "percentile"}]})
+    with pytest.raises(RecipeError, match=r"^quantize: group_size applies to scheme int4_weight_only; drop it with scheme binary$"):
+        fxcomp.compress(SmallCNN(), x, {"passes": [{"pass": "quantize", "scheme": "binary", "group_size": 8}]})
     twice = {"passes": [{"pass": "quantize"}, {"pass": "quantize", "include": ["fc"]}]}
     result = fxcomp.compress(SmallCNN(), x, twice)
     assert result.plan[1]["plan"]["skipped"] == [{"layer": "fc", "reason": "its weight is already quantized"}]
     baked = fxcomp.strip_masks(result.model)
     assert type(baked.fc) is nn.Linear and baked.fc.weight.requires_grad
+
+
+class Tied(nn.Module):
+    """Two linear layers sharing one weight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 8)
+        self.b.weight = self.a.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_quantize_and_convert_skip_a_weight_tied_to_another_module() -> None:
+    recipe = {"passes": [{"pass": "quantize", "scheme": "binary"}, {"pass": "convert"}]}
+    result = fxcomp.compress(Tied(), torch.randn(4, 8), recipe)
+    reason = "its weight is shared with another module"
+    assert result.plan[0]["plan"] == {"layers": [], "skipped": [{"layer": "a", "reason": reason}, {"layer": "b", "reason": reason}]}
+    assert result.plan[1]["stats"] == {"tensors": 0, "integer_bytes": 0}
+    assert type(result.model.a) is nn.Linear and result.model.a.weight is result.model.b.weight
 
 
 # -- activations -----------------------------------------------------------------------------------
@@ -209,7 +235,8 @@ def test_int4_packs_two_per_byte_and_unpacks_exactly() -> None:
 def test_convert_stores_integers_exactly_and_shrinks_the_file(scheme, stored_dtype, tmp_path) -> None:
     torch.manual_seed(0)
     model, x = SmallCNN().eval(), torch.randn(4, 3, 8, 8)
-    recipe = {"passes": [{"pass": "sparsify", "sparsity": 0.5}, {"pass": "quantize", "scheme": scheme, "group_size": 16}]}
+    groups = {"group_size": 16} if scheme == "int4_weight_only" else {}
+    recipe = {"passes": [{"pass": "sparsify", "sparsity": 0.5}, {"pass": "quantize", "scheme": scheme, **groups}]}
     fake = fxcomp.compress(model, x, recipe).model
     converted = fxcomp.compress(fake, x, {"passes": [{"pass": "convert"}]})  # the pipeline holds it to exactness
     integer = converted.model
@@ -262,3 +289,92 @@ def test_int8_model_exports_to_onnx_with_quantize_dequantize_nodes(converted, tm
     (output,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     np.testing.assert_allclose(output, expected.numpy(), rtol=1e-5, atol=1e-6)
     assert isinstance(quantized.conv1.parametrizations.weight[-1], WeightQuant if not converted else PackedWeight)
+
+
+def test_transposed_convs_export_with_qdq_and_stay_float_in_the_integer_reference() -> None:
+    torch.manual_seed(0)
+    model, x = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.ConvTranspose2d(4, 6, 2, stride=2)).eval(), torch.randn(2, 3, 8, 8)
+    quantize = {"pass": "quantize", "scheme": "int8"}
+    fake = fxcomp.compress(model, x, {"passes": [quantize]}, calib_data=[x]).model
+    with torch.no_grad():
+        assert torch.equal(qdq_model(fake)(x), fake(x))
+    integer = fxcomp.compress(model, x, {"passes": [quantize, {"pass": "convert"}]}, calib_data=[x]).model
+    output, layers = integer_forward(integer, x)
+    assert layers == ["0"]  # the transposed conv's scales are per input channel: it runs in float
+    with torch.no_grad():
+        torch.testing.assert_close(output, integer(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("quantize", [{"scheme": "int8_weight_only"}, {"scheme": "int4_weight_only", "group_size": 16}, {"scheme": "binary"}])
+def test_convert_after_sparsify_stores_the_masked_integers(quantize) -> None:
+    torch.manual_seed(0)
+    model, x = SmallCNN().eval(), torch.randn(4, 3, 8, 8)
+    fake = fxcomp.compress(model, x, {"passes": [{"pass": "quantize", **quantize}, {"pass": "sparsify", "sparsity": 0.5}]}).model
+    converted = fxcomp.compress(fake, x, {"passes": [{"pass": "convert"}]})  # the pipeline holds it to exactness
+    assert converted.plan[0]["plan"] == {"layers": ["conv1", "conv2", "fc"]}
+    assert converted.plan[0]["stats"]["tensors"] == 3
+    integer = converted.model
+    assert [type(step) for step in integer.conv2.parametrizations.weight] == [PackedWeight]
+    assert torch.equal(integer.conv2.weight, fake.conv2.weight)
+    assert fxcomp.sparsity(integer)["conv2.weight"] == 0.5
+
+
+def test_convert_refuses_a_quantized_weight_clustered_afterwards() -> None:
+    x = torch.randn(1, 3, 8, 8)
+    fake = fxcomp.compress(SmallCNN(), x, {"passes": [{"pass": "quantize"}, {"pass": "cluster", "bits": 2}]}).model
+    with pytest.raises(fxcomp.UsageError, match=r"^'conv1.weight' is parametrized by SharedWeights after its quantization; quantize after that step, not before$"):
+        fxcomp.compress(fake, x, {"passes": [{"pass": "convert"}]})
+
+
+def test_quantize_after_convert_skips_the_converted_layers() -> None:
+    x = torch.randn(4, 3, 8, 8)
+    recipe = {"passes": [{"pass": "quantize", "scheme": "int8"}, {"pass": "convert"}, {"pass": "quantize", "scheme": "int8"}]}
+    result = fxcomp.compress(SmallCNN().eval(), x, recipe, calib_data=[x])
+    reason = "its weight is already converted to integers"
+    assert result.plan[2]["plan"] == {"layers": [], "skipped": [{"layer": name, "reason": reason} for name in ("conv1", "conv2", "fc")]}
+    assert not result.plan[2]["modified"]
+    quantized = result.model
+    stubs = [n.target for n in quantized.graph.nodes if n.op == "call_module" and isinstance(quantized.get_submodule(n.target), ActivationQuant)]
+    assert stubs == ["conv1_input_quant", "conv2_input_quant", "fc_input_quant"]
+
+
+@pytest.mark.parametrize("scheme", ["int8_weight_only", "int4_weight_only", "ternary"])
+def test_quantized_zeros_are_positive_and_the_deep_codec_drops_them(scheme, tmp_path) -> None:
+    model = nn.Sequential(nn.Linear(6, 1, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[-1e-3, 1e-3, -1.0, 0.5, -0.0, 0.0]]))
+    quantized = fxcomp.compress(model, torch.randn(2, 6), {"passes": [{"pass": "quantize", "scheme": scheme}]}).model
+    weight = quantized.get_submodule("0").weight.detach()
+    assert not torch.signbit(weight[weight == 0]).any()
+    report = fxcomp.save(quantized, tmp_path / "q.fxc", codec="deep")
+    assert [layer.nonzero for layer in report.layers] == [2]
+
+
+class EmptyLayer(nn.Module):
+    """A linear layer with an empty weight (no inputs or no outputs) before an ordinary one."""
+
+    def __init__(self, inputs: int, outputs: int) -> None:
+        super().__init__()
+        self.fc, self.out = nn.Linear(inputs, outputs), nn.Linear(max(outputs, 1), 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.fc(x).sum(-1, keepdim=True).expand(-1, self.out.in_features))
+
+
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors is a no-op")
+@pytest.mark.parametrize("shape", [(0, 3), (3, 0)])
+@pytest.mark.parametrize(
+    "step",
+    [
+        {"pass": "sparsify", "sparsity": 0.5},
+        {"pass": "quantize", "scheme": "int8"},
+        {"pass": "quantize", "scheme": "int4_weight_only", "group_size": 2},
+        {"pass": "quantize", "scheme": "ternary"},
+    ],
+)
+def test_empty_weights_are_skipped(shape, step) -> None:
+    model, x = EmptyLayer(*shape), torch.randn(2, shape[0])
+    result = fxcomp.compress(model, x, {"passes": [step, {"pass": "convert"}]}, calib_data=[x])
+    skipped = {"parameter": "fc.weight"} if step["pass"] == "sparsify" else {"layer": "fc"}
+    assert result.plan[0]["plan"]["skipped"] == [{**skipped, "reason": "its weight is empty"}]
+    assert result.model(x).shape == (2, 2)

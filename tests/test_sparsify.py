@@ -187,7 +187,7 @@ def test_shared_weights_are_skipped(plugins) -> None:
             return self.b(self.a(x))
 
     result = _sparsify(Tied(), torch.randn(2, 4), plugins, sparsity=0.5)
-    reason = "the weight is shared with another module"
+    reason = "its weight is shared with another module"
     assert result.plan[0]["plan"] == {
         "parameters": [],
         "skipped": [{"parameter": "a.weight", "reason": reason}, {"parameter": "b.weight", "reason": reason}],

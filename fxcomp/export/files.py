@@ -281,7 +281,7 @@ def save(
     *,
     plugins: Plugins | None = None,
     codec: str | None = None,
-    index_bits: int = 5,
+    index_bits: int | None = None,
 ) -> CodecReport | None:
     """Write ``module`` (a GraphModule or an EarlyExitModel, e.g. ``compress(...).model``) to ``path``.
 
@@ -293,7 +293,8 @@ def save(
 
     ``codec="deep"`` stores every weight (floating point, two or more dimensions) with
     the Deep Compression codec (:mod:`fxcomp.export.deep`): sparse positions as
-    ``index_bits``-bit differences, values as codebook indices, both Huffman-coded.
+    ``index_bits``-bit differences (default 5; only with this codec), values as codebook
+    indices, both Huffman-coded.
     Masks and shared weights are baked in first, so the file holds plain weights that
     load back bit-identical. It returns the :class:`~fxcomp.export.deep.CodecReport`
     (per weight: kept entries, bits, bytes and compression vs float, before and after
@@ -301,9 +302,7 @@ def save(
     """
     if codec not in (None, "deep"):
         raise SaveError(f"codec {codec!r} is not one of: deep (or None for plain tensors)")
-    if not is_whole(index_bits) or not 1 <= index_bits <= 16:
-        raise SaveError(f"index_bits must be between 1 and 16 (a whole number), got {index_bits!r}")
-    index_bits = int(index_bits)
+    index_bits = _index_bits(codec, index_bits)
     if isinstance(module, EarlyExitModel):
         module = module.model
     if not isinstance(module, fx.GraphModule):
@@ -326,6 +325,17 @@ def save(
     report = _deep_code(table, graph, index_bits) if codec == "deep" else None
     torch.save({"format": FORMAT, "version": VERSION, "graph": json.dumps(graph), "tensors": table.tensors}, path)
     return report
+
+
+def _index_bits(codec: str | None, index_bits: Any) -> int:
+    """``index_bits`` checked (a whole number in [1, 16], given only with the deep codec), as an int; 5 by default."""
+    if index_bits is None:
+        return 5
+    if codec != "deep":
+        raise SaveError("index_bits sets the deep codec's position width; add codec='deep' (a recipe's save: {codec: deep}) or drop it")
+    if not is_whole(index_bits) or not 1 <= index_bits <= 16:
+        raise SaveError(f"index_bits must be between 1 and 16 (a whole number), got {index_bits!r}")
+    return int(index_bits)
 
 
 _CODED = "coded"  # the key of the one byte tensor holding every coded weight's streams

@@ -12,7 +12,15 @@ computes them (:mod:`fxcomp.passes.masks`); :func:`calibration_batches` /
 build on it and on the plugins.
 """
 
-from fxcomp.passes.base import CheckContext, Pass, PassContext, PassResult, matches, selected_modules
+from fxcomp.passes.base import (
+    CheckContext,
+    Pass,
+    PassContext,
+    PassResult,
+    matches,
+    selected_modules,
+    weight_skip_reason,
+)
 from fxcomp.passes.calibration import Batch, calibration_batches, calibration_outputs
 from fxcomp.passes.masks import Mask, add_mask, has_parametrization, parameter_values
 from fxcomp.passes.quantization import (
@@ -108,5 +116,6 @@ __all__ = [
     "string",
     "unpack_int4",
     "validate_options",
+    "weight_skip_reason",
     "why_not_replaceable",
 ]

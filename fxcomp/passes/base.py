@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 import torch.fx as fx
 import torch.nn as nn
+from torch.nn.utils import parametrize
 
 from fxcomp.passes.options import Option, validate_options
 from fxcomp.tracing import qualname
@@ -134,3 +135,18 @@ def selected_modules(
         name = qualname(node)
         if isinstance(module, types) and matches(name, include) and not matches(name, exclude):
             yield node, name, module
+
+
+def weight_skip_reason(module: nn.Module, holders: Mapping[int, int]) -> str | None:
+    """Why a pass that rewrites a layer's weight entry by entry must leave ``module``'s ``weight`` alone, or None.
+
+    ``holders`` comes from :func:`fxcomp.passes.parameter_holders` on the graph module. An
+    empty weight has nothing to rewrite, and a weight another module holds too (tied
+    weights, an embedding reused as the output layer) would change under both names.
+    """
+    stored = module.parametrizations.weight.original if parametrize.is_parametrized(module, "weight") else module.weight
+    if stored.numel() == 0:
+        return "its weight is empty"
+    if holders.get(id(stored), 0) > 1:
+        return "its weight is shared with another module"
+    return None

@@ -34,10 +34,11 @@ from typing import Any
 import torch
 import torch.fx as fx
 import torch.nn as nn
+from torch.func import functional_call
 from torch.nn.utils import parametrize
 
 from fxcomp.errors import CalibrationError, UsageError
-from fxcomp.passes.masks import give_own_class, strip_masks
+from fxcomp.passes.masks import Mask, give_own_class, strip_masks
 
 SCHEMES = ("int8", "int4", "binary", "ternary")
 OBSERVERS = ("minmax", "moving_average", "percentile")
@@ -72,7 +73,9 @@ def quantize_weight(weight: torch.Tensor, scheme: str, group_size: int | None = 
     """``(integers, scales)`` of ``weight`` under ``scheme``; ``integers * scales`` (per row) dequantizes.
 
     The integers are a float tensor of whole numbers shaped like the weight's rows
-    (per output channel; per group for ``int4``); binary and ternary give −1/0/1.
+    (per output channel; per group for ``int4``); binary and ternary give −1/0/1. Their
+    zeros are ``+0.0`` (rounding a small negative weight gives ``-0.0``, which a sparse
+    file format would keep as an entry).
     """
     if scheme not in SCHEMES:
         raise ValueError(f"scheme {scheme!r} is not one of {', '.join(SCHEMES)}")
@@ -82,7 +85,7 @@ def quantize_weight(weight: torch.Tensor, scheme: str, group_size: int | None = 
         levels = _LEVELS[scheme]
         scales = magnitude.amax(1, keepdim=True) / levels
         scales = torch.where(scales > 0, scales, torch.ones_like(scales))
-        return torch.clamp(torch.round(rows / scales), -levels, levels), scales
+        return _positive_zeros(torch.clamp(torch.round(rows / scales), -levels, levels)), scales
     if scheme == "binary":
         signs = torch.where(rows >= 0, 1.0, -1.0).to(rows.dtype)
         return signs, magnitude.mean(1, keepdim=True)
@@ -90,7 +93,12 @@ def quantize_weight(weight: torch.Tensor, scheme: str, group_size: int | None = 
     kept = magnitude > threshold
     count = kept.sum(1, keepdim=True).clamp(min=1)
     scales = (magnitude * kept).sum(1, keepdim=True) / count
-    return torch.sign(rows) * kept, scales
+    return _positive_zeros(torch.sign(rows) * kept), scales
+
+
+def _positive_zeros(integers: torch.Tensor) -> torch.Tensor:
+    """``integers`` with every ``-0.0`` made ``+0.0`` (in IEEE arithmetic, −0 + 0 = +0)."""
+    return integers + 0.0
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -253,7 +261,10 @@ class PackedWeight(nn.Module):
         """The integers to store for a float ``weight`` (stored integers are kept as they are)."""
         if not weight.is_floating_point():
             return weight
-        integers, _ = quantize_weight(weight, self.scheme, self.group_size)
+        return self.pack(quantize_weight(weight, self.scheme, self.group_size)[0])
+
+    def pack(self, integers: torch.Tensor) -> torch.Tensor:
+        """The tensor storing ``integers`` (whole numbers laid out as :func:`quantize_weight` gives them)."""
         return pack_int4(integers) if self.scheme == "int4" else integers.to(torch.int8)
 
     def extra_repr(self) -> str:
@@ -262,40 +273,62 @@ class PackedWeight(nn.Module):
 
 @torch.no_grad()
 def _quantizer_input(chain: parametrize.ParametrizationList) -> torch.Tensor:
-    """The float weight the last parametrization of ``chain`` (a :class:`WeightQuant`) quantizes."""
+    """The float weight the :class:`WeightQuant` of ``chain`` quantizes: the stored tensor through the steps before it."""
     value = chain.original
-    for step in list(chain)[:-1]:
+    for step in chain:
+        if isinstance(step, WeightQuant):
+            break
         value = step(value)
     return value.detach().clone()
+
+
+def _kept_after_quantizer(after: list[nn.Module], where: str) -> torch.Tensor | None:
+    """Which entries the masks ``after`` (the steps after the :class:`WeightQuant` of ``where``) keep; None without any.
+
+    Raises :class:`fxcomp.UsageError` when a step there is not a mask.
+    """
+    others = sorted({type(step).__name__ for step in after if not isinstance(step, Mask)})
+    if others:
+        raise UsageError(f"'{where}' is parametrized by {', '.join(others)} after its quantization; quantize after that step, not before")
+    if not after:
+        return None
+    return torch.stack([step.mask for step in after]).all(0)
 
 
 def convert(module: nn.Module) -> list[str]:
     """Store every fake-quantized weight of ``module`` as integers and scales (:class:`PackedWeight`), in place.
 
-    A weight whose last parametrization is a :class:`WeightQuant` (after a mask, say) is
-    replaced by the integers it quantizes to; the module computes exactly the same
-    weight, training no longer changes it, and ``fxcomp.save`` stores one byte per
-    int8 weight, half a byte per int4 one. Returns the converted tensors' names.
+    A weight parametrized by a :class:`WeightQuant` (masks may come before and after it)
+    is replaced by the integers it quantizes to, zero where a later mask zeroes it; the
+    module computes exactly the same weight, training no longer changes it, and
+    ``fxcomp.save`` stores one byte per int8 weight, half a byte per int4 one. Returns
+    the converted tensors' names. Raises :class:`fxcomp.UsageError` when a parametrization
+    other than a mask follows the quantization (clustering a quantized weight, say).
     """
     converted = []
     for path, owner in list(module.named_modules()):
         if not parametrize.is_parametrized(owner):
             continue
         for name, chain in list(owner.parametrizations.items()):
-            if not isinstance(chain[-1], WeightQuant):
+            steps = list(chain)
+            position = next((i for i, step in enumerate(steps) if isinstance(step, WeightQuant)), None)
+            if position is None:
                 continue
-            quant = chain[-1]
+            quant, where = steps[position], f"{path}.{name}" if path else name
+            kept = _kept_after_quantizer(steps[position + 1 :], where)
             value = _quantizer_input(chain)
-            _, scales = quantize_weight(value, quant.scheme, quant.group_size)
+            integers, scales = quantize_weight(value, quant.scheme, quant.group_size)
+            if kept is not None:
+                integers = integers * _per_row(kept.to(integers.dtype), quant.group_size)[0]
             packed = PackedWeight(quant.scheme, quant.group_size, value.shape, scales)
             # Swap the chain's contents in place: torch's remove_parametrizations would edit the
             # generated class that copies of the module share.
-            chain._parameters["original"] = nn.Parameter(packed.right_inverse(value), requires_grad=False)
+            chain._parameters["original"] = nn.Parameter(packed.pack(integers), requires_grad=False)
             for index in reversed(range(len(chain))):
                 del chain[index]
             chain.append(packed)
             chain.unsafe = True
-            converted.append(f"{path}.{name}" if path else name)
+            converted.append(where)
     return converted
 
 
@@ -349,7 +382,8 @@ class IntegerReference(fx.Interpreter):
     input comes through an :class:`ActivationQuant` stub is computed as an integer
     kernel would: ``acc = Σ (x_q − zero_point) · w_q`` accumulated exactly (in float64,
     whose 53-bit mantissa holds every int8 × uint8 sum of such layers exactly), then
-    ``acc · scale_x · scale_w + bias``. Every other node runs as usual. The output
+    ``acc · scale_x · scale_w + bias``. Every other node runs as usual, transposed convs
+    too (their scales are per input channel, see :func:`_integer_layer`). The output
     matches the fake-quantized model up to float32 rounding. :attr:`integer_layers`
     lists the layers computed in integers.
     """
@@ -371,7 +405,14 @@ class IntegerReference(fx.Interpreter):
 
 
 def _integer_layer(layer: nn.Module) -> bool:
+    """Whether ``layer`` is computed in integers: a linear or (not transposed) conv layer with a converted int8 weight.
+
+    A transposed conv's int8 scales are per input channel (its weight's first axis), which
+    an integer kernel cannot apply after summing over the input channels.
+    """
     if not isinstance(layer, (nn.Linear, nn.modules.conv._ConvNd)) or not parametrize.is_parametrized(layer, "weight"):
+        return False
+    if isinstance(layer, nn.modules.conv._ConvTransposeNd):
         return False
     chain = layer.parametrizations["weight"]
     return len(chain) == 1 and isinstance(chain[0], PackedWeight) and chain[0].scheme == "int8"
@@ -428,11 +469,10 @@ class QDQLayer(nn.Module):
         self.register_buffer("scales", scales.reshape(-1).float())
         self.register_buffer("zero_points", torch.zeros(self.scales.numel(), dtype=torch.int32))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The layer's own forward with its weight fake-quantized (scales along the weight's first axis)."""
         weight = torch.fake_quantize_per_channel_affine(self.layer.weight, self.scales, self.zero_points, 0, -128, 127)
-        if isinstance(self.layer, nn.Linear):
-            return torch.nn.functional.linear(x, weight, self.layer.bias)
-        return self.layer._conv_forward(x, weight, self.layer.bias)
+        return functional_call(self.layer, {"weight": weight}, args, kwargs)
 
 
 def _int8_scales(layer: nn.Module) -> torch.Tensor | None:
