@@ -20,7 +20,8 @@ from typing import Any
 import torch.fx as fx
 
 from fxcomp import DataError, EarlyExitModel, RecipeError, hookimpl, recover
-from fxcomp.dynamic import has_exits
+from fxcomp.data import Splits, known_length
+from fxcomp.dynamic import EXITS, has_exits
 from fxcomp.passes import Option, Pass, PassContext, PassResult, choice, integer, number, optional
 from fxcomp.recovery import SGD_MOMENTUM, exit_training, objective, rename_through
 
@@ -72,7 +73,7 @@ class Recover(Pass):
         "weight_decay": Option(number(0, None), default=0.0, doc="L2 weight decay"),
         "schedule": Option(choice("cosine", "constant"), default="cosine", doc="learning-rate schedule"),
         "batch_size": Option(integer(1), default=128, doc="batch size when the data is a Dataset"),
-        "patience": Option(optional(integer(1)), default=None, doc="stop after this many epochs without improving"),
+        "patience": Option(optional(integer(1)), default=None, doc="stop after this many epochs without improving (needs val_data)"),
         "seed": Option(integer(0), default=0, doc="seeds shuffling and random state"),
         "distill": Option(_distill, default=None, doc="distillation spec (kd, fitnet, attention, rkd, sp) or a list"),
         "exits": Option(_exits, default=None, doc="how to train early exits: {weights, train: joint|heads, distill}"),
@@ -88,8 +89,24 @@ class Recover(Pass):
             raise DataError("recover needs labelled training data: pass train_data= to fxcomp.compress (--train-data on the CLI)")
         if self.options["exits"] is not None and not has_exits(gm):
             raise RecipeError("recover: 'exits' trains early exits, but the model has none; put early_exit before it")
-        count = len(context.train_data) if hasattr(context.train_data, "__len__") else None
+        self._check_fit(gm, context)
+        count = known_length(context.train_data)
         return {"train_batches_or_examples": count, "validation": context.val_data is not None, "exits": has_exits(gm)}
+
+    def _check_fit(self, gm: fx.GraphModule, context: PassContext) -> None:
+        """Refuse, naming the field, a ``patience`` without validation data and exit weights that do not fit ``gm``."""
+        path = f"passes[{len(context.records)}]"  # the records are the earlier passes'
+        validated = context.val_data is not None or isinstance(context.train_data, Splits)
+        if self.options["patience"] is not None and not validated:
+            raise RecipeError(
+                f"{path}.patience: counts epochs without a better validation result, but there is no validation data; "
+                "pass val_data= to fxcomp.compress or drop patience"
+            )
+        if self.options["exits"] is not None:
+            try:
+                exit_training(self.options["exits"]).check_outputs(len(gm.meta[EXITS]["at"]) + 1)
+            except RecipeError as error:
+                raise RecipeError(f"{path}.{error}") from None
 
     def apply(self, gm: fx.GraphModule, plan: dict[str, Any], context: PassContext) -> PassResult:
         options = {**self.options, "distill": _renamed(self.options["distill"], context.records)}

@@ -89,6 +89,30 @@ def test_mnist_from_a_directory_holds_out_validation_from_train(tmp_path) -> Non
     assert [len(y) for _, y in train] == [10, 10, 5]
 
 
+def test_split_sizes_are_whole_numbers_of_examples_and_zero_holds_nothing_out(tmp_path) -> None:
+    everything = digits(val=0, test=0)
+    assert (len(everything.train), len(everything.val), len(everything.test)) == (1797, 0, 0)
+    root = _mnist_dir(tmp_path)
+    unvalidated = mnist(root, val=0)
+    assert (len(unvalidated.train), len(unvalidated.val), len(unvalidated.test)) == (30, 0, 12)
+    for wrong in (-5, 1.5, True):
+        with pytest.raises(DataError, match=rf"^digits: val is a number of examples, a whole number >= 0; got {wrong!r}$"):
+            digits(val=wrong)
+    with pytest.raises(DataError, match=r"^digits: test is a number of examples, a whole number >= 0; got -1$"):
+        digits(test=-1)
+    with pytest.raises(DataError, match=r"^digits: cannot hold out 2360 of 1797 examples and train on the rest; lower val or test$"):
+        digits(val=2000)
+    with pytest.raises(DataError, match=r"^mnist: cannot hold out 30 of 30 examples and train on the rest; lower val$"):
+        mnist(root, val=30)
+
+
+def test_image_and_label_files_of_different_lengths_are_refused(tmp_path) -> None:
+    root = _mnist_dir(tmp_path)
+    _write_idx(root / "t10k-labels-idx1-ubyte.gz", np.arange(11) % 10)
+    with pytest.raises(DataError, match=r"^mnist: .*t10k-images-idx3-ubyte holds 12 images but .*t10k-labels-idx1-ubyte.gz holds 11 labels; download or install them again$"):
+        mnist(root, val=5)
+
+
 def test_missing_files_name_themselves_and_how_to_get_them(tmp_path) -> None:
     (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"")
     with pytest.raises(DataError) as caught:

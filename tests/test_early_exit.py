@@ -181,6 +181,21 @@ def test_errors_say_what_to_change(trained, example, data) -> None:
         fxcomp.calibrate_exits(model.model, data.val)
 
 
+def test_heads_pair_with_the_points_named_in_any_order(trained, example) -> None:
+    gm = fxcomp.trace(trained, example)
+    head_2, head_1 = (nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)) for _ in range(2))
+    nodes = add_exits(gm, ["layer2", "layer1"], [head_2, head_1])
+    model = EarlyExitModel(gm)
+    assert [n.name for n in nodes] == gm.meta["fxcomp_exits"]["at"] and model.exit_names == ["layer1.relu_1", "layer2.relu_1"]
+    assert model.heads[0] is head_1 and model.heads[1] is head_2
+
+
+def test_exit_weights_of_the_wrong_length_are_refused_while_planning(trained, example, data) -> None:
+    recipe = {"passes": [{"pass": "early_exit", "at": ["layer1"]}, {"pass": "recover", "exits": {"weights": [1, 1, 1]}}]}
+    with pytest.raises(RecipeError, match=r"^passes\[1\]\.exits\.weights: give 2 weights \(one per exit, the final output last\), got 3$"):
+        fxcomp.compress(trained, example, recipe, train_data=data.train, dry_run=True)
+
+
 def test_a_width_change_after_the_exits_fails_the_exit_check(trained, example) -> None:
     recipe = {"passes": [{"pass": "early_exit"}, {"pass": "prune", "ratio": 0.5}]}
     with pytest.raises(PassError, match="early exits no longer fit"):
@@ -377,6 +392,26 @@ def test_a_splits_object_is_judged_on_its_validation_part(with_heads, data) -> N
     assert on_splits.chosen == on_val.chosen
     assert fxcomp.exit_statistics(model, data) == fxcomp.exit_statistics(model, data.val)
     assert evaluate_outputs(model, data) == evaluate_outputs(model, data.val)
+
+
+def test_calibration_and_statistics_refuse_data_that_does_not_fit(trained, example, data) -> None:
+    model = _exits(trained, example, at=["layer1"]).model
+    images, labels = data.val.tensors
+    cases = [
+        ([(images, labels[:, None])], fxcomp.TrainingError,  # a label column: compared as is it would broadcast to 180×180
+         r"^the {} targets do not fit a classifier: the model gives 180×10 float32 and the targets are 180×1 int64 in \[0, 9\]; "
+         r"give one integer label in \[0, 10\) per example$"),
+        ([(images, labels.float())], fxcomp.TrainingError, "^the {} targets do not fit .* the targets are 180 float32;"),
+        ([(images, labels + 1)], fxcomp.TrainingError, r"^the {} targets do not fit .* the targets are 180 int64 in \[1, 10\];"),
+        ([(images.repeat(1, 3, 1, 1), labels)], fxcomp.DataError,
+         r"^the model fails on the {} inputs \(180×3×8×8\): .*; give inputs shaped like the model expects$"),
+    ]
+    for val, error, message in cases:
+        with pytest.raises(error, match=message.format("calibration")):
+            fxcomp.calibrate_exits(model, val)
+        with pytest.raises(error, match=message.format("evaluation")):
+            fxcomp.exit_statistics(model, val)
+    assert model.thresholds is None
 
 
 def test_a_stricter_budget_saves_less(with_heads, data) -> None:

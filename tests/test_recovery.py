@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 import fxcomp
 from fxcomp import DataError, RecipeError
@@ -99,6 +99,15 @@ def test_relational_and_similarity_losses_ignore_scale_and_vanish_on_equal_relat
         assert loss(3.0 * feature, feature).item() < 1e-6  # relations, not magnitudes
         assert loss(torch.randn(6, 12), feature).item() > 1e-4
     assert mutual_loss(feature, [feature.clone()]).item() < 1e-7
+
+
+def test_relational_kd_terms_are_zero_on_batches_too_small_for_them() -> None:
+    # the last batch of an epoch may hold one example: no distance to compare (two), no angle (three)
+    assert RelationalKDLoss()(torch.randn(1, 8), torch.randn(1, 8)).item() == 0.0
+    student = torch.randn(2, 8, requires_grad=True)
+    loss = RelationalKDLoss()(student, torch.randn(2, 8))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.isfinite(student.grad).all()
 
 
 # --- the loop --------------------------------------------------------------------------------
@@ -198,13 +207,67 @@ def test_data_that_does_not_fit_the_model_is_named_before_training(data) -> None
     images, labels = data.train.tensors
     cases = [
         (TensorDataset(images[:0], labels[:0]), DataError, "^the training data holds no examples$"),
-        (TensorDataset(images.flatten(1), labels), DataError, r"^the model fails on the training inputs \(2×64\): .*; give inputs shaped like the model expects$"),
-        (TensorDataset(images, labels + 10), fxcomp.TrainingError, r"the model gives 2×10 float32 and the targets are 2 int64; give one integer label in \[0, classes\)"),
-        (TensorDataset(images, F.one_hot(labels, 10)), fxcomp.TrainingError, "the targets are 2×10 int64"),
+        (TensorDataset(images.flatten(1), labels), DataError, r"^the model fails on the training inputs \(128×64\): .*; give inputs shaped like the model expects$"),
+        (TensorDataset(images, labels + 10), fxcomp.TrainingError,
+         r"^the training targets do not fit a classifier: the model gives 128×10 float32 and the targets are 128 int64 in \[1\d, 1\d\]; "
+         r"give one integer label in \[0, 10\) per example$"),
+        (TensorDataset(images, F.one_hot(labels, 10)), fxcomp.TrainingError, "the targets are 128×10 int64"),
     ]
     for train, error, message in cases:
         with pytest.raises(error, match=message):
             recover(DigitsNet(), train, epochs=1, progress=False)
+
+
+def test_validation_data_that_does_not_fit_the_model_is_named_before_training(data, capsys) -> None:
+    images, labels = data.val.tensors
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    cases = [
+        (TensorDataset(images, labels + 1), fxcomp.TrainingError,  # labelled 1…10
+         r"^the validation targets do not fit a classifier: the model gives 180×10 float32 and the targets are 180 int64 in \[1, 10\]; "
+         r"give one integer label in \[0, 10\) per example$"),
+        (TensorDataset(images[:, :, :4], labels), DataError,
+         r"^the model fails on the validation inputs \(180×1×4×8\): .*; give inputs shaped like the model expects$"),
+        ([(images, labels[:, None])], fxcomp.TrainingError, "the targets are 180×1 int64 in"),
+        ([], DataError, "^the validation data holds no examples$"),
+    ]
+    for val, error, message in cases:
+        with pytest.raises(error, match=message):
+            recover(mlp, data.train, val_data=val, epochs=1, lr=0.1)
+        assert capsys.readouterr().err == ""  # no epoch ran
+    with pytest.raises(fxcomp.TrainingError, match="^the evaluation targets do not fit a classifier: .* the targets are 180×1 int64"):
+        evaluate(mlp, [(images, labels[:, None])])
+
+
+def test_a_loader_without_a_length_trains_and_a_one_shot_iterator_is_refused(data) -> None:
+    images, labels = data.train.tensors
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            return iter(zip(images, labels))
+
+    stream = DataLoader(Stream(), batch_size=256)
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    assert [r.epoch for r in recover(mlp, stream, epochs=2, lr=0.1, progress=False).history] == [1, 2]
+    result = fxcomp.compress(mlp, data.example_inputs(), {"passes": [{"pass": "recover", "epochs": 1}]}, train_data=stream)
+    assert result.plan[0]["plan"]["train_batches_or_examples"] is None
+    batches = ((images[i : i + 256], labels[i : i + 256]) for i in range(0, len(labels), 256))
+    for kwargs in ({"train_data": batches}, {"train_data": data.train, "val_data": iter([(images, labels)])}):
+        what = "training" if "val_data" not in kwargs else "validation"
+        with pytest.raises(DataError, match=rf"^the {what} data is a one-shot iterator \(a generator\?\), but training reads it every epoch; "
+                                            "pass a DataLoader, a Dataset or a list of"):
+            recover(mlp, epochs=2, progress=False, **kwargs)
+
+
+def test_patience_without_validation_data_is_refused(data) -> None:
+    message = r"^patience counts epochs without a better validation result; pass val_data= or drop patience$"
+    with pytest.raises(UsageError, match=message):
+        recover(DigitsNet(), data.train, epochs=3, patience=1, progress=False)
+    with pytest.raises(UsageError, match=message):
+        mutual_learning([DigitsNet(width=8), DigitsNet(width=8)], data.train, epochs=3, patience=1, progress=False)
+    recipe = {"passes": [{"pass": "fold_bn"}, {"pass": "recover", "patience": 1}]}
+    with pytest.raises(RecipeError, match=r"^passes\[1\]\.patience: counts epochs without a better validation result, but there is no "
+                                          "validation data; pass val_data= to fxcomp.compress or drop patience$"):
+        fxcomp.compress(DigitsNet(), data.example_inputs(), recipe, train_data=data.train)
 
 
 def test_a_diverging_loss_stops_training_with_what_to_change(data) -> None:
@@ -266,6 +329,10 @@ def test_scheme_options_are_checked_and_born_again_is_seeded(data, trained) -> N
         mutual_learning([DigitsNet(width=8), DigitsNet(width=8)], data, distill={"kind": "kd"})
     with pytest.raises(UsageError, match=r"born_again needs generations >= 1 \(a whole number\), got '2'"):
         born_again(trained, data, generations="2")
+    with pytest.raises(UsageError, match="^born_again got unknown option\\(s\\) epoch; it takes val_data, epochs, lr, exits, optimizer"):
+        born_again(trained, data, generations=1, epoch=1)
+    with pytest.raises(UsageError, match="^teacher_assistant_chain got unknown option\\(s\\) steps; it takes val_data, epochs"):
+        teacher_assistant_chain(trained, [DigitsNet(width=8)], data, steps=10)
     runs = []
     for state in (1, 2):  # the global random state before the call does not matter, the seed does
         torch.manual_seed(state)
@@ -279,6 +346,10 @@ def test_the_teacher_is_left_as_it_was(data) -> None:
     before = copy.deepcopy(teacher.state_dict())
     recover(DigitsNet(width=8), data, teacher=teacher, distill={"kind": "kd"}, epochs=1, batch_size=64, progress=False)
     assert teacher.training and all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    with pytest.raises(UsageError, match="no node named 'conv9'"):  # setup fails after the teacher went to eval mode
+        recover(DigitsNet(width=8), data, teacher=teacher, distill={"kind": "fitnet", "student": "conv2", "teacher": "conv9"},
+                epochs=1, progress=False)
+    assert all(module.training for module in teacher.modules())
 
 
 # --- recipes ---------------------------------------------------------------------------------

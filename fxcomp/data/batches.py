@@ -4,15 +4,15 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from fxcomp.arguments import is_whole
+from fxcomp.arguments import described, is_whole
 from fxcomp.data.splits import Splits
-from fxcomp.errors import DataError, UsageError
+from fxcomp.errors import DataError, TrainingError, UsageError, first_line
 
 Batches = Iterable[Any]
 
@@ -62,3 +62,53 @@ def pair(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
     if not isinstance(batch, (tuple, list)) or len(batch) != 2 or not all(isinstance(b, torch.Tensor) for b in batch):
         raise DataError("recovery needs labelled batches: each batch must be (inputs, target)")
     return batch[0], batch[1]
+
+
+def known_length(data: Any) -> int | None:
+    """``len(data)`` when ``data`` can tell it (a DataLoader over an ``IterableDataset`` cannot), else None."""
+    try:
+        return len(data)
+    except TypeError:
+        return None
+
+
+def outputs_on(run: Callable[[torch.Tensor], Any], x: torch.Tensor, what: str) -> Any:
+    """``run(x)``; a :class:`DataError` naming the ``what`` inputs' shape when the model fails on them."""
+    try:
+        return run(x)
+    except Exception as error:  # noqa: BLE001 - the model's own error, named with the batch's shape
+        raise DataError(
+            f"the model fails on the {what} inputs ({'×'.join(map(str, x.shape))}): {first_line(error)}; "
+            "give inputs shaped like the model expects"
+        ) from error
+
+
+def _described(value: Any) -> str:
+    if not isinstance(value, torch.Tensor):
+        return f"a {type(value).__name__}"
+    text = described(value.shape, value.dtype)
+    integral = not value.is_floating_point() and not value.is_complex() and value.dtype != torch.bool
+    return f"{text} in [{int(value.min())}, {int(value.max())}]" if integral and value.numel() else text
+
+
+def check_targets(logits: Any, y: torch.Tensor, what: str) -> None:
+    """Raise :class:`TrainingError` unless ``logits`` are (batch, classes) and ``y`` holds one class index per example."""
+    classes = logits.shape[-1] if isinstance(logits, torch.Tensor) and logits.dim() == 2 else None
+    fits = y.dim() == 1 and not y.is_floating_point() and not y.is_complex() and y.dtype != torch.bool
+    if classes is None or not fits or len(y) != len(logits) or (len(y) and (y.min() < 0 or y.max() >= classes)):
+        raise TrainingError(
+            f"the {what} targets do not fit a classifier: the model gives {_described(logits)} and the targets are "
+            f"{_described(y)}; give one integer label in [0, {classes or 'classes'}) per example"
+        )
+
+
+def labelled_outputs(
+    data: Any, run: Callable[[torch.Tensor], Sequence[torch.Tensor]], what: str, batch_size: int
+) -> Iterator[tuple[torch.Tensor, Sequence[torch.Tensor]]]:
+    """Per batch of labelled ``data`` (a :class:`Splits` gives its validation part): the targets and ``run``'s
+    logits (a list, the final output last), checked to fit each other; the errors name the ``what`` data."""
+    for batch in loader(data, batch_size, shuffle=False, split="val"):
+        x, y = pair(batch)
+        outputs = outputs_on(run, x, what)
+        check_targets(outputs[-1], y, what)
+        yield y, outputs

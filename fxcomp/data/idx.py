@@ -58,12 +58,24 @@ def _find(root: Path, stem: str) -> Path | None:
     return None
 
 
+def _check_counts(name: str, part: str, found: dict[str, Path], arrays: dict[str, np.ndarray]) -> None:
+    """A :class:`DataError` when the ``part`` (train or test) image and label files hold different counts."""
+    images, labels = f"{part}_images", f"{part}_labels"
+    if len(arrays[images]) != len(arrays[labels]):
+        raise DataError(
+            f"{name}: {found[images]} holds {len(arrays[images])} images but {found[labels]} holds "
+            f"{len(arrays[labels])} labels; download or install them again"
+        )
+
+
 def _load(name: str, root: Path, how_to_get: str, val: int, seed: int) -> Splits:
     found = {key: _find(root, stem) for key, stem in _FILES.items()}
     missing = [_FILES[key] + ".gz" for key, path in found.items() if path is None]
     if missing:
         raise DataError(f"{name}: {', '.join(missing)} not found in {root}; {how_to_get}")
     arrays = {key: read_idx(path) for key, path in found.items()}
+    for part in ("train", "test"):
+        _check_counts(name, part, found, arrays)
 
     def images(key: str) -> torch.Tensor:
         return torch.from_numpy(arrays[key].astype(np.float32) / 255.0).unsqueeze(1)

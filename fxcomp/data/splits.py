@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from fxcomp.arguments import is_whole
 from fxcomp.errors import DataError
 
 
@@ -52,12 +53,17 @@ def split(
 
     ``test`` is a count taken from the same pool, or a separate (images, labels) pair.
     """
+    separate = isinstance(test, tuple)
+    counts = {"val": val} if separate else {"val": val, "test": test}
+    for key, count in counts.items():
+        if not is_whole(count) or count < 0:
+            raise DataError(f"{name}: {key} is a number of examples, a whole number >= 0; got {count!r}")
+    held = sum(int(count) for count in counts.values())
+    if held >= len(labels):
+        raise DataError(f"{name}: cannot hold out {held} of {len(labels)} examples and train on the rest; lower {' or '.join(counts)}")
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
-    held = val + (test if isinstance(test, int) else 0)
-    if not 0 < held < len(labels):
-        raise DataError(f"{name}: cannot hold out {held} of {len(labels)} examples; lower val or test")
-    parts = [order[:val], order[val:held], order[held:]]
+    parts = [order[: int(val)], order[int(val) : held], order[held:]]
     val_set, pool_test, train_set = (TensorDataset(images[p], labels[p]) for p in parts)
-    test_set = pool_test if isinstance(test, int) else TensorDataset(*test)
+    test_set = TensorDataset(*test) if separate else pool_test
     classes = int(labels.max()) + 1
     return Splits(name, train_set, val_set, test_set, classes)

@@ -21,7 +21,7 @@ import torch.fx as fx
 from tabulate import tabulate
 
 from fxcomp.arguments import is_real, is_whole
-from fxcomp.data.batches import loader, pair
+from fxcomp.data.batches import labelled_outputs
 from fxcomp.dynamic.model import EarlyExitModel, has_exits
 from fxcomp.errors import ExitError
 from fxcomp.tracing import eval_mode
@@ -106,9 +106,7 @@ def _exit_figures(model: EarlyExitModel, data: Any, batch_size: int) -> tuple[np
     """Per exit (final last) and sample: the exit's score and whether its answer is right."""
     scores, correct = [], []
     with eval_mode(model):
-        for batch in loader(data, batch_size, shuffle=False, split="val"):
-            x, y = pair(batch)
-            outputs = model.all_exits(x)
+        for y, outputs in labelled_outputs(data, model.all_exits, "calibration", batch_size):
             scores.append(torch.stack([model.scores(out) for out in outputs]))
             correct.append(torch.stack([out.argmax(1) == y for out in outputs]))
     if not scores:
@@ -213,9 +211,7 @@ def exit_statistics(model: EarlyExitModel, data: Any, *, batch_size: int = 256) 
     right = count = 0
     taken_counts = np.zeros(model.num_exits + 1)
     with eval_mode(model):
-        for batch in loader(data, batch_size, shuffle=False, split="val"):
-            x, y = pair(batch)
-            logits = model(x)
+        for y, (logits,) in labelled_outputs(data, lambda x: [model(x)], "evaluation", batch_size):
             right += int((logits.argmax(1) == y).sum())
             count += len(y)
             taken = model.last_exits if model.last_exits is not None else torch.full((len(y),), model.num_exits)

@@ -20,7 +20,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from fxcomp.dynamic.cuts import cut_problems, resolve_cuts
+from fxcomp.dynamic.cuts import cut_problems, find_node, resolve_cuts
 from fxcomp.dynamic.stages import single_exit_graph, split_stages
 from fxcomp.errors import ExitError, first_line
 from fxcomp.report import totals
@@ -71,17 +71,21 @@ def add_exits(
     """Attach exit ``heads`` to the annotated classifier ``gm`` at the cut points ``at``; return the cut nodes.
 
     ``at`` names nodes or modules (see :func:`fxcomp.dynamic.find_node`), or one of them; each must be a cut point.
-    Head *i* maps cut point *i*'s tensor to the model's (batch, classes) logits. The graph
-    itself is unchanged: it still computes exactly the model's output.
+    ``heads[i]`` maps the tensor of the point ``at[i]`` names to the model's (batch, classes) logits.
+    The exits are numbered, and the nodes returned, in graph order. The graph itself is
+    unchanged: it still computes exactly the model's output.
     """
     if has_exits(gm) or hasattr(gm, HEADS):
         raise ExitError(f"the model already has early exits (a '{HEADS}' submodule); add all exits in one pass")
     if criterion not in CRITERIA:
         raise ExitError(f"exit criterion '{criterion}' is not one of: {', '.join(CRITERIA)}")
     _check_classifier(gm)
-    nodes = resolve_cuts(gm, [at] if isinstance(at, str) else at)
+    names = [at] if isinstance(at, str) else list(at)
+    nodes = resolve_cuts(gm, names)
     if len(heads) != len(nodes):
         raise ExitError(f"{len(nodes)} exit points but {len(heads)} heads; give one head per exit")
+    head_at = {find_node(gm, name): head for name, head in zip(names, heads)}
+    heads = [head_at[node] for node in nodes]
     classes = node_info(_output_node(gm).args[0]).output.shape[1]
     for node, head in zip(nodes, heads):
         spec = node_info(node).output

@@ -71,7 +71,10 @@ def _read(recipe: str | os.PathLike) -> Any:
     if is_path:
         if not Path(text).is_file():
             raise RecipeError(f"recipe file '{text}' does not exist; give a path to a YAML file or a YAML string")
-        text = Path(text).read_text()
+        try:
+            text = Path(text).read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise RecipeError(f"recipe file '{text}' is not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8") from None
     try:
         return yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as error:

@@ -39,11 +39,16 @@ class ExitTraining:
     heads_only: bool = False
     distill: KDLoss | None = None
 
+    def check_outputs(self, count: int) -> None:
+        """Raise :class:`RecipeError` unless the weights, when given, number ``count`` (the exits and the final output)."""
+        if self.weights is not None and len(self.weights) != count:
+            raise RecipeError(
+                f"exits.weights: give {count} weights (one per exit, the final output last), got {len(self.weights)}"
+            )
+
     def loss(self, outputs: Sequence[torch.Tensor], final_loss: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The weighted joint loss of all exits' ``outputs`` (final last) given the final output's loss."""
         weights = self.weights or (1.0,) * len(outputs)
-        if len(weights) != len(outputs):
-            raise RecipeError(f"exits.weights: give {len(outputs)} weights (one per exit, the final output last)")
         total = weights[-1] * final_loss
         final = outputs[-1].detach()
         for weight, logits in zip(weights[:-1], outputs[:-1]):

@@ -7,12 +7,13 @@ restored at the end, early stopping, and a progress line on stderr.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
@@ -20,12 +21,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fxcomp.arguments import described, is_real, is_whole
-from fxcomp.data.batches import Batches, loader, pair
+from fxcomp.arguments import is_real, is_whole
+from fxcomp.data.batches import Batches, check_targets, known_length, labelled_outputs, loader, outputs_on, pair
 from fxcomp.data.splits import Splits
 from fxcomp.dynamic.model import EarlyExitModel
-from fxcomp.errors import DataError, TrainingError, UsageError, first_line
-from fxcomp.recovery.exits import exit_training
+from fxcomp.errors import DataError, TrainingError, UsageError
+from fxcomp.recovery.exits import ExitTraining, exit_training
 from fxcomp.recovery.features import as_graph, with_features
 from fxcomp.recovery.losses import mutual_loss
 from fxcomp.recovery.objective import OUTPUT, Objective, objective
@@ -71,24 +72,26 @@ class RecoveryResult:
 
 
 @torch.no_grad()
-def evaluate_outputs(model: nn.Module, data: Any, *, batch_size: int = 256) -> tuple[list[float], list[float]]:
+def evaluate_outputs(
+    model: nn.Module, data: Any, *, batch_size: int = 256, what: str = "evaluation"
+) -> tuple[list[float], list[float]]:
     """Mean cross-entropy and accuracy (0–1) of each of ``model``'s outputs on labelled ``data``.
 
     A plain model has one output; an early-exit model has one per exit, the final output last.
+    Inputs the model fails on and targets that are not one class index per example raise an
+    error naming the ``what`` data.
     """
     model.eval()
     run = model.all_exits if isinstance(model, EarlyExitModel) else lambda x: [model(x)]
     total, losses, correct = 0, None, None
-    for batch in loader(data, batch_size, shuffle=False, split="val"):
-        x, y = pair(batch)
-        outputs = run(x)
+    for y, outputs in labelled_outputs(data, run, what, batch_size):
         batch_losses = [F.cross_entropy(logits, y, reduction="sum").item() for logits in outputs]
         batch_correct = [int((logits.argmax(1) == y).sum()) for logits in outputs]
         losses = batch_losses if losses is None else [a + b for a, b in zip(losses, batch_losses)]
         correct = batch_correct if correct is None else [a + b for a, b in zip(correct, batch_correct)]
         total += len(y)
     if total == 0 or losses is None or correct is None:
-        raise DataError("the evaluation data holds no examples")
+        raise DataError(f"the {what} data holds no examples")
     return [loss / total for loss in losses], [right / total for right in correct]
 
 
@@ -175,11 +178,15 @@ def _fit(
         raise UsageError(f"recovery needs momentum in [0, 1] and weight_decay >= 0, got {given!r} and {weight_decay!r}")
     if patience is not None and (not is_whole(patience) or patience < 1):
         raise UsageError(f"recovery needs patience >= 1 (a whole number) or None, got {patience!r}")
+    if patience is not None and val is None:
+        raise UsageError("patience counts epochs without a better validation result; pass val_data= or drop patience")
     if schedule not in ("cosine", "constant"):
         raise UsageError(f"schedule '{schedule}' is not one of: cosine, constant")
     parameters = [p for s in students for p in s.parameters() if p.requires_grad] + extra
     optim = _optimizer(optimizer, parameters, lr, given, weight_decay)
-    total = len(train) if hasattr(train, "__len__") else None
+    if val is not None:
+        _first_batch(val, students[0], "validation")
+    total = known_length(train)
     steps = epochs * total if total else None
     scheduler = (
         torch.optim.lr_scheduler.LambdaLR(optim, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, steps) / steps)))
@@ -221,7 +228,7 @@ def _fit(
         for i, s in enumerate(students):
             val_loss = val_accuracy = exit_accuracies = None
             if val is not None:
-                losses, accuracies = evaluate_outputs(s, val)
+                losses, accuracies = evaluate_outputs(s, val, what="validation")
                 val_loss, val_accuracy = sum(losses) / len(losses), sum(accuracies) / len(accuracies)
                 exit_accuracies = accuracies if isinstance(s, EarlyExitModel) else None
             record = EpochRecord(
@@ -268,43 +275,56 @@ def _features(
 
 
 def _train_and_val(train_data: Any, val_data: Any, batch_size: int, seed: int) -> tuple[Batches, Batches | None]:
-    """Shuffled training batches and validation batches; a :class:`Splits` supplies missing validation data."""
+    """Shuffled training batches and validation batches; a :class:`Splits` supplies missing validation data.
+
+    Both are read once per epoch, so a one-shot iterator (a generator) is refused.
+    """
     if isinstance(train_data, Splits) and val_data is None:
         val_data = train_data.val
+    for what, data in (("training", train_data), ("validation", val_data)):
+        if isinstance(data, Iterator):
+            raise DataError(
+                f"the {what} data is a one-shot iterator (a generator?), but training reads it every epoch; "
+                "pass a DataLoader, a Dataset or a list of (inputs, target) batches"
+            )
     train = loader(train_data, batch_size, shuffle=True, seed=seed)
     return train, loader(val_data, 256, shuffle=False, split="val") if val_data is not None else None
 
 
-def _first_batch(data: Batches, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two examples of the first training batch, checked against ``model``: it runs on the inputs and
-    the targets are class indices within its outputs."""
+def _first_batch(data: Batches, model: nn.Module, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two examples of the first batch of the ``what`` data, after checking that batch against ``model``:
+    it runs on the inputs and the targets are class indices within its outputs."""
     for batch in data:
-        x, y = (part[:2] for part in pair(batch))
+        x, y = pair(batch)
         break
     else:
-        raise DataError("the training data holds no examples")
+        raise DataError(f"the {what} data holds no examples")
     if len(x) == 0:
-        raise DataError("the first training batch holds no examples")
-    try:
-        with torch.no_grad(), eval_mode(model):
-            logits = model(x)
-    except Exception as error:  # noqa: BLE001 - the model's own error, named with the batch's shape
-        raise DataError(
-            f"the model fails on the training inputs ({'×'.join(map(str, x.shape))}): {first_line(error)}; "
-            "give inputs shaped like the model expects"
-        ) from error
-    classes = logits.shape[-1] if isinstance(logits, torch.Tensor) and logits.dim() == 2 else None
-    fits = y.dim() == 1 and not y.is_floating_point() and not y.is_complex() and y.dtype != torch.bool
-    if classes is None or not fits or len(y) != len(x) or y.min() < 0 or y.max() >= classes:
-        raise TrainingError(
-            f"recovery trains a classifier on class indices: the model gives {_tensor_described(logits)} and the targets "
-            f"are {_tensor_described(y)}; give one integer label in [0, classes) per example"
-        )
-    return x, y
+        raise DataError(f"the first {what} batch holds no examples")
+    with torch.no_grad(), eval_mode(model):
+        check_targets(outputs_on(model, x, what), y, what)
+    return x[:2], y[:2]
 
 
-def _tensor_described(value: Any) -> str:
-    return described(value.shape, value.dtype) if isinstance(value, torch.Tensor) else f"a {type(value).__name__}"
+_Run = Callable[[torch.Tensor], dict[str, torch.Tensor]]
+
+
+def _step_loss(
+    goal: Objective, joint: ExitTraining | None, student_run: _Run, teacher_run: _Run | None
+) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, list[Any]]]:
+    """The batch loss of :func:`recover` and the student's logits (every exit's, for an early-exit model)."""
+
+    def step_loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, list[Any]]:
+        values, taught = student_run(x), None
+        if teacher_run is not None:
+            with torch.no_grad():
+                taught = teacher_run(x)
+        if joint is None:
+            return goal(values, taught, y), [values[OUTPUT]]
+        outputs = values[OUTPUT]  # every exit's logits, the final output last
+        return joint.loss(outputs, goal({OUTPUT: outputs[-1]}, taught, y), y), [outputs]
+
+    return step_loss
 
 
 def recover(
@@ -330,11 +350,13 @@ def recover(
 
     Args:
         model: the model to train (an ``nn.Module`` or a compressed ``GraphModule``); not modified.
-        train_data: a Dataset, a DataLoader or a list of ``(inputs, target)`` batches; a
-            :class:`fxcomp.data.Splits` gives its train part (and its validation part when
-            ``val_data`` is omitted).
-        val_data: labelled data evaluated after every epoch; the best epoch (accuracy, then
-            loss) is restored at the end. Without it the last epoch is kept.
+        train_data: a Dataset, a DataLoader or a list of ``(inputs, target)`` batches (read once
+            per epoch, so not a generator); a :class:`fxcomp.data.Splits` gives its train part
+            (and its validation part when ``val_data`` is omitted). Its first batch is checked
+            against the model before training.
+        val_data: labelled data evaluated after every epoch (its first batch is checked before
+            training); the best epoch (accuracy, then loss) is restored at the end. Without it
+            the last epoch is kept.
         teacher: the model to distill from (run in eval mode, never trained; its mode is restored).
         distill: a spec (see :mod:`fxcomp.recovery.objective`), e.g. ``{"kind": "kd", "T": 4,
             "alpha": 0.9}``; None trains on cross-entropy alone.
@@ -346,7 +368,7 @@ def recover(
             ``momentum`` is given) or ``adam`` (no ``momentum``); ``cosine`` decays the rate to
             zero over all steps, ``constant`` keeps it.
         batch_size: used when the data is a Dataset.
-        patience: stop after this many epochs without a better validation result.
+        patience: stop after this many epochs without a better validation result (needs validation data).
         seed: seeds the weights' random state and the shuffling.
         progress: print a progress line per epoch on stderr.
     """
@@ -364,36 +386,24 @@ def recover(
     if staged and (goal.feature_names("student") or goal.feature_names("teacher")):
         raise UsageError("feature distillation does not apply to early-exit models; use kind: kd or exits.distill")
     joint = exit_training(exits) if staged else None
+    if joint is not None:
+        joint.check_outputs(student.num_exits + 1)
     if joint is not None and joint.heads_only:
         student.freeze_backbone(True)
-    example, _ = _first_batch(train, student)
+    example, _ = _first_batch(train, student, "training")
     student_run = _features(student, goal.feature_names("student"), example, training=True)
-    teacher_run, teacher_was_training = None, teacher is not None and teacher.training
-    if goal.needs_teacher:
-        teacher = teacher.eval()
-        teacher_run = _features(teacher, goal.feature_names("teacher"), example, training=False)
-        with torch.no_grad(), eval_mode(student):
-            goal.build(student_run(example), teacher_run(example))
-
-    def step_loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, list[Any]]:
-        values, taught = student_run(x), None
-        if teacher_run is not None:
-            with torch.no_grad():
-                taught = teacher_run(x)
-        if joint is None:
-            return goal(values, taught, y), [values[OUTPUT]]
-        outputs = values[OUTPUT]  # every exit's logits, the final output last
-        return joint.loss(outputs, goal({OUTPUT: outputs[-1]}, taught, y), y), [outputs]
-
-    try:
+    with contextlib.ExitStack() as stack:
+        teacher_run = None
+        if goal.needs_teacher:
+            stack.enter_context(eval_mode(teacher))  # the caller's teacher gets its modes back, whatever happens
+            teacher_run = _features(teacher, goal.feature_names("teacher"), example, training=False)
+            with torch.no_grad(), eval_mode(student):
+                goal.build(student_run(example), teacher_run(example))
         ((history, best_epoch),) = _fit(
-            [student], goal.parameters(), step_loss, train, val,
+            [student], goal.parameters(), _step_loss(goal, joint, student_run, teacher_run), train, val,
             epochs=epochs, lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay,
             schedule=schedule, patience=patience, progress=progress,
         )  # fmt: skip
-    finally:
-        if teacher is not None:
-            teacher.train(teacher_was_training)  # the caller's model keeps its mode
     if joint is not None and joint.heads_only:
         student.freeze_backbone(False)
     return RecoveryResult(student, history, best_epoch)
@@ -408,6 +418,20 @@ def _training_defaults() -> dict[str, Any]:
     return {name: parameters[name].default for name in _TRAINING_OPTIONS}
 
 
+def _check_options(scheme: str, options: dict[str, Any], known: Sequence[str]) -> None:
+    """Raise :class:`UsageError` naming the options of ``options`` that ``scheme`` does not take."""
+    unknown = set(options) - set(known)
+    if unknown:
+        raise UsageError(f"{scheme} got unknown option(s) {', '.join(sorted(unknown))}; it takes {', '.join(known)}")
+
+
+def _recover_options(scheme: str, options: dict[str, Any]) -> None:
+    """Check the options a scheme passes on to :func:`recover` (which it gives ``teacher`` and ``distill`` itself)."""
+    parameters = inspect.signature(recover).parameters.values()
+    known = [p.name for p in parameters if p.kind is p.KEYWORD_ONLY and p.name not in ("teacher", "distill")]
+    _check_options(scheme, options, known)
+
+
 def mutual_learning(peers: Sequence[nn.Module], train_data: Any, *, val_data: Any = None, **options: Any) -> list[RecoveryResult]:
     """Deep mutual learning (Zhang et al., 2018): peers trained together, each also matching the others.
 
@@ -417,10 +441,7 @@ def mutual_learning(peers: Sequence[nn.Module], train_data: Any, *, val_data: An
     """
     if len(peers) < 2:
         raise UsageError("mutual learning needs at least two peers")
-    unknown = set(options) - {*_TRAINING_OPTIONS, "seed", "batch_size"}
-    if unknown:
-        known = ", ".join((*_TRAINING_OPTIONS, "seed", "batch_size"))
-        raise UsageError(f"mutual_learning got unknown option(s) {', '.join(sorted(unknown))}; it takes {known}")
+    _check_options("mutual_learning", options, (*_TRAINING_OPTIONS, "seed", "batch_size"))
     seed, batch_size = options.pop("seed", 0), options.pop("batch_size", 128)
     if not is_whole(seed):
         raise UsageError(f"mutual learning needs a whole-number seed, got {seed!r}")
@@ -447,6 +468,7 @@ def teacher_assistant_chain(
     ``chain`` runs from the largest assistant to the final student; ``distill`` defaults to
     KD (T = 4, α = 0.9). Other options go to :func:`recover`. Returns one result per link.
     """
+    _recover_options("teacher_assistant_chain", options)
     results, current = [], teacher
     for model in chain:
         result = recover(model, train_data, teacher=current, distill=distill or {"kind": "kd"}, **options)
@@ -485,6 +507,7 @@ def born_again(
     """
     if not is_whole(generations) or generations < 1:
         raise UsageError(f"born_again needs generations >= 1 (a whole number), got {generations!r}")
+    _recover_options("born_again", options)
     seed = options.get("seed", 0)
     if not is_whole(seed):
         raise UsageError(f"born_again needs a whole-number seed, got {seed!r}")

@@ -96,7 +96,8 @@ class RelationalKDLoss(nn.Module):
 
     Features are flattened per example. Distances are divided by their mean over the batch;
     both terms use the Huber loss, weighted by ``distance_weight`` and ``angle_weight``
-    (the paper's 25 and 50).
+    (the paper's 25 and 50). A batch with too few examples for a term (two for distances,
+    three for angles; the last batch of an epoch may hold one) gives that term 0.
     """
 
     def __init__(self, distance_weight: float = 25.0, angle_weight: float = 50.0) -> None:
@@ -118,9 +119,9 @@ class RelationalKDLoss(nn.Module):
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         s, t = student.flatten(1), teacher.detach().flatten(1)
         loss = student.new_zeros(())
-        if self.distance_weight:
+        if self.distance_weight and len(s) >= 2:
             loss = loss + self.distance_weight * F.smooth_l1_loss(self._distances(s), self._distances(t))
-        if self.angle_weight:
+        if self.angle_weight and len(s) >= 3:
             loss = loss + self.angle_weight * F.smooth_l1_loss(self._angles(s), self._angles(t))
         return loss
 
