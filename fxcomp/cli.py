@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import itertools
 import json
 import os
 import sys
@@ -16,10 +17,11 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 from tabulate import tabulate
+from torch.utils.data import DataLoader
 
 from fxcomp.data import Splits, digits, fashion_mnist, mnist
 from fxcomp.dynamic import EarlyExitModel
-from fxcomp.errors import FxcompError, UsageError, first_line
+from fxcomp.errors import CalibrationError, FxcompError, UsageError, first_line
 from fxcomp.export import check_writable, load, save, to_dot
 from fxcomp.passes.pipeline import compress
 from fxcomp.plugin.host import load_plugins
@@ -128,19 +130,29 @@ def training_data(reference: str) -> Splits:
     raise UsageError(f"training data {reference!r} is not one of: digits, fashion-mnist, fashion-mnist:DIR, mnist:DIR")
 
 
+CALIBRATION_BATCHES, CALIBRATION_BATCH_SIZE = 16, 64
+"""``--train-data`` also calibrates (``quantize``'s int8 ranges, data-driven importance): its first batches."""
+
+
 def _cmd_compress(args: argparse.Namespace) -> None:
     for path in (args.plan, None if args.dry_run else args.out):
         if path:
             check_writable(path)
     data = training_data(args.train_data) if args.train_data else None
-    result = compress(
-        load_model(args.model),
-        _example_inputs(args.input_shape),
-        args.recipe,
-        train_data=data.train if data else None,
-        val_data=data.val if data else None,
-        dry_run=args.dry_run,
-    )
+    try:
+        result = compress(
+            load_model(args.model),
+            _example_inputs(args.input_shape),
+            args.recipe,
+            train_data=data.train if data else None,
+            val_data=data.val if data else None,
+            calib_data=list(itertools.islice(DataLoader(data.train, batch_size=CALIBRATION_BATCH_SIZE), CALIBRATION_BATCHES)) if data else None,
+            dry_run=args.dry_run,
+        )
+    except CalibrationError as error:
+        if data is not None:
+            raise
+        raise CalibrationError(f"{error}; on the command line, give --train-data") from error
     print(result.report)
     if result.lowered is not None:
         print(f"\n{result.lowered.report}")
@@ -202,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--dry-run", action="store_true", help="plan only; do not rewrite or save")
     comp.add_argument(
         "--train-data",
-        help="labelled data for recover steps: digits, fashion-mnist, fashion-mnist:DIR or mnist:DIR (IDX files)",
+        help="labelled data for recover steps and calibration (its first 1,024 training examples): "
+        "digits, fashion-mnist, fashion-mnist:DIR or mnist:DIR (IDX files)",
     )
     comp.set_defaults(run=_cmd_compress)
 

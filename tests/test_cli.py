@@ -121,6 +121,19 @@ def test_compress_command_prints_the_lowering_report(tmp_path, capsys) -> None:
     assert "lowered to backend 'triton': 1 pattern occurrence(s)" in printed and "lowrank_linear  fc.0, fc.1" in printed
 
 
+def test_compress_calibrates_int8_with_the_training_data(tmp_path, capsys) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("passes:\n  - pass: quantize\n    scheme: int8\n")
+    plan = tmp_path / "plan.json"
+    argv = ["compress", "fxcomp.demo:DigitsNet", "--recipe", str(recipe), "--input-shape", "1,1,8,8", "--plan", str(plan)]
+    assert main([*argv, "--train-data", "digits"]) == 0
+    (record,) = json.loads(plan.read_text())
+    assert record["stats"]["layers"] == len(record["plan"]["layers"]) > 0
+    assert all(low < high for low, high in record["stats"]["input_range"].values())
+    assert main(argv) == 2  # without data there is nothing to calibrate on
+    assert capsys.readouterr().err.endswith("pass calib_data=[batch, ...] to fxcomp.compress; on the command line, give --train-data\n")
+
+
 def test_compress_dry_run_writes_no_model(tmp_path, capsys) -> None:
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("passes:\n  - pass: fold_bn\n")
@@ -197,6 +210,15 @@ def test_a_failing_model_factory_is_named_and_fxcomp_errors_pass_through(tmp_pat
     )
     assert main(["inspect", "factories_module:no_data", "--input-shape", "1,3"]) == 2
     assert capsys.readouterr().err.strip() == "error: no data in /x; install it"
+
+
+def test_a_recipe_file_that_is_not_utf8_is_a_one_line_error(tmp_path, capsys) -> None:
+    recipe = tmp_path / "latin1.yaml"
+    recipe.write_bytes(b"passes:\n  - pass: fold_bn\n    exclude: caf\xe9\n")
+    assert main(["compress", "tests.conftest:SmallCNN", "--recipe", str(recipe), "--input-shape", "1,3,8,8"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: recipe file '{recipe}' is not UTF-8 text (invalid continuation byte at byte 42); save it as UTF-8"
+    )
 
 
 def test_debug_shows_the_traceback() -> None:
