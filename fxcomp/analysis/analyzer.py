@@ -379,12 +379,13 @@ class _Walk:
         result = unlabelled(len(shape))
         if labelled:
             broadcast = [torch.broadcast_to(v, _pad(v.shape, len(shape))) for v, _ in labelled]
+            partly = any(not bool((v >= 0).all()) for v in broadcast)
             result = broadcast[0]
             for other in broadcast[1:]:
                 left, right = torch.broadcast_tensors(result, other)
                 self.labels.union(left.reshape(-1), right.reshape(-1))
-                alone = (left >= 0) != (right >= 0)  # a channel meeting entries of no channel (a concatenated input)
-                if bool(alone.any()):
+                alone = ((left >= 0) != (right >= 0)) if partly else None  # a channel meeting entries of no channel
+                if alone is not None and bool(alone.any()):
                     self.pin([left[alone], right[alone]], f"'{qualname(node)}' combines channels with entries that cannot be pruned")
                 result = torch.where(left >= 0, left, right)
             result = compact(result.contiguous())
@@ -501,7 +502,7 @@ class _Walk:
         """
         source = args[0]
         labels = self.env[source]
-        if not isinstance(selected, torch.Tensor) or not bool((labels >= 0).any()):
+        if not isinstance(selected, torch.Tensor) or not bool((labels >= 0).any()) or _leaves_channels(node, labels):
             return
         reason = f"'{qualname(node)}' selects channels by positions written in the graph, which pruning would shift"
         size = len(self.labels)
@@ -718,6 +719,32 @@ def _run_on_labels(function: Callable[..., Any], args: tuple, kwargs: dict) -> A
     except RuntimeError:
         dense = pytree.tree_map(lambda t: t.contiguous() if isinstance(t, torch.Tensor) else t, (args, kwargs))
         return function(*dense[0], **dense[1])
+
+
+def _leaves_channels(node: fx.Node, labels: torch.Tensor) -> bool:
+    """Whether a getitem or narrow plainly keeps all of the one axis carrying channels (``x[:, 0]`` of ``B×T×C``)."""
+    axes = labelled_axes(labels)
+    if len(axes) != 1:
+        return False
+    if node.target in (torch.narrow, "narrow"):
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        return isinstance(dim, int) and dim % labels.dim() != axes[0]
+    index = node.args[1] if len(node.args) > 1 else None
+    entries = list(index) if isinstance(index, tuple) else [index]
+    consumed = sum(1 for entry in entries if entry is not None and entry is not Ellipsis)
+    if entries.count(Ellipsis) > 1 or consumed > labels.dim():
+        return False
+    if Ellipsis in entries:
+        at = entries.index(Ellipsis)
+        entries[at : at + 1] = [slice(None)] * (labels.dim() - consumed)
+    axis = 0
+    for entry in entries:
+        if entry is None:
+            continue
+        if axis == axes[0]:
+            return entry == slice(None)
+        axis += 1
+    return True  # past the indexed axes: kept whole
 
 
 def _line_at(labels: torch.Tensor, axis: int) -> torch.Tensor:
@@ -1396,7 +1423,7 @@ def analyze(
                 raise
             raise TraceError(f"cannot analyze node '{qualname(node)}': {error}") from error
     shared = Counter(walk.aliases.values())
-    parametrized = {path: module for path, module in walk.modules.items() if parametrize.is_parametrized(module)}
+    parametrized = {path: module for path, module in walk.modules.items() if "parametrizations" in module._modules}
     for name, _, line, kind in walk.members:
         foreign = _parametrized_by(parametrized, name) if kind == "parameter" and parametrized else None
         if foreign:

@@ -64,14 +64,15 @@ class _Tracer(fx.Tracer):
         return super().create_arg(a)
 
     def trace(self, root: nn.Module, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
-        modes = [(module, module.training) for module in root.modules()]
-        for name, module in root.named_modules():
-            module.training = _TrainingFlag(module.training, name)
+        modules = list(root.named_modules())
+        modes = [module.training for _, module in modules]
+        for name, module in modules:  # a plain attribute: set it directly, not through Module.__setattr__
+            module.__dict__["training"] = _TrainingFlag(module.training, name)
         try:
             return super().trace(root, concrete_args)
         finally:
-            for module, training in modes:
-                module.training = training
+            for (_, module), training in zip(modules, modes):
+                module.__dict__["training"] = training
 
 
 def _innermost_module_frame(
