@@ -223,7 +223,7 @@ class _Walk:
             if bias:
                 self.member(bias, 0, out)
             return out
-        channel_axis = 1 if ndim == module.weight.dim() else 0  # batched or unbatched input
+        channel_axis = _channel_axis(ndim, module.weight.dim())
         line = along(x, channel_axis, module.in_channels)
         if line is None:
             self.pin(x, f"'{qualname(node)}' reads channels spread over several axes")
@@ -317,7 +317,7 @@ class _Walk:
             self.pin(x, f"'{qualname(node)}' is a grouped functional convolution")
             return _unlabelled_like(spec)
         ndim = len(spec.shape)
-        channel_axis = ndim - 1 if linear else (1 if ndim == weight.tensor.dim() else 0)
+        channel_axis = ndim - 1 if linear else _channel_axis(ndim, weight.tensor.dim())
         line = along(x, channel_axis, weight.tensor.shape[1])
         if line is None:
             self.pin(x, f"'{qualname(node)}' reads channels spread over several axes")
@@ -747,6 +747,11 @@ def _leaves_channels(node: fx.Node, labels: torch.Tensor) -> bool:
     return True  # past the indexed axes: kept whole
 
 
+def _channel_axis(ndim: int, weight_dim: int) -> int:
+    """A convolution's channel axis in an ``ndim``-dimensional input or output: 1 when batched, 0 when not."""
+    return 1 if ndim == weight_dim else 0
+
+
 def _line_at(labels: torch.Tensor, axis: int) -> torch.Tensor:
     """The entries along ``axis`` at index 0 of every other axis."""
     return labels.movedim(axis, -1).reshape(-1, labels.shape[axis])[0]
@@ -833,7 +838,7 @@ def _hooked(walk: _Walk, node: fx.Node, module: nn.Module) -> Any:
     if not isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) or not isinstance(spec, TensorSpec):
         return out
     ndim = len(spec.shape)
-    axis = ndim - 1 if isinstance(module, nn.Linear) else (1 if ndim == module.weight.dim() else 0)
+    axis = ndim - 1 if isinstance(module, nn.Linear) else _channel_axis(ndim, module.weight.dim())
     labels = walk.new_labels(qualname(node), spec.shape[axis], axis, ndim)
     walk.pin(labels, f"'{qualname(node)}' is {what}, which the analyzer does not know")
     return labels
