@@ -9,15 +9,17 @@ A recipe step::
 
 For every selected weight, 1-D k-means (Lloyd's algorithm, centroids initialized
 linearly between the smallest and largest weight, the paper's best choice) runs
-over its nonzero entries (a centroid left without members moves onto the value
-farthest from its centroid, so the planned count survives); each entry then reads
-its centroid through a :class:`fxcomp.passes.SharedWeights` parametrization. Zeros
-(pruned entries) stay zero, also under a pruning mask. A weight another module holds
-too (tied weights) or an empty one is skipped, with the reason in the plan. A later
-``recover`` step fine-tunes the centroids: each gets the sum of its members'
-gradients, and the assignment never changes.
-The plan gives every weight's centroid count; the statistics its relative weight
-error ‖W − Ŵ‖/‖W‖.
+over its nonzero entries with at most ``2**bits`` centroids; a centroid that ends
+without members (linear initialization puts some in the gap a pruned weight leaves
+around zero) is dropped, which shortens the codebook and its indices. Each entry
+then reads its centroid through a :class:`fxcomp.passes.SharedWeights`
+parametrization. Zeros (pruned entries) stay zero, also under a pruning mask. A
+weight another module holds too (tied weights) or an empty one is skipped, with the
+reason in the plan. A later ``recover`` step fine-tunes the centroids: each gets the
+sum of its members' gradients, and the assignment never changes.
+The plan gives every weight's largest centroid count (``max_clusters``); the
+statistics the count k-means kept (``clusters``) and the relative weight error
+‖W − Ŵ‖/‖W‖.
 """
 
 from __future__ import annotations
@@ -59,25 +61,22 @@ def _bits(value: Any, path: str) -> dict[str, int]:
 
 
 def kmeans_1d(values: torch.Tensor, clusters: int, iterations: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lloyd's k-means of 1-D ``values`` with centroids initialized linearly between min and max.
+    """Lloyd's k-means of 1-D ``values`` with ``clusters`` centroids initialized linearly between min and max.
 
-    A centroid left without members (one in the gap a pruned weight leaves around zero)
-    moves onto the value farthest from its centroid, so as many clusters as there are
-    distinct values, up to ``clusters``, survive. Returns the sorted centroids (each its
-    members' mean) and each value's centroid index. Runs until no value changes cluster
-    or for ``iterations`` rounds; deterministic.
+    Returns the sorted centroids that end with members (each its members' mean; a
+    centroid left empty is dropped, so there may be fewer than ``clusters``) and each
+    value's index into them. Runs until no value changes cluster or for
+    ``iterations`` rounds; deterministic.
     """
     values = values.double()
     centroids = torch.linspace(float(values.min()), float(values.max()), clusters, dtype=torch.float64)
     labels = _nearest(values, centroids)
     for _ in range(iterations):
-        centroids, labels = _fill_empty(values, centroids, labels)
         centroids = _means(values, labels, centroids).sort().values
         fresh = _nearest(values, centroids)
         if torch.equal(fresh, labels):
             break
         labels = fresh
-    centroids, labels = _fill_empty(values, centroids, labels)
     centroids = _means(values, labels, centroids)
     used = torch.bincount(labels, minlength=clusters) > 0
     renumber = torch.cumsum(used, 0) - 1
@@ -94,27 +93,6 @@ def _means(values: torch.Tensor, labels: torch.Tensor, centroids: torch.Tensor) 
     sums = torch.zeros_like(centroids).index_add_(0, labels, values)
     counts = torch.bincount(labels, minlength=len(centroids))
     return torch.where(counts > 0, sums / counts.clamp(min=1), centroids)
-
-
-def _fill_empty(values: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Move centroids without members onto the values farthest from their centroids (distinct values).
-
-    Repeats until every centroid has members or every value sits on one. Returns the
-    sorted centroids and the values' new labels.
-    """
-    empty = torch.bincount(labels, minlength=len(centroids)) == 0
-    while bool(empty.any()):
-        distance = (values - centroids[labels]).abs()
-        farthest = distance.topk(min(int(empty.sum()), len(values))).indices
-        chosen = values[farthest[distance[farthest] > 0]].unique()
-        if not len(chosen):
-            break
-        centroids = centroids.clone()
-        centroids[empty.nonzero().flatten()[: len(chosen)]] = chosen
-        centroids = centroids.sort().values
-        labels = _nearest(values, centroids)
-        empty = torch.bincount(labels, minlength=len(centroids)) == 0
-    return centroids, labels
 
 
 def _kind(module: nn.Module) -> str:
@@ -144,8 +122,8 @@ class Cluster(Pass):
             weight = module.weight.detach()
             nonzero = weight[weight != 0]
             bits = self.options["bits"][_kind(module)]
-            clusters = min(2**bits, int(nonzero.unique().numel()))
-            layers.append({"layer": name, "bits": bits, "numel": weight.numel(), "nonzero": nonzero.numel(), "clusters": clusters})
+            most = min(2**bits, int(nonzero.unique().numel()))
+            layers.append({"layer": name, "bits": bits, "numel": weight.numel(), "nonzero": nonzero.numel(), "max_clusters": most})
         return {"layers": layers, "skipped": skipped}
 
     def _skip_reason(self, module: nn.Module, holders: dict[int, int]) -> str | None:
@@ -161,18 +139,19 @@ class Cluster(Pass):
 
     def apply(self, gm: fx.GraphModule, plan: dict[str, Any], context: PassContext) -> PassResult:
         modules = {name: module for _node, name, module in selected_modules(gm, tuple(_KINDS.values()), ["*"], [])}
-        errors = {}
+        errors, kept = {}, {}
         for entry in plan["layers"]:
             module = modules[entry["layer"]]
             weight = module.weight.detach()
             keep = weight != 0
-            centroids, labels = kmeans_1d(weight[keep], entry["clusters"], self.options["iterations"])
+            centroids, labels = kmeans_1d(weight[keep], entry["max_clusters"], self.options["iterations"])
             assignment = torch.full(weight.shape, -1, dtype=torch.long)
             assignment[keep] = labels
             share_weights(module, "weight", centroids, assignment)
+            kept[entry["layer"]] = len(centroids)
             error = torch.linalg.vector_norm(module.weight.detach().double() - weight.double())
             errors[entry["layer"]] = round(float(error / torch.linalg.vector_norm(weight.double())), 6)
-        return PassResult(gm, modified=bool(plan["layers"]), stats={"layers": len(errors), "relative_error": errors})
+        return PassResult(gm, modified=bool(plan["layers"]), stats={"layers": len(errors), "clusters": kept, "relative_error": errors})
 
 
 @hookimpl

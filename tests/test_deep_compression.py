@@ -41,7 +41,7 @@ def test_cluster_keeps_zeros_and_at_most_2_to_the_bits_values(sparse_shared) -> 
         assert weight[weight != 0].unique().numel() <= 2**bits
         assert (weight == 0).float().mean().item() == pytest.approx(0.8, abs=0.01)
     plan = {entry["layer"]: entry for entry in result.plan[1]["plan"]["layers"]}
-    assert plan["fc"] == {"layer": "fc", "bits": 3, "numel": 320, "nonzero": 64, "clusters": 8}
+    assert plan["fc"] == {"layer": "fc", "bits": 3, "numel": 320, "nonzero": 64, "max_clusters": 8}
     assert set(result.plan[1]["stats"]["relative_error"]) == {"conv1", "conv2", "fc"}
 
 
@@ -56,24 +56,25 @@ def test_kmeans_uses_linear_initialization_and_converges_to_interval_means() -> 
     assert few.tolist() == [1.0, 3.0] and labels.tolist() == [0, 0, 1]
 
 
-def test_kmeans_refills_the_clusters_in_a_pruned_gap() -> None:
+def test_kmeans_drops_the_centroids_left_in_a_pruned_gap() -> None:
     from fxcomp_plugins.cluster import kmeans_1d
 
-    values = torch.tensor([-1.0, -0.9, -0.8, 0.8, 0.9, 1.0]).repeat(4)  # linear initialization puts 2 of 6 centroids in the gap
+    values = torch.tensor([-1.0, -0.75, -0.5, 0.5, 0.75, 1.0]).repeat(3)  # linear initialization puts 2 of 6 centroids in the gap
     centroids, labels = kmeans_1d(values, 6)
-    torch.testing.assert_close(centroids, torch.tensor([-1.0, -0.9, -0.8, 0.8, 0.9, 1.0], dtype=torch.float64))
-    assert labels.tolist() == [0, 1, 2, 3, 4, 5] * 4
+    assert centroids.tolist() == [-1.0, -0.625, 0.625, 1.0]  # six distinct values, four clusters
+    assert labels.tolist() == [0, 1, 1, 2, 2, 3] * 3
 
 
-def test_cluster_keeps_as_many_centroids_as_it_plans(sparse_shared) -> None:
+def test_cluster_statistics_give_the_centroids_each_layer_kept(sparse_shared) -> None:
     result, _ = sparse_shared
     plan = {entry["layer"]: entry for entry in result.plan[1]["plan"]["layers"]}
-    assert {name: entry["clusters"] for name, entry in plan.items()} == {"conv1": 16, "conv2": 16, "fc": 8}
+    kept = result.plan[1]["stats"]["clusters"]
+    assert set(kept) == set(plan) == {"conv1", "conv2", "fc"}
     for name, entry in plan.items():
         shared = result.model.get_submodule(name).parametrizations.weight[1]
-        assert len(shared.centroids) == entry["clusters"]
         weight = result.model.get_submodule(name).weight.detach()
-        assert weight[weight != 0].unique().numel() == entry["clusters"]
+        assert len(shared.centroids) == kept[name] == weight[weight != 0].unique().numel()
+        assert 1 <= kept[name] <= entry["max_clusters"]
 
 
 def test_centroid_gradient_is_the_sum_of_its_members_gradients() -> None:
