@@ -53,12 +53,13 @@ def _total_macs(gm: fx.GraphModule) -> int:
     return sum(node_info(node).macs for node in gm.graph.nodes)
 
 
-def _channels_to_remove(scores: torch.Tensor, ratio: float, round_to: int, segments: int) -> list[int]:
-    """Lowest-scored channels to remove: ``ratio`` of them, keeping a multiple of ``round_to`` per segment."""
+def _channels_to_remove(scores: torch.Tensor, ratio: float, round_to: int, segments: int, least: int = 1) -> list[int]:
+    """Lowest-scored channels to remove: ``ratio`` of them, keeping a multiple of ``round_to`` per segment
+    and at least ``least`` channels in all."""
     channels = scores.numel()
     per_segment = channels // segments
     step = math.lcm(round_to, 1)
-    keep = per_segment - int(per_segment * ratio + 1e-6)
+    keep = max(per_segment - int(per_segment * ratio + 1e-6), -(-least // segments))
     keep = max(step, int(math.ceil(keep / step)) * step) if per_segment >= step else per_segment
     keep = min(keep, per_segment)
     removed: list[int] = []
@@ -405,9 +406,8 @@ class Prune(Pass):
             removed = []
             if group_scores is not None and fraction > 0:
                 round_to = self.options["round_to"]
-                removed = _keep_every_member_alive(
-                    group, group_scores, _channels_to_remove(group_scores, fraction, round_to, group.segments), round_to
-                )
+                lowest = _channels_to_remove(group_scores, fraction, round_to, group.segments, group.min_channels)
+                removed = _keep_every_member_alive(group, group_scores, lowest, round_to)
             if not removed:
                 whole.append(group)
                 continue

@@ -420,6 +420,29 @@ def test_literal_sizes_of_an_expanded_token_and_a_parameterless_layer_norm_follo
     torch.testing.assert_close(result.model(x), expected)
 
 
+class _Squeezed(nn.Module):
+    """``a``'s channels pooled to ``B×C×1`` and squeezed (``dim`` None: every size-1 axis) before ``b``."""
+
+    def __init__(self, dim, function: bool) -> None:
+        super().__init__()
+        self.dim, self.function, self.a, self.b = dim, function, nn.Conv2d(3, 8, 3), nn.Linear(8, 4)
+
+    def forward(self, x):
+        pooled = nn.functional.adaptive_avg_pool2d(self.a(x), 1).flatten(2)
+        if self.function:
+            return self.b(torch.squeeze(pooled) if self.dim is None else torch.squeeze(pooled, self.dim))
+        return self.b(pooled.squeeze() if self.dim is None else pooled.squeeze(self.dim))
+
+
+@pytest.mark.parametrize("function", [False, True])
+@pytest.mark.parametrize(("dim", "least"), [(None, 2), ((1, 2), 2), (-1, 1)])
+def test_a_squeeze_that_would_drop_a_channel_axis_left_at_one_keeps_two_channels(dim, least, function) -> None:
+    x = torch.randn(2, 3, 8, 8)
+    assert _group(_Squeezed(dim, function), x, "a").min_channels == least
+    result, error = _prune_and_compare(_Squeezed(dim, function), x, "passes: [{pass: prune, ratio: 0.95}]")
+    assert result.model.a.out_channels == least and result.model(x).shape == (2, 4) and error < 1e-5
+
+
 def _normalized(wrap) -> nn.Module:
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     model[0] = wrap(model[0])

@@ -139,6 +139,8 @@ class _Walk:
     """Parameters an operation the analyzer does not know uses → that operation."""
     pins: list[tuple[torch.Tensor, str]] = field(default_factory=list)
     segments: list[tuple[torch.Tensor, int]] = field(default_factory=list)
+    floors: list[torch.Tensor] = field(default_factory=list)
+    """Labels whose groups must keep two channels (an axis ``squeeze`` would drop at one)."""
     size_ties: list[tuple[torch.Tensor, torch.Tensor, Fraction, str, tuple[str, int] | None]] = field(default_factory=list)
 
     # --- values ------------------------------------------------------------------------------
@@ -1243,6 +1245,8 @@ def _step(walk: _Walk, node: fx.Node) -> Any:
             _tie_shuffle_groups(walk, node, args[1] if len(args) > 1 else kwargs["groups"])
         if target in _MOVEMENT_FUNCTIONS:
             _split_sizes(walk, node)
+            if target is torch.squeeze:
+                _squeezed_axes_keep_two(walk, args, kwargs)
             return walk.movement(node, target, args, kwargs)
         if not any(isinstance(a, fx.Node) for a in pytree.tree_leaves((args, kwargs))):
             return walk.spec(node)
@@ -1260,6 +1264,8 @@ def _step(walk: _Walk, node: fx.Node) -> Any:
             return _expanded_parameter(walk, node)
         if target in _MOVEMENT_METHODS:
             _split_sizes(walk, node)
+            if target == "squeeze":
+                _squeezed_axes_keep_two(walk, args, kwargs)
             return walk.movement(node, lambda self, *a, **k: getattr(self, target)(*a, **k), args, kwargs)
         if target == "size":
             dim = args[1] if len(args) > 1 else kwargs.get("dim")
@@ -1270,6 +1276,21 @@ def _step(walk: _Walk, node: fx.Node) -> Any:
             return _Sizes(walk.spec(node), (labels.reshape(-1),), scale=None) if has_channels else walk.spec(node)
         return walk.unknown(node, args, kwargs, f"the tensor method .{target}()")
     raise TraceError(f"node '{node.name}' has an unknown kind {node.op!r}")
+
+
+def _squeezed_axes_keep_two(walk: _Walk, args: Sequence[Any], kwargs: dict) -> None:
+    """``squeeze`` drops the axes it is given (every axis without a dim) that have size 1, so a
+    channel axis pruned down to one entry would vanish: the channels on such an axis keep two."""
+    labels = walk.env.get(args[0]) if args and isinstance(args[0], fx.Node) else None
+    if not isinstance(labels, torch.Tensor):
+        return
+    dim = args[1] if len(args) > 1 else kwargs.get("dim")
+    axes = labelled_axes(labels)
+    if dim is not None:
+        given = {d % labels.dim() for d in (dim if isinstance(dim, (tuple, list)) else (dim,)) if isinstance(d, int)}
+        axes = [axis for axis in axes if axis in given]
+    if axes:
+        walk.floors.append(labels.reshape(-1))
 
 
 def _equal_blocks(channel: torch.Tensor, count: int, channels: int) -> int | None:
@@ -1370,6 +1391,10 @@ def _build_groups(walk: _Walk, ignore: Sequence[str]) -> list[ChannelGroup]:
         for index in owner[owner >= 0].unique().tolist():
             if reason not in groups[index].pinned:
                 groups[index].pinned.append(reason)
+    for labels in walk.floors:
+        owner, _ = located(labels)
+        for index in owner[owner >= 0].unique().tolist():
+            groups[index].min_channels = 2
     for labels, count in walk.segments:
         owner, channel = located(labels)
         owners = owner[owner >= 0].unique().tolist()

@@ -132,6 +132,8 @@ class ChannelGroup:
     ``channels`` value is ``c``. A group with ``pinned`` reasons must not be pruned.
     ``segments`` > 1 means the channels form that many equal contiguous segments
     (grouped convolution, GroupNorm) and every segment must lose the same number.
+    Pruning must keep at least ``min_channels`` (2 where a ``squeeze`` without a dim
+    would drop an axis left with one channel).
     """
 
     channels: int
@@ -139,6 +141,7 @@ class ChannelGroup:
     members: list[Member] = field(default_factory=list)
     pinned: list[str] = field(default_factory=list)
     segments: int = 1
+    min_channels: int = 1
 
     @property
     def prunable(self) -> bool:
