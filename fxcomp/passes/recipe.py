@@ -119,6 +119,8 @@ def _save_options(value: Any) -> dict[str, Any]:
         raise RecipeError(f"save: expected a mapping with keys among codec, index_bits; got {value!r}")
     if value.get("codec") not in (None, "deep"):
         raise RecipeError(f"save.codec: expected deep (or nothing for plain tensors), got {value.get('codec')!r}")
+    if "index_bits" in value and value.get("codec") != "deep":
+        raise RecipeError("save.index_bits: sets the deep codec's position width; add `codec: deep` or drop it")
     bits = value.get("index_bits", 5)
     if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= 16:
         raise RecipeError(f"save.index_bits: expected a whole number in [1, 16], got {bits!r}")
