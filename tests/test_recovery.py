@@ -218,6 +218,19 @@ def test_data_that_does_not_fit_the_model_is_named_before_training(data) -> None
             recover(DigitsNet(), train, epochs=1, progress=False)
 
 
+def test_a_label_out_of_range_in_a_later_training_batch_is_named(data) -> None:
+    images, labels = data.train.tensors
+    batches = [(images[:32], labels[:32]), (images[32:64], labels[32:64] + 10)]  # only the second batch is off
+    with pytest.raises(
+        fxcomp.TrainingError,
+        match=r"^the training batch 2 targets do not fit a classifier: the model gives 32×10 float32 and the targets are 32 int64 in \[1\d, 1\d\]; ",
+    ):
+        recover(DigitsNet(), batches, epochs=1, progress=False)
+    peers = [nn.Sequential(nn.Flatten(), nn.Linear(64, 10)) for _ in range(2)]
+    with pytest.raises(fxcomp.TrainingError, match="^the training batch 2 targets do not fit a classifier"):
+        mutual_learning(peers, batches, epochs=1, progress=False)
+
+
 def test_validation_data_that_does_not_fit_the_model_is_named_before_training(data, capsys) -> None:
     images, labels = data.val.tensors
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))

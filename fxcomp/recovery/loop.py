@@ -205,7 +205,12 @@ def _fit(
             s.train()
         for index, batch in enumerate(train, 1):
             x, y = pair(batch)
-            loss, logits = step_loss(x, y)
+            try:
+                loss, logits = step_loss(x, y)
+            except Exception:  # a label out of range in a later batch: say so rather than cross_entropy's IndexError
+                with torch.no_grad(), eval_mode(students[0]):
+                    check_targets(outputs_on(students[0], x, f"training batch {index}"), y, f"training batch {index}")
+                raise
             if not torch.isfinite(loss.detach()):
                 raise TrainingError(
                     f"the training loss became {loss.item()} at epoch {epoch}, batch {index}; lower lr, "
