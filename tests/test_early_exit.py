@@ -360,6 +360,19 @@ def test_heads_only_training_keeps_the_backbone_and_its_statistics(trained, data
     assert all(p.requires_grad for p in result.model.parameters())  # unfrozen afterwards
 
 
+def test_heads_only_training_leaves_the_parameters_the_user_froze_frozen(trained, data, example) -> None:
+    untrained = _exits(trained, example).model
+    untrained.model.layer1.conv1.weight.requires_grad_(False)  # the user's choice, before training
+    result = fxcomp.recover(untrained, data, epochs=1, lr=0.01, exits={"train": "heads"}, progress=False)
+    frozen = [name for name, p in result.model.named_parameters() if not p.requires_grad]
+    assert frozen == ["model.layer1.conv1.weight"]
+    model = copy.deepcopy(untrained)
+    model.freeze_backbone(True)
+    model.freeze_backbone(True)  # freezing twice remembers the first state
+    model.freeze_backbone(False)
+    assert [name for name, p in model.named_parameters() if not p.requires_grad] == ["model.layer1.conv1.weight"]
+
+
 def test_joint_training_with_weights_and_exit_distillation(trained, data, example) -> None:
     untrained = _exits(trained, example).model
     exits = {"weights": [0.5, 0.5, 1.0], "train": "joint", "distill": {"T": 2, "alpha": 0.5}}

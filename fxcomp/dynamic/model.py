@@ -156,6 +156,7 @@ class EarlyExitModel(nn.Module):
         self.training = graph_module.training
         self.last_exits: torch.Tensor | None = None
         self.backbone_frozen = False
+        self._frozen: list[str] = []  # the backbone parameters freeze_backbone took gradients from
         self._costs_cache: tuple[list[float], list[float]] | None = None
 
     # -- structure ------------------------------------------------------------------------------
@@ -333,11 +334,21 @@ class EarlyExitModel(nn.Module):
 
     def freeze_backbone(self, frozen: bool = True) -> None:
         """Train only the heads (``frozen``): the backbone's parameters get no gradient and its
-        normalization statistics stay as they are (the backbone stays in eval mode)."""
-        head_parameters = {id(p) for p in self.heads.parameters()}
-        for parameter in self.model.parameters():
-            if id(parameter) not in head_parameters:
-                parameter.requires_grad_(not frozen)
+        normalization statistics stay as they are (the backbone stays in eval mode).
+
+        ``freeze_backbone(False)`` gives gradients back only to the parameters freezing took
+        them from; backbone parameters that were already frozen stay so.
+        """
+        if frozen and not self.backbone_frozen:
+            head_parameters = {id(p) for p in self.heads.parameters()}
+            self._frozen = [
+                name for name, p in self.model.named_parameters() if id(p) not in head_parameters and p.requires_grad
+            ]
+        parameters = dict(self.model.named_parameters())
+        for name in self._frozen:
+            parameters[name].requires_grad_(not frozen)
+        if not frozen:
+            self._frozen = []
         self.backbone_frozen = frozen
         self.train(self.training)
 
@@ -375,6 +386,7 @@ class EarlyExitModel(nn.Module):
     def __deepcopy__(self, memo: dict[int, Any]) -> EarlyExitModel:
         copied = EarlyExitModel(copy.deepcopy(self.model, memo))
         copied.backbone_frozen = self.backbone_frozen
+        copied._frozen = list(self._frozen)
         copied.train(self.training)
         return copied
 
