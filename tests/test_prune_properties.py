@@ -73,6 +73,13 @@ class _EinsumGate(nn.Module):
         return torch.einsum("bchw,c,bchw->bchw", x, self.scale, torch.sigmoid(x))
 
 
+class _Squeeze(nn.Module):
+    """``x.squeeze()``: drops every size-1 axis, the channel axis too if pruning left one channel."""
+
+    def forward(self, x):
+        return x.squeeze()
+
+
 def _block(kind: str, channels: int, draw_size: int) -> tuple[nn.Module, int]:
     if kind == "convbn":
         return _ConvBN(channels, draw_size), draw_size
@@ -95,9 +102,11 @@ def networks(draw):
         kind = draw(st.sampled_from(["convbn", "residual", "concat", "split", "depthwise", "einsum"]))
         block, channels = _block(kind, channels, draw(st.integers(2, 8)))
         layers.append(block)
-    head = draw(st.sampled_from(["pool", "flatten"]))
+    head = draw(st.sampled_from(["pool", "squeeze", "flatten"]))
     if head == "pool":
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 5)]
+    elif head == "squeeze":
+        layers += [nn.AdaptiveAvgPool2d(1), _Squeeze(), nn.Linear(channels, 5)]
     else:
         layers += [nn.Flatten(), nn.Linear(channels * 4 * 4, 5)]
     ratio = draw(st.sampled_from([0.25, 0.5, 0.75]))
