@@ -12,6 +12,7 @@ import zipfile
 
 import pytest
 import torch
+import torch.fx as fx
 import torch.nn as nn
 import torchvision
 
@@ -196,6 +197,14 @@ def test_malicious_pickle_is_refused_without_running(tmp_path) -> None:
     assert EXPLOSIONS == []
 
 
+def test_a_graph_calling_a_method_load_refuses_is_not_saved(tmp_path) -> None:
+    graph = fx.Graph()
+    x = graph.placeholder("x")
+    graph.output(graph.call_method("numpy", (x,)))
+    with pytest.raises(fxcomp.SaveError, match="calls the tensor method 'numpy', which fxcomp.load would refuse"):
+        fxcomp.save(fx.GraphModule(nn.Module(), graph), tmp_path / "m.fxc")
+
+
 def _mutations():
     def function(graph, target):
         node = next(n for n in graph["nodes"] if n["op"] == "call_function")
@@ -227,7 +236,29 @@ def _mutations():
                 g,
                 {"name": "r", "op": "call_method", "target": "__reduce_ex__", "args": {"tuple": [{"node": "x"}, 2]}, "kwargs": {"dict": {}}},
             ),
-            "is not a public tensor method",
+            "which fxcomp files may not call (only public tensor methods that take no callable and stay in torch)",
+        ),
+        (
+            # numpy() then getattr(array, "tofile") then handle_torch_function(tofile, ...) wrote any file
+            "callable_caller",
+            lambda g: function(g, "torch.nn.functional.handle_torch_function"),
+            "calls 'torch.nn.functional.handle_torch_function', which is not on fxcomp's allow-list",
+        ),
+        (
+            "numpy_method",
+            lambda g: add_node(
+                g,
+                {"name": "a", "op": "call_method", "target": "numpy", "args": {"tuple": [{"node": "x"}]}, "kwargs": {"dict": {}}},
+            ),
+            "calls tensor method 'numpy', which fxcomp files may not call",
+        ),
+        (
+            "apply_method",
+            lambda g: add_node(
+                g,
+                {"name": "a", "op": "call_method", "target": "apply_", "args": {"tuple": [{"node": "x"}, {"node": "x"}]}, "kwargs": {"dict": {}}},
+            ),
+            "calls tensor method 'apply_'",
         ),
         (
             "injected_name",

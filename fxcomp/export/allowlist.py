@@ -11,7 +11,10 @@ attributes and parameters), the tensor operators of ``torch``,
 ``operator`` and ``math``, and whatever plugins register through the
 ``fxcomp_register_serializables`` hook. Anything that reads files or calls an
 arbitrary callable (``torch.from_file``, ``operator.call``,
-``operator.methodcaller`` …) is left out.
+``operator.methodcaller``, ``torch.nn.functional.handle_torch_function`` …) is
+left out, and so are the tensor methods that take a callable or leave torch
+(``apply_``, ``map_``, ``numpy``, hooks, storages): a method ``getattr`` reads
+can then never be called.
 """
 
 from __future__ import annotations
@@ -41,6 +44,12 @@ _EXCLUDED = {
     "operator.itemgetter",
     "operator.methodcaller",
 }
+_CALLING = ("torch_function", "boolean_dispatch", "triplet_margin_with_distance_loss")
+"""Parts of function names that call a callable they are given."""
+_UNSAFE_METHODS = {
+    "apply_", "map_", "map2_", "numpy", "register_hook", "register_post_accumulate_grad_hook", "storage",
+    "untyped_storage", "share_memory_", "backward",
+}  # fmt: skip
 _BUILTINS = ("getattr", "len")
 
 
@@ -53,7 +62,8 @@ def _namespace_functions(prefix: str, namespace: Any, names: Iterable[str]) -> d
     table = {}
     for name in names:
         obj = getattr(namespace, name, None)
-        if isinstance(obj, _FUNCTION_TYPES) and f"{prefix}.{name}" not in _EXCLUDED:
+        calling = any(part in name for part in _CALLING)
+        if isinstance(obj, _FUNCTION_TYPES) and f"{prefix}.{name}" not in _EXCLUDED and not calling:
             table[f"{prefix}.{name}"] = obj
     return table
 
@@ -136,4 +146,10 @@ def build_allowlist(extra: Iterable[Any] = ()) -> AllowList:
 
 def is_safe_method(name: Any) -> bool:
     """Whether ``name`` may be the target of a ``call_method`` node: a public tensor method."""
-    return isinstance(name, str) and name.isidentifier() and not name.startswith("_") and hasattr(torch.Tensor, name)
+    return (
+        isinstance(name, str)
+        and name.isidentifier()
+        and not name.startswith("_")
+        and name not in _UNSAFE_METHODS
+        and hasattr(torch.Tensor, name)
+    )

@@ -198,6 +198,11 @@ def _encode_node(node: fx.Node, allow: AllowList) -> dict[str, Any]:
                 f"node '{qualname(node)}' calls {getattr(node.target, '__module__', '?')}.{name}, which fxcomp.load "
                 "would refuse; register it through the fxcomp_register_serializables hook"
             )
+    if node.op == "call_method" and not is_safe_method(target):
+        raise SaveError(
+            f"node '{qualname(node)}' calls the tensor method '{target}', which fxcomp.load would refuse "
+            "(it takes a callable or leaves torch); compute it outside the model"
+        )
     if node.op in ("call_module", "get_attr") and not _DOTTED.match(target):
         raise SaveError(
             f"node '{qualname(node)}' refers to '{target}', a path fxcomp.load would refuse; give submodules, "
@@ -509,7 +514,10 @@ class _Loader:
             return self.allow.functions[target]
         if op == "call_method":
             if not is_safe_method(target):
-                raise LoadError(f"the file calls tensor method {target!r:.80}, which is not a public tensor method")
+                raise LoadError(
+                    f"the file calls tensor method {target!r:.80}, which fxcomp files may not call "
+                    "(only public tensor methods that take no callable and stay in torch)"
+                )
             return target
         if op in ("call_module", "get_attr"):
             if not isinstance(target, str) or not _DOTTED.match(target):
