@@ -233,6 +233,16 @@ class _Views(nn.Module):
         return flat, x, y.flatten(2).view_as(torch.zeros(2, 4 * 14 * 14)), self.volume(v)
 
 
+@pytest.mark.parametrize("option", ["channels_last", "direct_convs"])
+def test_a_half_precision_graph_lowers_within_its_precision(option, plugins) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 8, 3))
+    x = torch.randn(2, 16, 12, 12).half()
+    gm = fxcomp.trace(model.eval().half(), x)
+    result = fxcomp.lower(gm, "eager", example_inputs=x, plugins=plugins, **{option: True})  # float16 sums differ by ~1e-4
+    assert 1e-4 < result.report.error <= 16 * torch.finfo(torch.float16).eps  # past the float32 limit, within float16's
+
+
 def test_channels_last_turns_views_into_reshapes_and_leaves_other_ranks(plugins, image) -> None:
     inputs = (image, torch.randn(1, 1, 5, 5, 5))
     gm = fxcomp.trace(_model(_Views), inputs)

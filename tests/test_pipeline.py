@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import types
@@ -183,6 +184,19 @@ def test_broken_exactness_promise_is_caught(small_cnn, image, plugins) -> None:
         fxcomp.PassError, match=r"pass 'liar' \(passes\[0\]\) promises outputs within relative error 1e-05 but output 0 \(node 'fc'\)"
     ):
         fxcomp.compress(small_cnn, image, "passes: [{pass: liar}]", plugins=plugins)
+
+
+def test_a_promise_holds_within_the_precision_of_a_half_precision_model(small_cnn, image, plugins) -> None:
+    from fxcomp.passes.verify import PRECISION_EPSILONS, precision_tolerance
+
+    half = torch.zeros(2, dtype=torch.float16)
+    assert precision_tolerance(1e-5, torch.zeros(2)) == (1e-5, None)  # float32: the promise as made
+    assert precision_tolerance(1e-5, [torch.zeros(2), half]) == (PRECISION_EPSILONS * 2**-10, torch.float16)
+    assert precision_tolerance(1e-5, torch.zeros(2, dtype=torch.bfloat16))[0] == PRECISION_EPSILONS * 2**-7
+    assert precision_tolerance(0.0, half) == (0.0, None)  # bitwise promises stay bitwise
+    assert precision_tolerance(0.5, half) == (0.5, None)
+    with pytest.raises(fxcomp.PassError, match=r"promises outputs within relative error 0.015625 \(at float16 precision\) but output 0"):
+        fxcomp.compress(copy.deepcopy(small_cnn).half(), image.half(), "passes: [{pass: liar}]", plugins=plugins)
 
 
 def test_plan_must_be_json_serializable(small_cnn, image, plugins) -> None:

@@ -32,7 +32,7 @@ from fxcomp.lowering.direct import can_write_directly
 from fxcomp.lowering.layout import to_layout
 from fxcomp.lowering.report import LoweringReport, layout_name, layout_options
 from fxcomp.passes.masks import class_before_parametrizations
-from fxcomp.passes.verify import output_mismatch, relative_error, run_graph
+from fxcomp.passes.verify import output_mismatch, precision_tolerance, promised, relative_error, run_graph
 from fxcomp.plugin.host import DISABLE_ENV, Plugins, load_plugins
 from fxcomp.plugin.registry import BUILT_IN_BACKENDS, INDUCTOR_MODES
 from fxcomp.timing import interleaved_latency
@@ -172,10 +172,11 @@ def lower(
 def _reordering_error(outputs: Any, reference: Any, whose: str, instead: str) -> float:
     """The relative change of ``outputs`` from ``reference``; a LoweringError beyond :data:`REORDERING_TOLERANCE`."""
     error, _ = relative_error(outputs, reference)
-    if not error <= REORDERING_TOLERANCE:
+    tolerance, dtype = precision_tolerance(REORDERING_TOLERANCE, reference)
+    if not error <= tolerance:
         raise LoweringError(
             f"{whose} outputs differ from the graph's by {error:.2e} (relative), "
-            f"more than {REORDERING_TOLERANCE:g}; {instead}"
+            f"more than {promised(tolerance, dtype)}; {instead}"
         )
     return error
 
@@ -465,10 +466,11 @@ def _with_lowerings(
             what = "has the structure" if mismatch.index is None else "is"
             raise LoweringError(f"{where} built a kernel whose output {what} {mismatch.got} instead of {mismatch.want}; {blame}")
         error, _ = relative_error(value, expected)
-        if not error <= plan.lowering.tolerance:
+        tolerance, dtype = precision_tolerance(plan.lowering.tolerance, expected, list(kernel.parameters()))
+        if not error <= tolerance:
             raise LoweringError(
                 f"{where} changed the value by {error:.2e} (relative), more than its tolerance "
-                f"{plan.lowering.tolerance:g}; {blame}"
+                f"{promised(tolerance, dtype)}; {blame}"
             )
         path = _replace(working, plan.nodes, kernel, _external_inputs(plan.nodes), root)
         paths.append(path)
@@ -480,11 +482,11 @@ def _with_lowerings(
     except RuntimeError as error:
         raise LoweringError(f"the lowered graph fails to run: {error}; lower with backend 'eager' instead") from error
     error, _ = relative_error(outputs, reference)
-    allowed = sum(plan.lowering.tolerance for plan in plans)
+    allowed, dtype = precision_tolerance(sum(plan.lowering.tolerance for plan in plans), reference, list(working.parameters()))
     if not error <= allowed:
         raise LoweringError(
             f"the lowered model's outputs differ from the graph's by {error:.2e} (relative), more than the "
-            f"{allowed:g} its {len(plans)} kernel(s) allow; lower with backend 'eager' instead"
+            f"{promised(allowed, dtype)} its {len(plans)} kernel(s) allow; lower with backend 'eager' instead"
         )
     report = LoweringReport(backend, lowered, declined, _unlowered(working, paths), error)
     return LoweringResult(working, report)

@@ -19,6 +19,34 @@ from fxcomp.plugin.registry import Entry
 from fxcomp.tracing import eval_mode, kept_modes, propagate, qualname
 
 
+PRECISION_EPSILONS = 16
+"""A nonzero promised tolerance is widened to this many machine epsilons of a float16 / bfloat16 model."""
+
+
+def precision_tolerance(tolerance: float, *values: Any) -> tuple[float, torch.dtype | None]:
+    """``tolerance`` as it holds for ``values`` (outputs, parameters), and the dtype that widened it, if any.
+
+    Promises like 1e-5 are made for float32: in float16 or bfloat16 rounding alone moves outputs
+    further, so where such a tensor is in play a nonzero tolerance becomes at least
+    :data:`PRECISION_EPSILONS` of its epsilons. A promise of 0 (bitwise the same) stays 0.
+    """
+    coarse = [
+        leaf.dtype
+        for leaf in pytree.tree_leaves(values)
+        if isinstance(leaf, torch.Tensor) and leaf.is_floating_point() and torch.finfo(leaf.dtype).eps > torch.finfo(torch.float32).eps
+    ]
+    if not tolerance or not coarse:
+        return tolerance, None
+    dtype = max(coarse, key=lambda d: torch.finfo(d).eps)
+    widened = PRECISION_EPSILONS * torch.finfo(dtype).eps
+    return (widened, dtype) if widened > tolerance else (tolerance, None)
+
+
+def promised(tolerance: float, dtype: torch.dtype | None) -> str:
+    """A tolerance from :func:`precision_tolerance` in words."""
+    return f"{tolerance:g}" if dtype is None else f"{tolerance:g} (at {str(dtype).removeprefix('torch.')} precision)"
+
+
 class _Locator(fx.Interpreter):
     """Runs a graph node by node and remembers the node that raised."""
 
@@ -187,7 +215,9 @@ def verify(
     _check_structure(label, gm, outputs, baseline)
     if applied.tolerance is not None and not (is_real(applied.tolerance) and applied.tolerance >= 0):
         raise PassError(f"{label} declares tolerance {applied.tolerance!r}; a pass's tolerance is a number >= 0, or None")
-    if applied.tolerance is not None:
+    tolerance, dtype = applied.tolerance, None
+    if tolerance is not None:
+        tolerance, dtype = precision_tolerance(tolerance, outputs, list(gm.parameters()))
         error, index = relative_error(outputs, reference)
         flipped = _integer_difference(outputs, reference, index) if error == math.inf else None
         if flipped is not None:
@@ -196,12 +226,12 @@ def verify(
                 f"{flipped[1]} entries; integer outputs (class indices, masks) must match exactly, and rounding within "
                 f"the promised {applied.tolerance:g} can flip an argmax at a near-tie: return the scores instead"
             )
-        if error > applied.tolerance:
+        if error > tolerance:
             raise PassError(
-                f"{label} promises outputs within relative error {applied.tolerance:g} but output {index} "
+                f"{label} promises outputs within relative error {promised(tolerance, dtype)} but output {index} "
                 f"(node '{output_nodes(gm)[index]}') changed by {error:.3g}"
             )
-    _run_checks(gm, label, checks, states, CheckContext(applied.name, tuple(inputs), outputs, reference, applied.tolerance))
+    _run_checks(gm, label, checks, states, CheckContext(applied.name, tuple(inputs), outputs, reference, tolerance))
     return outputs
 
 
