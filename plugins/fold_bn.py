@@ -21,6 +21,7 @@ from torch.nn.utils import parametrize
 from fxcomp import hookimpl, qualname
 from fxcomp.dynamic import EXITS, has_exits
 from fxcomp.passes import (
+    Mask,
     Option,
     PackedWeight,
     Pass,
@@ -29,20 +30,23 @@ from fxcomp.passes import (
     SharedWeights,
     WeightQuant,
     calls_per_module,
+    class_before_parametrizations,
     globs,
     matches,
+    parameter_holders,
 )
 from fxcomp.tracing import TensorSpec, node_info
 
 _FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
 
 
-def _why_not_foldable(gm: fx.GraphModule, bn_node: fx.Node, calls: dict[str, int]) -> str | None:
-    """Why ``bn_node`` cannot be folded into its producer, or None when it can."""
+def _why_not_foldable(gm: fx.GraphModule, bn_node: fx.Node, calls: dict[str, int], holders: dict[int, int]) -> str | None:
+    """Why ``bn_node`` cannot be folded into its producer, or None when it can (``holders`` from
+    :func:`fxcomp.passes.parameter_holders`)."""
     bn = gm.get_submodule(bn_node.target)
     if bn.running_mean is None or bn.running_var is None:
         return "the BatchNorm keeps no running statistics (track_running_stats=False)"
-    producer = bn_node.args[0]
+    producer = _bn_input(bn_node)
     if not isinstance(producer, fx.Node):
         return "its input is a constant"
     layer = gm.get_submodule(producer.target) if producer.op == "call_module" else None
@@ -55,9 +59,24 @@ def _why_not_foldable(gm: fx.GraphModule, bn_node: fx.Node, calls: dict[str, int
         return f"an early exit reads the output of '{qualname(producer if producer.name in exit_points else bn_node)}'"
     if calls[producer.target] != 1 or calls[bn_node.target] != 1:
         return "the layer or the BatchNorm module is called more than once"
+    for module, name in ((layer, producer.target), (bn, bn_node.target)):
+        cls = class_before_parametrizations(module)
+        if not cls.__module__.startswith("torch.nn.modules"):
+            return f"'{name}' is a {cls.__name__}, whose forward folding cannot follow"
+    if any(holders[id(p)] > 1 for p in layer.parameters()):
+        return f"the weight of '{producer.target}' is shared with another module; folding would untie it"
+    for module, name in ((layer, producer.target), (bn, bn_node.target)):
+        if module._forward_hooks or module._forward_pre_hooks:
+            return f"'{name}' has forward hooks, which would see the folded values"
+        read = next((n for n in gm.graph.find_nodes(op="get_attr") if str(n.target).startswith(f"{name}.")), None)
+        if read is not None:
+            return f"the graph also reads '{read.target}' directly"
     output = node_info(producer).output
     if isinstance(layer, nn.Linear) and not (isinstance(output, TensorSpec) and len(output.shape) == 2):
         return "a BatchNorm after a linear layer with more than 2-D output normalizes a different axis"
+    batched = len(layer.kernel_size) + 2 if not isinstance(layer, nn.Linear) else 2
+    if not isinstance(output, TensorSpec) or len(output.shape) != batched:
+        return "the layer's input is unbatched, so the BatchNorm normalizes a different axis than its output channels"
     if isinstance(layer, nn.modules.conv._ConvTransposeNd) and layer.groups != 1:
         return "grouped transposed convolutions are not folded"
     if bn.num_features != (layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels):
@@ -65,16 +84,24 @@ def _why_not_foldable(gm: fx.GraphModule, bn_node: fx.Node, calls: dict[str, int
     return _why_weight_cannot_absorb(layer)
 
 
+def _bn_input(bn_node: fx.Node) -> Any:
+    """What the BatchNorm call normalizes (passed by position or as ``input=``)."""
+    return bn_node.args[0] if bn_node.args else bn_node.kwargs.get("input")
+
+
 def _why_weight_cannot_absorb(layer: nn.Module) -> str | None:
     """Why scaling the layer's parametrized weight would not scale what it computes, or None.
 
-    Masks and per-output-row fake quantization take a rescaled weight as it is; a codebook
+    Masks and per-output-row fake quantization take a rescaled weight as it is; other
+    parametrizations (weight or spectral normalization) compute the weight anew; a codebook
     keeps its centroids, stored integers keep their scales, and a transposed convolution's
     output channels are not the rows its quantization scales.
     """
     if not parametrize.is_parametrized(layer, "weight"):
         return None
     for step in layer.parametrizations["weight"]:
+        if not isinstance(step, (Mask, WeightQuant, SharedWeights, PackedWeight)):
+            return f"its weight is computed by {type(step).__name__}, which a rescaled weight would not pass through"
         if isinstance(step, (SharedWeights, PackedWeight)):
             return f"its weight is stored as {type(step).__name__}; run fold_bn before the pass that added it"
         if isinstance(step, WeightQuant) and isinstance(layer, nn.modules.conv._ConvTransposeNd):
@@ -117,7 +144,7 @@ class FoldBatchNorm(Pass):
     }
 
     def plan(self, gm: fx.GraphModule, context: PassContext) -> dict[str, Any]:
-        calls = calls_per_module(gm.graph)
+        calls, holders = calls_per_module(gm.graph), parameter_holders(gm)
         folds, skipped = [], []
         for node in gm.graph.nodes:
             if node.op != "call_module" or not isinstance(
@@ -127,9 +154,9 @@ class FoldBatchNorm(Pass):
             name = qualname(node)
             if not matches(name, self.options["include"]) or matches(name, self.options["exclude"]):
                 continue
-            reason = _why_not_foldable(gm, node, calls)
+            reason = _why_not_foldable(gm, node, calls, holders)
             if reason is None:
-                folds.append({"layer": qualname(node.args[0]), "batchnorm": name})
+                folds.append({"layer": qualname(_bn_input(node)), "batchnorm": name})
             else:
                 skipped.append({"batchnorm": name, "reason": reason})
         # A folded BatchNorm's output is now its layer's: feature readers follow this table.

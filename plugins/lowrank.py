@@ -71,6 +71,8 @@ def keep_rank(singular_values: torch.Tensor, rank: int | None, ratio: float | No
     if ratio is not None:
         return min(full, max(1, math.ceil(ratio * full - 1e-9)))
     squares = singular_values.double().pow(2)
+    if not squares.sum():
+        return 1  # an all-zero matrix (one group of a grouped conv): any rank holds all of its energy
     share = squares.cumsum(0) / squares.sum()
     wanted = DEFAULT_ENERGY if energy is None else energy
     return min(full, int(torch.searchsorted(share, torch.tensor(wanted - 1e-12, dtype=share.dtype))) + 1)
@@ -253,6 +255,8 @@ class LowRank(Pass):
     def _factor(self, layer: nn.Module) -> tuple[_Factored, bool] | str:
         """The layer's factorization and whether it keeps the full rank, or why it is skipped."""
         weights = _group_weights(layer)
+        if weights.is_meta:
+            return "its weight is on the meta device (no values to factor); load real weights first"
         if not weights.abs().sum():
             return "its weight is all zeros"
         kernel = math.prod(weights.shape[3:])

@@ -153,6 +153,8 @@ class Separable(Pass):
             return "a 1×1 convolution is already pointwise"
         if conv.in_channels == conv.groups:
             return "it is already depthwise (one input channel per group)"
+        if conv.weight.is_meta:
+            return "its weight is on the meta device (no values to factor); load real weights first"
         if not conv.weight.detach().abs().sum():
             return "its weight is all zeros"
         return None

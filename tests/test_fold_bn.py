@@ -95,7 +95,75 @@ class _SequenceLinear(nn.Module):
         return self.bn(self.fc(x))
 
 
+class _KeywordInput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return self.bn(input=self.conv(x))
+
+
+class _WeightReadAgain(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return self.bn(self.conv(x)) + nn.functional.conv2d(x, self.conv.weight, padding=1)
+
+
+class _ScaledConv(nn.Conv2d):
+    def forward(self, x):
+        return 10 * super().forward(x)
+
+
+class _TiedConvs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 3, 1), nn.Conv2d(3, 3, 1)
+        self.b.weight = self.a.weight
+        self.bn = nn.BatchNorm2d(3)
+
+    def forward(self, x):
+        return self.bn(self.a(x)) + self.b(x)
+
+
+def _hooked() -> nn.Module:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    model[0].register_forward_hook(lambda module, inputs, output: output.clamp(-0.1, 0.1))
+    return model
+
+
+def test_a_batchnorm_called_with_input_by_keyword_folds() -> None:
+    result, expected, actual = _fold(_KeywordInput(), torch.randn(2, 3, 8, 8))
+    assert result.plan[0]["plan"]["folds"] == [{"layer": "conv", "batchnorm": "bn"}]
+    assert _relative_error(actual, expected) < 1e-5
+
+
+def test_a_float16_model_folds_within_its_precision() -> None:
+    torch.manual_seed(0)
+    model = randomize_batchnorm(nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.Conv2d(32, 8, 3)))
+    with torch.no_grad():
+        model[1].weight.uniform_(-2, 2)
+    model, x = model.eval().half(), torch.randn(2, 16, 12, 12).half()
+    result = fxcomp.compress(model, x, "passes: [{pass: fold_bn}]")  # float32's 1e-5 is below float16 rounding
+    assert result.plan[0]["plan"]["folds"] == [{"layer": "0", "batchnorm": "1"}]
+    with torch.no_grad():
+        assert _relative_error(result.model(x).float(), model(x).float()) < 16 * torch.finfo(torch.float16).eps
+
+
 SKIP_CASES = [
+    (_WeightReadAgain(), torch.randn(2, 3, 8, 8), "the graph also reads 'conv.weight' directly"),
+    (nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Conv2d(3, 4, 3)), nn.BatchNorm2d(4)), torch.randn(2, 3, 8, 8),
+     "its weight is computed by _WeightNorm"),
+    (nn.Sequential(nn.utils.parametrizations.spectral_norm(nn.Conv2d(3, 4, 3)), nn.BatchNorm2d(4)), torch.randn(2, 3, 8, 8),
+     "its weight is computed by _SpectralNorm"),
+    (nn.Sequential(nn.Conv1d(3, 6, 3), nn.BatchNorm1d(6)), torch.randn(3, 8), "the layer's input is unbatched"),
+    (_hooked(), torch.randn(2, 3, 8, 8), "'0' has forward hooks"),
+    (_TiedConvs(), torch.randn(2, 3, 4, 4), "the weight of 'a' is shared with another module"),
     (_SharedOutput(), torch.randn(2, 3, 4, 4), "the output of 'conv' is also read elsewhere"),
     (_AfterReLU(), torch.randn(2, 3, 4, 4), "its input comes from 'relu', not from a conv or linear layer"),
     (_CalledTwice(), torch.randn(2, 4, 4, 4), "called more than once"),
@@ -108,7 +176,11 @@ SKIP_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("model", "x", "reason"), SKIP_CASES, ids=["shared", "relu", "twice", "seq_linear", "no_stats"])
+@pytest.mark.parametrize(
+    ("model", "x", "reason"),
+    SKIP_CASES,
+    ids=["read_again", "weight_norm", "spectral_norm", "unbatched", "hooked", "tied", "shared", "relu", "twice", "seq_linear", "no_stats"],
+)
 def test_unfoldable_batchnorms_are_kept_with_a_reason(model, x, reason) -> None:
     torch.manual_seed(0)
     result, expected, actual = _fold(model, x)
@@ -140,6 +212,12 @@ def _conv_bn(transposed: bool = False) -> nn.Module:
     conv = nn.ConvTranspose2d(4, 8, 3) if transposed else nn.Conv2d(4, 8, 3)
     model = nn.Sequential(conv, nn.BatchNorm2d(8))
     return randomize_batchnorm(model).eval()
+
+
+def test_a_layer_subclass_kept_as_a_leaf_is_not_folded() -> None:
+    model = nn.Sequential(_ScaledConv(3, 4, 3), nn.BatchNorm2d(4)).eval()
+    result = fxcomp.compress(model, torch.randn(2, 3, 8, 8), "passes: [{pass: fold_bn}]", leaf_modules=["0"])
+    assert result.plan[0]["plan"]["skipped"] == [{"batchnorm": "1", "reason": "'0' is a _ScaledConv, whose forward folding cannot follow"}]
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ import torch.nn as nn
 
 import fxcomp
 from fxcomp.recovery import rename_through
+from fxcomp_plugins.lowrank import keep_rank
 
 
 def _run(model: nn.Module, x: torch.Tensor, **options):
@@ -153,6 +154,37 @@ def test_a_layer_whose_weight_the_graph_also_reads_is_skipped() -> None:
     skipped = {skip["layer"]: skip["reason"] for skip in result.plan[0]["plan"]["skipped"]}
     assert skipped["fc"] == "the graph also reads its 'fc.weight' directly"
     assert type(result.model.fc) is nn.Linear
+
+
+class _ScaledConv(nn.Conv2d):
+    def forward(self, x):
+        return 10 * super().forward(x)
+
+
+@pytest.mark.parametrize("pass_", ["lowrank", "separable"])
+def test_layer_subclasses_hooked_layers_and_meta_weights_are_skipped_with_the_reason(pass_) -> None:
+    x = torch.randn(2, 16, 6, 6)
+    options = {"pass": pass_, "skip_no_gain": False, **({"ratio": 0.5} if pass_ == "lowrank" else {})}
+    subclass = fxcomp.compress(nn.Sequential(_ScaledConv(16, 32, 3)).eval(), x, {"passes": [options]}, leaf_modules=["0"])
+    assert subclass.plan[0]["plan"]["skipped"] == [{"layer": "0", "reason": "it is a _ScaledConv, whose forward the replacement would not keep"}]
+    hooked = nn.Sequential(nn.Conv2d(16, 32, 3)).eval()
+    hooked[0].register_forward_hook(lambda module, inputs, output: output.clamp(-0.1, 0.1))
+    plan = fxcomp.compress(hooked, x, {"passes": [options]}).plan[0]["plan"]
+    assert plan["skipped"] == [{"layer": "0", "reason": "it has forward hooks, which the replacement would not keep"}]
+    with torch.device("meta"):
+        meta, meta_x = nn.Sequential(nn.Conv2d(16, 32, 3)).eval(), torch.randn(2, 16, 6, 6)
+    plan = fxcomp.compress(meta, meta_x, {"passes": [options]}).plan[0]["plan"]
+    assert plan["skipped"] == [{"layer": "0", "reason": "its weight is on the meta device (no values to factor); load real weights first"}]
+
+
+def test_an_all_zero_group_does_not_force_full_rank_on_the_others() -> None:
+    torch.manual_seed(0)
+    conv, x = nn.Conv2d(8, 8, 1, groups=2), torch.randn(2, 8, 5, 5)
+    with torch.no_grad():
+        conv.weight[:4].zero_()
+    result = _run(nn.Sequential(conv), x, energy=0.5, skip_no_gain=False)
+    singular = torch.linalg.svdvals(conv.weight[4:].detach().double().flatten(1))
+    assert result.plan[0]["plan"]["layers"][0]["ranks"] == [keep_rank(singular, None, None, 0.5)] != [4]
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,7 @@ from fxcomp.passes.base import (
     weight_skip_reason,
 )
 from fxcomp.passes.calibration import Batch, calibration_batches, calibration_outputs
-from fxcomp.passes.masks import Mask, add_mask, has_parametrization, parameter_values
+from fxcomp.passes.masks import Mask, add_mask, class_before_parametrizations, has_parametrization, parameter_values
 from fxcomp.passes.quantization import (
     OBSERVERS,
     ActivationQuant,
@@ -90,6 +90,7 @@ __all__ = [
     "calls_per_module",
     "chain_costs",
     "choice",
+    "class_before_parametrizations",
     "choices",
     "convert",
     "cost_change",

@@ -53,6 +53,10 @@ def why_not_replaceable(gm: fx.GraphModule, node: fx.Node, calls: dict[str, int]
         if all(isinstance(step, Mask) for chain in module.parametrizations.values() for step in chain):
             return "its weight is masked (prune/sparsify masks): call fxcomp.strip_masks first"
         return "its weight is parametrized (fake quantization or clustering): run this pass before the one that added it"
+    if not type(module).__module__.startswith("torch.nn.modules"):
+        return f"it is a {type(module).__name__}, whose forward the replacement would not keep"
+    if module._forward_hooks or module._forward_pre_hooks:
+        return "it has forward hooks, which the replacement would not keep"
     holders = parameter_holders(gm)
     if any(holders[id(p)] > 1 for p in module.parameters()):
         return "its weight is shared with another module"
