@@ -132,6 +132,15 @@ def test_search_needs_held_out_data_and_one_budget(trained, data) -> None:
         given = {"train_data": data.train, "val_data": data.val, empty: []}
         with pytest.raises(DataError, match=f"^search: {empty} is empty; give it the examples"):
             fxcomp.compress(trained, data.example_inputs(), step, **given)
+    one_shot = iter([data.train[:64]])
+    with pytest.raises(DataError, match="^search: train_data is a one-shot iterator"):
+        fxcomp.compress(trained, data.example_inputs(), step, train_data=one_shot, val_data=data.val)
+    own = DataLoader(data.train, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(DataError, match="^search: train_data shuffles with its own generator"):
+        fxcomp.compress(trained, data.example_inputs(), step, train_data=own, val_data=data.val)
+    plain = DataLoader(data.train, batch_size=16, shuffle=True)  # shuffles from the global generator search seeds
+    assert fxcomp.compress(trained, data.example_inputs(), {"passes": [{"pass": "search", **SMALL, "target_macs": 0.5}]},
+                           train_data=plain, val_data=data.val).plan[0]["plan"]
 
 
 def test_a_splits_object_as_val_data_scores_on_its_validation_part(trained, data) -> None:

@@ -21,12 +21,13 @@ import json
 import sys
 import time
 from collections import Counter
-from collections.abc import Sized
+from collections.abc import Iterator, Sized
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.fx as fx
+from torch.utils.data import DataLoader, RandomSampler
 
 from fxcomp import DataError, RecipeError, SaveError, analyze, hookimpl, qualname, torch_threads
 from fxcomp.export import check_writable
@@ -54,6 +55,14 @@ def _no_candidate(target: float, notes: list[str]) -> str:
         advice = ("the real cost steps over the 2% window (channels go in steps of round_to and of coupled groups, "
                   "rewrites cut whole layers): lower round_to, move the target or drop rewrite techniques")
     return f"search: no candidate meets the budget {target:.3g} ({reason}); {advice}"
+
+
+def _own_shuffle(data: Any) -> bool:
+    """Whether ``data`` is a DataLoader that shuffles with a generator of its own (which every pass advances)."""
+    if not isinstance(data, DataLoader):
+        return False
+    sampler = getattr(data, "sampler", None)
+    return isinstance(sampler, RandomSampler) and (data.generator is not None or sampler.generator is not None)
 
 
 class Search(Pass):
@@ -121,6 +130,16 @@ class Search(Pass):
                 "(--train-data on the CLI)"
             )
         for role, data in (("train_data", context.train_data), ("val_data", context.val_data)):
+            if isinstance(data, Iterator):
+                raise DataError(
+                    f"search: {role} is a one-shot iterator (a generator?), but every candidate reads it again; "
+                    "pass a DataLoader, a Dataset or a list of (inputs, target) batches"
+                )
+            if _own_shuffle(data):
+                raise DataError(
+                    f"search: {role} shuffles with its own generator, so each candidate would see other batches; "
+                    "drop generator= (search seeds the global one so every candidate gets the same batches)"
+                )
             if isinstance(data, Sized) and len(data) == 0:
                 raise DataError(f"search: {role} is empty; give it the examples candidates are re-estimated and scored on")
         for technique in self.options["techniques"]:
