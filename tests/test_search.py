@@ -465,6 +465,12 @@ def test_output_and_table_paths_are_checked_before_the_search(tmp_path) -> None:
         Search(target_macs=0.5, history=str(tmp_path / "missing" / "h.json"))
     with pytest.raises(RecipeError, match=r"search.plot: cannot write '.*': it is a directory"):
         Search(target_macs=0.5, plot=str(tmp_path))
+    with pytest.raises(RecipeError, match=r"^search.latency_table: '.*' is a directory; give a file name$"):
+        Search(target_latency=0.9, latency_table=str(tmp_path))
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(RecipeError, match=r"^search.latency_table: '.*a_file/sub/t.json' lies under '.*a_file', which is a file"):
+        Search(target_latency=0.9, latency_table=str(tmp_path / "a_file" / "sub" / "t.json"))
+    Search(target_latency=0.9, latency_table=str(tmp_path / "new" / "t.json"))  # missing folders are created later
     broken = tmp_path / "latency.json"
     for content in ("{not json", "[1, 2]", '{"conv": "fast"}'):
         broken.write_text(content)

@@ -304,6 +304,8 @@ def test_foreign_truncated_and_missing_files_are_refused(tmp_path, small_cnn, im
         (foreign, "is not an fxcomp model file"),
         (old, "has format version 99; this fxcomp reads version 1"),
         (tmp_path / "absent.fxc", "no such file"),
+        (io.BytesIO(good.read_bytes()), r"^fxcomp.load takes a file path \(str or os.PathLike\), got BytesIO; save to a file first$"),
+        (None, "got NoneType"),
     ]
     for path, message in cases:
         with pytest.raises(fxcomp.LoadError, match=message):

@@ -642,6 +642,8 @@ def load(path: str | os.PathLike, *, plugins: Plugins | None = None) -> fx.Graph
     Shapes, MACs and qualified names are restored. Raises :class:`fxcomp.LoadError` for
     a missing, corrupted, foreign or malicious file.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise LoadError(f"fxcomp.load takes a file path (str or os.PathLike), got {type(path).__name__}; save to a file first")
     if not os.path.isfile(path):
         raise LoadError(f"no such file '{path}'; give the path of a file written by fxcomp.save")
     try:

@@ -18,6 +18,7 @@ and ``plot`` (PNG, needs matplotlib: ``pip install 'fxcomp[plot]'``) when given.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -55,6 +56,19 @@ def _no_candidate(target: float, notes: list[str]) -> str:
         advice = ("the real cost steps over the 2% window (channels go in steps of round_to and of coupled groups, "
                   "rewrites cut whole layers): lower round_to, move the target or drop rewrite techniques")
     return f"search: no candidate meets the budget {target:.3g} ({reason}); {advice}"
+
+
+def _check_table_path(path: str | None) -> None:
+    """Refuse, before any search, a latency table path that can never be a file (missing folders are created)."""
+    if path is None:
+        return
+    if os.path.isdir(path):
+        raise RecipeError(f"search.latency_table: '{path}' is a directory; give a file name")
+    parent = Path(path).absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise RecipeError(f"search.latency_table: '{path}' lies under '{parent}', which is a file; choose another path")
 
 
 def _own_shuffle(data: Any) -> bool:
@@ -114,6 +128,7 @@ class Search(Pass):
             raise RecipeError("search.techniques: include prune; pruning is what meets the budget, rewrites come on top")
         if self.metric == "latency" and self.options["workers"] > 1:
             raise RecipeError("search: latency budgets are measured on this machine, which needs it to itself; use workers: 1")
+        _check_table_path(self.options["latency_table"])
         for key in ("history", "plot"):  # checked now, not after the whole search
             if self.options[key]:
                 try:
