@@ -34,6 +34,7 @@ from fxcomp.passes import (
     globs,
     matches,
     parameter_holders,
+    read_directly,
 )
 from fxcomp.tracing import TensorSpec, node_info
 
@@ -68,9 +69,9 @@ def _why_not_foldable(gm: fx.GraphModule, bn_node: fx.Node, calls: dict[str, int
     for module, name in ((layer, producer.target), (bn, bn_node.target)):
         if module._forward_hooks or module._forward_pre_hooks:
             return f"'{name}' has forward hooks, which would see the folded values"
-        read = next((n for n in gm.graph.find_nodes(op="get_attr") if str(n.target).startswith(f"{name}.")), None)
+        read = read_directly(gm, name)
         if read is not None:
-            return f"the graph also reads '{read.target}' directly"
+            return f"the graph also reads '{read}' directly"
     output = node_info(producer).output
     if isinstance(layer, nn.Linear) and not (isinstance(output, TensorSpec) and len(output.shape) == 2):
         return "a BatchNorm after a linear layer with more than 2-D output normalizes a different axis"

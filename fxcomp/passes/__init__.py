@@ -48,6 +48,7 @@ from fxcomp.passes.rewrite import (
     cost_change,
     no_gain_reason,
     parameter_holders,
+    read_directly,
     replace_with_chain,
     why_not_replaceable,
 )
@@ -118,5 +119,6 @@ __all__ = [
     "unpack_int4",
     "validate_options",
     "weight_skip_reason",
+    "read_directly",
     "why_not_replaceable",
 ]

@@ -41,6 +41,12 @@ def parameter_holders(gm: nn.Module) -> dict[int, int]:
     return counts
 
 
+def read_directly(gm: fx.GraphModule, path: str) -> str | None:
+    """The first parameter or buffer of the module at ``path`` that the graph reads by ``get_attr``, or None."""
+    prefix = f"{path}."
+    return next((str(n.target) for n in gm.graph.find_nodes(op="get_attr") if str(n.target).startswith(prefix)), None)
+
+
 def why_not_replaceable(gm: fx.GraphModule, node: fx.Node, calls: dict[str, int]) -> str | None:
     """Why the ``call_module`` ``node`` cannot be given to :func:`replace_with_chain`, or None.
 
@@ -60,10 +66,9 @@ def why_not_replaceable(gm: fx.GraphModule, node: fx.Node, calls: dict[str, int]
     holders = parameter_holders(gm)
     if any(holders[id(p)] > 1 for p in module.parameters()):
         return "its weight is shared with another module"
-    prefix = f"{node.target}."
-    read = next((other for other in gm.graph.find_nodes(op="get_attr") if str(other.target).startswith(prefix)), None)
+    read = read_directly(gm, str(node.target))
     if read is not None:
-        return f"the graph also reads its '{read.target}' directly"
+        return f"the graph also reads its '{read}' directly"
     if len(node.args) != 1 or node.kwargs:
         return "it is called with more than one input"
     return None
