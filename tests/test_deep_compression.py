@@ -234,6 +234,7 @@ def test_deep_save_reports_sizes_and_loads_bit_identical(sparse_shared, tmp_path
     assert "ratio (Huffman)" in str(report)
     loaded = fxcomp.load(path)
     assert type(loaded.conv2) is nn.Conv2d  # masks and shared weights were baked in
+    assert type(loaded).__name__ == type(result.model).__name__ != "GraphModule"
     for name in ("conv1", "conv2", "fc"):
         assert torch.equal(_bits(loaded.get_submodule(name).weight), _bits(result.model.get_submodule(name).weight.detach()))
     assert torch.equal(loaded(x), result.model(x))
@@ -263,6 +264,10 @@ def test_corrupted_or_truncated_codec_files_are_refused(sparse_shared, tmp_path)
         fxcomp.load(corrupted)
     with pytest.raises(CodecError):
         decode_tensor({"dtype": "float32", "shape": [2, 2], "index_bits": 2, "entries": 3}, {})
+    meta, payload, _ = encode_tensor(torch.randn(4, 5), index_bits=3)
+    for field, value in (("index_bits", 10**30), ("index_bits", -1), ("shape", [2**62, 2**62])):
+        with pytest.raises(CodecError):  # an OverflowError or an allocation of exabytes before
+            decode_tensor({**meta, field: value}, payload)
     assert zipfile.is_zipfile(path)
 
 

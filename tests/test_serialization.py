@@ -140,8 +140,31 @@ def test_concrete_args_graph_round_trips(tmp_path) -> None:
 
     model = Flagged().eval()
     x = torch.randn(2, 3)
-    loaded = _reload(fxcomp.trace(model, x, concrete_args={"double": True}), tmp_path)
+    gm = fxcomp.trace(model, x, concrete_args={"double": True})
+    loaded = _reload(gm, tmp_path)
     assert torch.equal(loaded(x), model(x, True))
+    # Shapes and MACs survive too (they were lost when one input was specialized).
+    assert fxcomp.node_info(next(iter(loaded.graph.nodes))).output.shape == (2, 3)
+    macs = [[fxcomp.node_info(n).macs for n in g.graph.nodes] for g in (loaded, gm)]
+    assert macs[0] == macs[1] and sum(macs[0]) > 0
+
+
+def test_non_persistent_buffers_stay_out_of_the_state_dict(tmp_path) -> None:
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(3, 3)
+            self.register_buffer("scale", torch.full((3,), 2.0), persistent=False)
+            self.fc.register_buffer("shift", torch.ones(3), persistent=False)
+
+        def forward(self, x):
+            return self.fc(x) * self.scale + self.fc.shift
+
+    model = Scaled()
+    x = torch.randn(2, 3)
+    loaded = _reload(fxcomp.trace(model, x), tmp_path)
+    assert set(loaded.state_dict()) == set(model.state_dict()) == {"fc.weight", "fc.bias"}
+    assert torch.equal(loaded.scale, model.scale) and torch.equal(loaded(x), model(x))
 
 
 def test_file_is_a_plain_weights_only_archive(tmp_path, small_cnn, image) -> None:
@@ -278,6 +301,15 @@ def _mutations():
             "malformed",
         ),
         ("missing_tensor", lambda g: g["modules"]["conv1"]["parameters"]["weight"].__setitem__("tensor", "t999"), "missing tensor"),
+        # The three below raised a raw TypeError or OverflowError, or allocated the inputs as real zeros.
+        ("unhashable_tensor_id", lambda g: g["modules"]["conv1"]["parameters"]["weight"].__setitem__("tensor", {"a": 1}), "missing tensor"),
+        ("unhashable_function", lambda g: function(g, {"a": 1}), "calls {'a': 1}, which is not on fxcomp's allow-list"),
+        ("unhashable_node", lambda g: g["nodes"][1].__setitem__("args", {"tuple": [{"node": ["x"]}]}), "before its definition"),
+        ("unhashable_float", lambda g: g["nodes"][1].__setitem__("args", {"tuple": [{"float": []}]}), "unknown float"),
+        ("unhashable_class", lambda g: g["modules"]["conv1"].__setitem__("class", ["torch.nn.Conv2d"]), "asks for module class"),
+        ("garbage_tree_spec", lambda g: g.__setitem__("pytree_info", {"orig_args": ["x"], "in_spec": "[0, {}]", "out_spec": None}), "in_spec"),
+        ("huge_input", lambda g: g["inputs"][0].__setitem__("shape", [2**40 - 1, 3, 2**20, 2**20]), "input shape"),
+        ("large_misfit_input", lambda g: g["inputs"][0].__setitem__("shape", [2**10, 5, 2**20, 2**20]), "input shapes do not fit"),
     ]
 
 

@@ -162,9 +162,9 @@ def decode_tensor(meta: dict[str, Any], payload: dict[str, torch.Tensor]) -> tor
     try:
         dtype = getattr(torch, meta["dtype"])
         shape = [int(s) for s in meta["shape"]]
-        step = 1 << int(meta["index_bits"])
+        index_bits = int(meta["index_bits"])
         entries = int(meta["entries"])
-        if dtype not in _BITS or any(s < 0 for s in shape) or entries < 0 or not 1 <= step <= 1 << 30:
+        if dtype not in _BITS or any(s < 0 for s in shape) or entries < 0 or not 0 <= index_bits <= 30:
             raise CodecError("bad tensor description")
         stride = _dense_stride(shape, meta.get("stride"))
         differences = decode(
@@ -188,8 +188,8 @@ def decode_tensor(meta: dict[str, Any], payload: dict[str, torch.Tensor]) -> tor
                 raise CodecError("a value index lies outside the codebook")
             values = np.concatenate([np.zeros(1, dtype=flat.dtype), codebook])[symbols]
         flat[positions] = values
-    except (KeyError, TypeError, ValueError, AttributeError, HuffmanError) as error:
-        raise CodecError(str(error) or type(error).__name__) from error
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError, MemoryError, RuntimeError, HuffmanError) as error:
+        raise CodecError(str(error).strip().partition("\n")[0] or type(error).__name__) from error
     bits = torch.empty_strided(shape, stride, dtype=_BITS[dtype]).copy_(torch.from_numpy(flat).reshape(shape))
     tensor = bits.view(dtype)
     if _crc(tensor) != meta.get("crc32"):

@@ -31,7 +31,7 @@ from torch.utils import _pytree as pytree
 
 from fxcomp.arguments import is_whole
 from fxcomp.dynamic.model import CRITERIA, EXITS, HEADS, EarlyExitModel, has_exits
-from fxcomp.errors import ExitError, LoadError, SaveError
+from fxcomp.errors import ExitError, LoadError, SaveError, TraceError
 from fxcomp.export.deep import CodecError, CodecReport, codable, decode_tensor, encode_tensor
 from fxcomp.export.allowlist import AllowList, build_allowlist, is_safe_method
 from fxcomp.export.paths import check_writable
@@ -234,7 +234,8 @@ def _encode_graph(gm: fx.GraphModule, allow: AllowList, table: _TensorTable) -> 
         if node.op != "get_attr" or _covered(node.target, modules) or node.target in attributes:
             continue
         owner_path, _, name = node.target.rpartition(".")
-        value = getattr(gm.get_submodule(owner_path), name)
+        owner = gm.get_submodule(owner_path)
+        value = getattr(owner, name)
         if isinstance(value, nn.Module):
             modules[node.target] = _encode_module(value, node.target, allow, table)
         elif isinstance(value, torch.Tensor):
@@ -242,6 +243,7 @@ def _encode_graph(gm: fx.GraphModule, allow: AllowList, table: _TensorTable) -> 
                 "tensor": table.add(value, node.target),
                 "parameter": isinstance(value, nn.Parameter),
                 "requires_grad": value.requires_grad,
+                "persistent": name not in owner._non_persistent_buffers_set,
             }
         else:
             attributes[node.target] = {"value": encode(value, f"attribute '{node.target}'")}
@@ -269,7 +271,6 @@ def _encode_graph(gm: fx.GraphModule, allow: AllowList, table: _TensorTable) -> 
                 else None
             )
     return {
-        "class_name": type(gm).__name__,
         "training": gm.training,
         "modules": modules,
         "attributes": attributes,
@@ -322,11 +323,12 @@ def save(
                 "digits, '_' and '-' (not starting with '__')"
             )
     check_writable(path)
+    class_name = type(module).__name__
     if codec == "deep" and isinstance(module, fx.GraphModule):
-        module = strip_masks(copy.deepcopy(module))
+        module = strip_masks(copy.deepcopy(module))  # the copy is a plain GraphModule
     allow = _allowlist(plugins)
     table = _TensorTable()
-    graph = _encode_graph(module, allow, table)
+    graph = {**_encode_graph(module, allow, table), "class_name": class_name}
     report = _deep_code(table, graph, index_bits) if codec == "deep" else None
     torch.save({"format": FORMAT, "version": VERSION, "graph": json.dumps(graph), "tensors": table.tensors}, path)
     return report
@@ -404,16 +406,18 @@ class _Loader:
     def parameter(self, spec: Any) -> nn.Parameter:
         spec = _expect(spec, dict, "parameter entry")
         key = spec.get("tensor")
+        tensor = self.tensor(key)
         if key not in self.parameters:
-            self.parameters[key] = nn.Parameter(self.tensor(key), requires_grad=bool(spec.get("requires_grad")))
+            self.parameters[key] = nn.Parameter(tensor, requires_grad=bool(spec.get("requires_grad")))
         return self.parameters[key]
 
     def module(self, spec: Any, path: str) -> nn.Module:
         spec = _expect(spec, dict, f"module '{path}'")
-        cls = self.allow.classes.get(spec.get("class"))
+        class_name = spec.get("class")
+        cls = self.allow.classes.get(class_name) if isinstance(class_name, str) else None
         if cls is None:
             raise LoadError(
-                f"the file asks for module class {spec.get('class')!r:.80} at '{path}', which is not on fxcomp's "
+                f"the file asks for module class {class_name!r:.80} at '{path}', which is not on fxcomp's "
                 "allow-list; if a plugin provides that class, install and enable the plugin"
             )
         module = cls.__new__(cls)
@@ -489,6 +493,8 @@ class _Loader:
                 owner._parameters[name] = self.parameter(spec)
             else:
                 owner._buffers[name] = self.tensor(spec.get("tensor"))
+                if spec.get("persistent") is False:
+                    owner._non_persistent_buffers_set.add(name)
         return root
 
     def _owner(self, root: nn.Module, path: Any) -> tuple[nn.Module, str]:
@@ -506,7 +512,7 @@ class _Loader:
     def target(self, node: dict[str, Any], root: nn.Module) -> Any:
         op, target = node.get("op"), node.get("target")
         if op == "call_function":
-            if target not in self.allow.functions:
+            if not isinstance(target, str) or target not in self.allow.functions:
                 raise LoadError(
                     f"the file calls {target!r:.80}, which is not on fxcomp's allow-list; if a plugin provides "
                     "that function, install and enable the plugin"
@@ -539,7 +545,7 @@ class _Loader:
         created: dict[str, fx.Node] = {}
 
         def node_ref(name: str) -> fx.Node:
-            if name not in created:
+            if not isinstance(name, str) or name not in created:
                 raise _malformed(f"reference to node {name!r:.40} before its definition")
             return created[name]
 
@@ -565,26 +571,37 @@ class _Loader:
         info = self.graph.get("pytree_info")
         if info is not None:
             info = _expect(info, dict, "pytree info")
-            in_spec = pytree.treespec_loads(info["in_spec"]) if info.get("in_spec") else None
-            out_spec = pytree.treespec_loads(info["out_spec"]) if info.get("out_spec") else None
+            in_spec, out_spec = (_treespec(info.get(key), key) for key in ("in_spec", "out_spec"))
             orig_args = [self._name(a, "inputs", _IDENTIFIER) for a in _expect(info.get("orig_args"), list, "pytree info")]
             graph._codegen = fx.graph._PyTreeCodeGen(fx.graph._PyTreeInfo(orig_args, in_spec, out_spec))
         return graph
 
-    def example_inputs(self) -> list[torch.Tensor] | None:
+    def example_inputs(self, graph: fx.Graph) -> list[torch.Tensor] | None:
+        """Meta tensors of the saved input shapes, one per placeholder up to those with defaults.
+
+        None when the file holds no shapes (a graph saved without them).
+        """
         specs = self.graph.get("inputs")
-        if not isinstance(specs, list) or not specs or any(s is None for s in specs):
+        placeholders = [node for node in graph.nodes if node.op == "placeholder"]
+        if not isinstance(specs, list) or len(specs) != len(placeholders):
+            return None
+        given = next((index for index, spec in enumerate(specs) if spec is None), len(specs))
+        if not (specs or placeholders) or any(not node.args for node in placeholders[given:]):
             return None
         inputs = []
-        for spec in specs:
+        for spec in specs[:given]:
             dtype = decode({"dtype": _expect(spec, dict, "input spec").get("dtype")})
             shape = _expect(spec.get("shape"), list, "input spec")
-            if not all(isinstance(size, int) and size >= 0 for size in shape):
-                raise _malformed("input shape")
-            inputs.append(torch.zeros(shape, dtype=dtype))
+            try:
+                if not all(type(size) is int and size >= 0 for size in shape):
+                    raise ValueError(shape)
+                inputs.append(torch.empty(shape, dtype=dtype, device="meta"))
+            except (ValueError, RuntimeError) as error:  # RuntimeError: more elements than an int64 counts
+                raise _malformed("input shape") from error
         return inputs
 
 
+_MAX_ZERO_INPUT_BYTES = 1 << 30
 _PART_TYPES = {"uint8": torch.uint8, "int16": torch.int16, "int32": torch.int32, "int64": torch.int64}
 
 
@@ -600,7 +617,7 @@ def _decode_weights(encoded: Any, tensors: dict[str, torch.Tensor]) -> None:
         meta = _expect(meta, dict, "encoded weight")
         payload = {}
         for part, place in _expect(meta.get("parts"), dict, "coded parts").items():
-            if not (isinstance(place, list) and len(place) == 3 and place[2] in _PART_TYPES):
+            if not (isinstance(place, list) and len(place) == 3 and isinstance(place[2], str) and place[2] in _PART_TYPES):
                 raise _malformed("coded part")
             start, length, dtype = place
             if not (isinstance(start, int) and isinstance(length, int) and 0 <= start <= start + length <= coded.numel()):
@@ -613,6 +630,34 @@ def _decode_weights(encoded: Any, tensors: dict[str, torch.Tensor]) -> None:
             tensors[key] = decode_tensor(meta, payload)
         except CodecError as error:
             raise _malformed(f"coded weight {key!r:.20}: {error}") from error
+
+
+def _treespec(text: Any, what: str) -> pytree.TreeSpec | None:
+    """The pytree spec ``text`` holds (None for none)."""
+    if not text:
+        return None
+    try:
+        return pytree.treespec_loads(_expect(text, str, what))
+    except Exception as error:  # noqa: BLE001 - pytree raises many kinds for a spec it cannot read
+        raise _malformed(f"{what} {text!r:.40}") from error
+
+
+def _propagate(gm: fx.GraphModule, inputs: list[torch.Tensor]) -> None:
+    """Restore ``gm``'s shapes from the saved input shapes (``inputs``, on meta).
+
+    Shapes that need real data (rare) are computed on zeros, unless the inputs
+    are too large to allocate.
+    """
+    try:
+        propagate(gm, inputs)
+        return
+    except TraceError:
+        if sum(t.numel() * t.element_size() for t in inputs) > _MAX_ZERO_INPUT_BYTES:
+            raise _malformed("its input shapes do not fit its graph") from None
+    try:
+        propagate(gm, [torch.zeros(t.shape, dtype=t.dtype) for t in inputs])
+    except TraceError as error:
+        raise _malformed(f"its input shapes do not fit its graph: {error}") from error
 
 
 def is_safe_attribute(name: str) -> bool:
@@ -677,9 +722,9 @@ def load(path: str | os.PathLike, *, plugins: Plugins | None = None) -> fx.Graph
     except Exception as error:  # noqa: BLE001 - an inconsistent graph is a malformed file
         raise _malformed(f"the graph is inconsistent: {error}") from error
     gm.training = bool(graph.get("training"))
-    inputs = loader.example_inputs()
+    inputs = loader.example_inputs(fx_graph)
     if inputs is not None:
-        propagate(gm, inputs)
+        _propagate(gm, inputs)
     if graph.get("exits") is None:
         return gm
     if HEADS not in root._modules or inputs is None:

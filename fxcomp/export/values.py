@@ -65,8 +65,8 @@ def _preview(value: Any) -> str:
 
 
 def _lookup(table: dict[str, Any], name: Any, kind: str) -> Any:
-    if name not in table:
-        raise LoadError(f"the file names an unknown {kind} {name!r}; it was not written by fxcomp.save")
+    if not isinstance(name, str) or name not in table:
+        raise LoadError(f"the file names an unknown {kind} {name!r:.40}; it was not written by fxcomp.save")
     return table[name]
 
 
