@@ -63,12 +63,17 @@ def _bits(value: Any, path: str) -> dict[str, int]:
 def kmeans_1d(values: torch.Tensor, clusters: int, iterations: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
     """Lloyd's k-means of 1-D ``values`` with ``clusters`` centroids initialized linearly between min and max.
 
+    With no more distinct values than ``clusters``, the centroids are those values.
+
     Returns the sorted centroids that end with members (each its members' mean; a
     centroid left empty is dropped, so there may be fewer than ``clusters``) and each
     value's index into them. Runs until no value changes cluster or for
     ``iterations`` rounds; deterministic.
     """
     values = values.double()
+    distinct, index = values.unique(sorted=True, return_inverse=True)
+    if len(distinct) <= clusters:  # a centroid per value: exact
+        return distinct, index
     centroids = torch.linspace(float(values.min()), float(values.max()), clusters, dtype=torch.float64)
     labels = _nearest(values, centroids)
     for _ in range(iterations):

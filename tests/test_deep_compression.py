@@ -59,10 +59,24 @@ def test_kmeans_uses_linear_initialization_and_converges_to_interval_means() -> 
 def test_kmeans_drops_the_centroids_left_in_a_pruned_gap() -> None:
     from fxcomp_plugins.cluster import kmeans_1d
 
-    values = torch.tensor([-1.0, -0.75, -0.5, 0.5, 0.75, 1.0]).repeat(3)  # linear initialization puts 2 of 6 centroids in the gap
+    values = torch.tensor([-1.0, -0.75, -0.5, 0.5, 0.75, 0.875, 1.0]).repeat(3)  # linear initialization puts 2 of 6 centroids in the gap
     centroids, labels = kmeans_1d(values, 6)
-    assert centroids.tolist() == [-1.0, -0.625, 0.625, 1.0]  # six distinct values, four clusters
-    assert labels.tolist() == [0, 1, 1, 2, 2, 3] * 3
+    assert centroids.tolist() == [-1.0, -0.625, 0.625, 0.9375]  # seven distinct values, four clusters
+    assert labels.tolist() == [0, 1, 1, 2, 2, 3, 3] * 3
+
+
+def test_kmeans_keeps_every_value_when_there_are_no_more_than_centroids() -> None:
+    from fxcomp_plugins.cluster import kmeans_1d
+
+    values = torch.tensor([0.3, 0.1, 5.0, 0.2, 0.1])  # linear initialization left 2 of 4 centroids empty
+    centroids, labels = kmeans_1d(values, 4)
+    assert centroids.tolist() == torch.tensor([0.1, 0.2, 0.3, 5.0]).double().tolist()
+    assert labels.tolist() == [2, 0, 3, 1, 0]
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 10))  # 80 distinct weights, 256 centroids allowed
+    result = fxcomp.compress(model, torch.randn(2, 8), {"passes": [{"pass": "cluster", "bits": 8}]})
+    assert result.plan[0]["stats"]["clusters"] == {"0": 80} and result.plan[0]["stats"]["relative_error"] == {"0": 0.0}
+    assert torch.equal(result.model.get_submodule("0").weight, model[0].weight)
 
 
 def test_cluster_statistics_give_the_centroids_each_layer_kept(sparse_shared) -> None:
@@ -365,6 +379,19 @@ def test_crafted_strides_are_refused(stride, sparse_shared, tmp_path) -> None:
     next(iter(graph["encoded"].values()))["stride"] = stride
     torch.save({**data, "graph": json.dumps(graph)}, path)
     with pytest.raises(LoadError, match=r"malformed \(coded weight 't\d+': strides"):
+        fxcomp.load(path)
+
+
+@pytest.mark.parametrize("part_type", [["uint8"], {"uint8": 1}, "float32"])
+def test_crafted_part_types_are_refused(part_type, sparse_shared, tmp_path) -> None:
+    result, _ = sparse_shared
+    path = tmp_path / "deep.fxc"
+    fxcomp.save(result.model, path, codec="deep")
+    data = torch.load(path, weights_only=True)
+    graph = json.loads(data["graph"])
+    next(iter(next(iter(graph["encoded"].values()))["parts"].values()))[2] = part_type  # raw TypeError before
+    torch.save({**data, "graph": json.dumps(graph)}, path)
+    with pytest.raises(LoadError, match=r"malformed \(coded part\)"):
         fxcomp.load(path)
 
 
