@@ -131,7 +131,10 @@ def _fold(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> None:
     else:
         trainable = layer.weight.requires_grad
         layer.weight = nn.Parameter(folded, trainable)
-    layer.bias = nn.Parameter((bias * scale + shift).to(dtype), trainable)
+    # The folded bias holds the layer's bias and the BatchNorm's shift: trainable if either was.
+    sources = [tensor for tensor in (layer.bias, bn.bias) if tensor is not None]
+    bias_trainable = any(tensor.requires_grad for tensor in sources) if sources else trainable
+    layer.bias = nn.Parameter((bias * scale + shift).to(dtype), bias_trainable)
 
 
 class FoldBatchNorm(Pass):

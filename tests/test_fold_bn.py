@@ -239,3 +239,16 @@ def test_fake_quantized_conv_weights_still_fold() -> None:
     x = torch.randn(2, 4, 8, 8)
     result = fxcomp.compress(_conv_bn(), x, "passes: [{pass: quantize, scheme: int8_weight_only}, {pass: fold_bn}]")
     assert result.plan[-1]["plan"]["folds"] == [{"layer": "0", "batchnorm": "1"}]
+
+
+@pytest.mark.parametrize(
+    ("frozen", "weight_trainable", "bias_trainable"),
+    [((), True, True), (("0.weight", "0.bias"), False, True), (("0.weight", "0.bias", "1.bias"), False, False)],
+)
+def test_folded_parameters_keep_what_was_trainable(frozen, weight_trainable, bias_trainable) -> None:
+    model = _conv_bn()
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name not in frozen)  # e.g. conv frozen, BatchNorm fine-tuned
+    result, _, _ = _fold(model, torch.randn(2, 4, 6, 6))
+    folded = result.model.get_submodule("0")
+    assert (folded.weight.requires_grad, folded.bias.requires_grad) == (weight_trainable, bias_trainable)
