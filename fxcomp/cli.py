@@ -27,7 +27,7 @@ from fxcomp.passes.pipeline import compress
 from fxcomp.plugin.host import load_plugins
 from fxcomp.analysis import analyze
 from fxcomp.report import exit_table, group_table, layer_table
-from fxcomp.tracing import trace
+from fxcomp.tracing import propagate, trace
 
 
 def _input_shape(text: str) -> tuple[int, ...]:
@@ -104,6 +104,8 @@ def _cmd_inspect(args: argparse.Namespace) -> None:
     if os.path.isfile(args.model) or (":" not in args.model and not args.input_shape):
         loaded = load(args.model)
         gm = loaded.model if isinstance(loaded, EarlyExitModel) else loaded
+        if args.input_shape:  # show the saved model at other input shapes
+            propagate(gm, _example_inputs(args.input_shape))
     elif not args.input_shape:
         raise UsageError("inspecting MODULE:CALLABLE needs --input-shape (a saved .fxc file does not)")
     else:
@@ -198,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     shape_help = "input shape like 1,3,224,224; repeat for models with several inputs"
     inspect = commands.add_parser("inspect", help="print the per-layer table of a model (and its exit plan, channel groups)")
     inspect.add_argument("model", help="MODULE:CALLABLE, e.g. torchvision.models:resnet18, or a file from fxcomp.save")
-    inspect.add_argument("--input-shape", type=_input_shape, action="append", help=shape_help + " (not for a file)")
+    inspect.add_argument("--input-shape", type=_input_shape, action="append", help=shape_help + " (for a file: instead of the saved shapes)")
     inspect.add_argument("--dot", help="also write the graph as a Graphviz DOT file")
     inspect.add_argument(
         "--groups", action="store_true", help="also print the coupled channel groups pruning works on, and why any is pinned"

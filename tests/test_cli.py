@@ -254,3 +254,14 @@ def test_demo_trains_compresses_and_reports(tmp_path, capsys) -> None:
     assert int(rows["compressed"][2].replace(",", "")) < int(rows["original"][2].replace(",", ""))
     assert "folded=3" in printed
     assert fxcomp.load(out)(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
+
+
+def test_inspect_shows_a_saved_model_at_other_input_shapes(tmp_path, capsys, small_cnn) -> None:
+    saved = tmp_path / "model.fxc"
+    fxcomp.save(fxcomp.trace(small_cnn, torch.zeros(1, 3, 8, 8)), saved)
+    assert main(["inspect", str(saved), "--input-shape", "2,3,16,16"]) == 0
+    conv1 = next(row for row in capsys.readouterr().out.splitlines() if row.startswith("conv1 "))
+    assert "2×16×16×16" in conv1
+    assert main(["inspect", str(saved)]) == 0
+    conv1 = next(row for row in capsys.readouterr().out.splitlines() if row.startswith("conv1 "))
+    assert "1×16×8×8" in conv1
