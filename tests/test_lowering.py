@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import operator
 import sys
 from collections import OrderedDict
@@ -267,6 +268,10 @@ def test_unknown_backends_and_misplaced_options_are_refused(plugins, small_cnn, 
         fxcomp.lower(small_cnn, plugins=plugins)
     with pytest.raises(LoweringError, match="no recorded shape; pass example_inputs"):
         fxcomp.lower(fx.symbolic_trace(small_cnn), plugins=plugins)
+    with pytest.raises(LoweringError, match="the backend must be a name .* got a Tensor; pass example inputs as example_inputs="):
+        fxcomp.lower(gm, image, plugins=plugins)
+    with pytest.raises(LoweringError, match="weights are on the meta device"):
+        fxcomp.lower(fxcomp.trace(copy.deepcopy(small_cnn).to("meta"), image.to("meta")), plugins=plugins)
 
 
 def test_triton_without_cuda_or_the_interpreter_is_a_clear_error(plugins, monkeypatch) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -131,7 +132,7 @@ def lower(
 
     The lowered model's outputs are compared with ``gm``'s; with pattern lowerings each
     replaced value is compared too, against the lowering's tolerance. Raises
-    :class:`fxcomp.LoweringError` for an unknown backend, options the backend does not take
+    :class:`fxcomp.LoweringError` for an unknown backend, weights on the meta device, options the backend does not take
     (or ``autotune`` with ``channels_last`` / ``direct_convs``, or with inputs not on the CPU),
     a graph that fails to run or changes its outputs beyond 1e-4 in the asked layout or
     under inductor, kernels that cannot run on this machine, or a kernel whose output
@@ -143,6 +144,16 @@ def lower(
         raise LoweringError(
             f"fxcomp.lower takes a torch.fx GraphModule, got {type(gm).__name__}; "
             "trace the model with fxcomp.trace or lower fxcomp.compress(...).model"
+        )
+    if not isinstance(backend, str):
+        raise LoweringError(
+            f"the backend must be a name (eager, inductor, triton, ...), got a {type(backend).__name__}; "
+            "pass example inputs as example_inputs=..."
+        )
+    if any(tensor.is_meta for tensor in itertools.chain(gm.parameters(), gm.buffers())):
+        raise LoweringError(
+            "the model's weights are on the meta device, so nothing can run or be checked; "
+            "give it real weights (e.g. to_empty(device='cpu') and load_state_dict) before lowering"
         )
     if mode is not None and (backend != "inductor" or mode not in INDUCTOR_MODES):
         raise LoweringError(f"mode {mode!r} needs backend 'inductor' and one of {', '.join(INDUCTOR_MODES)}")
