@@ -22,6 +22,7 @@ all groups at once, so a data-driven criterion runs the calibration data once.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
@@ -29,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
-from fxcomp import ChannelGroup, Member, RecipeError
+from fxcomp import CalibrationError, ChannelGroup, Member, RecipeError
 from fxcomp.passes import PassContext, calibration_outputs
 from fxcomp.tracing import eval_mode
 
@@ -116,29 +117,74 @@ def bn_scale_importance(group: ChannelGroup, gm: fx.GraphModule, context: PassCo
     return scores
 
 
-def _filter_axis(owner: nn.Module, attribute: str) -> int | None:
-    """The output-channel axis of a conv or linear weight, else None."""
-    if attribute != "weight":
-        return None
-    if isinstance(owner, nn.Linear):
-        return 0
-    if isinstance(owner, nn.modules.conv._ConvNd):
-        return 1 if owner.transposed else 0
-    return None
+_FUNCTIONAL_LAYERS = (F.linear, F.conv1d, F.conv2d, F.conv3d)
 
 
-@each_group
-def fpgm_importance(group: ChannelGroup, gm: fx.GraphModule, context: PassContext) -> torch.Tensor:
+@dataclass(frozen=True)
+class _Layer:
+    """One conv / linear call of the graph (a module or ``F.conv*d`` / ``F.linear`` on a parameter)."""
+
+    node: fx.Node
+    weight: str  # the weight's qualified name
+    input_axis: int
+    output_axis: int
+    linear: bool
+    weight_dim: int
+
+    def channel_axis(self, value: torch.Tensor) -> int:
+        """Where the layer's input or output ``value`` holds its channels: last for a linear layer, first
+        for an unbatched convolution's, else axis 1."""
+        if self.linear:
+            return value.dim() - 1
+        return 1 if value.dim() == self.weight_dim else 0
+
+
+def _layers(gm: fx.GraphModule) -> list[_Layer]:
+    """Every conv / linear call of ``gm``, in graph order."""
+    layers = []
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            module = gm.get_submodule(node.target)
+            if isinstance(module, nn.Linear):
+                layers.append(_Layer(node, f"{node.target}.weight", 1, 0, True, 2))
+            elif isinstance(module, nn.modules.conv._ConvNd):
+                axes = (0, 1) if module.transposed else (1, 0)
+                layers.append(_Layer(node, f"{node.target}.weight", *axes, False, module.weight.dim()))
+        elif node.op == "call_function" and node.target in _FUNCTIONAL_LAYERS:
+            weight = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
+            if isinstance(weight, fx.Node) and weight.op == "get_attr":
+                owner, attribute = _owner_and_attribute(gm, weight.target)
+                dim = getattr(owner, attribute).dim()
+                layers.append(_Layer(node, weight.target, 1, 0, node.target is F.linear, dim))
+    return layers
+
+
+def _nothing_to_score(criterion: str, group: ChannelGroup, what: str) -> RecipeError:
+    return RecipeError(
+        f"prune.importance: {criterion} scores {what}, and the channels of {', '.join(group.producers)} have none; "
+        "use importance: l1 or taylor, or ignore those layers"
+    )
+
+
+def fpgm_importance(groups: Sequence[ChannelGroup], gm: fx.GraphModule, context: PassContext) -> list[torch.Tensor]:
     """Filter pruning via geometric median: filters close to all others (small distance sum) are redundant."""
-    scores = torch.zeros(group.channels, dtype=torch.float64)
-    for member in group.members:
-        owner, attribute = _owner_and_attribute(gm, member.name)
-        if _filter_axis(owner, attribute) != member.axis:
-            continue
-        filters = owner.weight.detach().double().movedim(member.axis, 0)
-        filters = filters.reshape(filters.shape[0], -1)
-        _scatter(scores, member, torch.cdist(filters, filters).sum(1))
-    return scores
+    filters = {(layer.weight, layer.output_axis) for layer in _layers(gm)}
+    results = []
+    for group in groups:
+        scores = torch.zeros(group.channels, dtype=torch.float64)
+        found = False
+        for member in group.members:
+            if member.kind != "parameter" or (member.name, member.axis) not in filters:
+                continue
+            owner, attribute = _owner_and_attribute(gm, member.name)
+            weight = getattr(owner, attribute).detach().double().movedim(member.axis, 0)
+            weight = weight.reshape(weight.shape[0], -1)
+            _scatter(scores, member, torch.cdist(weight, weight).sum(1))
+            found = True
+        if not found:
+            raise _nothing_to_score("fpgm", group, "the filters of conv / linear layers")
+        results.append(scores)
+    return results
 
 
 @each_group
@@ -156,7 +202,17 @@ def _loss(output: object, target: torch.Tensor | None) -> torch.Tensor:
         )
     if target is None:
         target = output.detach().argmax(1)
-    return F.cross_entropy(output, target)
+    classes = output.shape[1]
+    labels = target.dim() == 1 and not target.is_floating_point() and not target.is_complex() and target.dtype != torch.bool
+    probabilities = target.shape == output.shape and target.is_floating_point()
+    in_range = not labels or not len(target) or (0 <= target.min() and target.max() < classes)
+    if len(target) != len(output) or not (labels or probabilities) or not in_range:
+        raise CalibrationError(
+            f"prune.importance: taylor's calib_data targets ({tuple(target.shape)}, {str(target.dtype).removeprefix('torch.')}) "
+            f"do not fit the model's {tuple(output.shape)} logits; give one integer label in [0, {classes}) per example, "
+            "or batches without targets"
+        )
+    return F.cross_entropy(output, target.long() if labels else target.to(output.dtype))
 
 
 def taylor_importance(groups: Sequence[ChannelGroup], gm: fx.GraphModule, context: PassContext) -> list[torch.Tensor]:
@@ -184,25 +240,6 @@ def taylor_importance(groups: Sequence[ChannelGroup], gm: fx.GraphModule, contex
             parameter.grad = saved[name][1]
 
 
-def _input_axis(module: nn.Module) -> int | None:
-    """The input-channel axis of a conv or linear weight, else None."""
-    if isinstance(module, nn.Linear):
-        return 1
-    if isinstance(module, nn.modules.conv._ConvNd):
-        return 0 if module.transposed else 1
-    return None
-
-
-def _channel_axis(module: nn.Module, value: torch.Tensor) -> int:
-    """Where ``module``'s input or output ``value`` holds its channels: last for linear layers, first for
-    an unbatched convolution's, else axis 1 (0 without a batch axis)."""
-    if isinstance(module, nn.Linear):
-        return value.dim() - 1
-    if isinstance(module, nn.modules.conv._ConvNd):
-        return 1 if value.dim() == module.weight.dim() else 0
-    return 1 if value.dim() > 1 else 0
-
-
 def activation_importance(
     groups: Sequence[ChannelGroup], gm: fx.GraphModule, context: PassContext
 ) -> list[torch.Tensor]:
@@ -210,40 +247,46 @@ def activation_importance(
 
     A group whose channels reach no such layer is scored where its producers write them.
     """
-    readers: dict[str, list[tuple[ChannelGroup, Member]]] = {}
+    layers = _layers(gm)
+    watched: dict[tuple[fx.Node, str], list[tuple[ChannelGroup, Member]]] = {}
     for group in groups:
-        found = False
-        for member in group.members:
-            owner, attribute = _owner_and_attribute(gm, member.name)
-            if attribute == "weight" and _input_axis(owner) == member.axis and member.kind == "parameter":
-                readers.setdefault(member.name.rpartition(".")[0], []).append((group, member))
-                found = True
-        if not found:
-            for member in group.members:
-                owner, attribute = _owner_and_attribute(gm, member.name)
-                if _filter_axis(owner, attribute) == member.axis:
-                    readers.setdefault(member.name.rpartition(".")[0] + "#out", []).append((group, member))
+        members = [member for member in group.members if member.kind == "parameter"]
+        for where in ("input", "output"):
+            reads = [
+                (layer, member)
+                for member in members
+                for layer in layers
+                if (member.name, member.axis) == (layer.weight, getattr(layer, f"{where}_axis"))
+            ]
+            for layer, member in reads:
+                watched.setdefault((layer.node, where), []).append((group, member))
+            if reads:
+                break
+        else:
+            raise _nothing_to_score("activation", group, "the inputs and outputs of conv / linear layers")
+    layer_of = {layer.node: layer for layer in layers}
     sums = {id(group): torch.zeros(group.channels, dtype=torch.float64) for group in groups}
 
-    def record(key: str, value: torch.Tensor, module: nn.Module) -> None:
-        channel_axis = _channel_axis(module, value)
+    def record(node: fx.Node, where: str, value: torch.Tensor) -> None:
+        channel_axis = layer_of[node].channel_axis(value)
         per_entry = _per_entry(value.detach().abs().double(), channel_axis) / (value.numel() / value.shape[channel_axis])
-        for group, member in readers[key]:
+        for group, member in watched[(node, where)]:
             _scatter(sums[id(group)], member, per_entry)
 
-    handles = []
-    for key in readers:
-        name, _, where = key.partition("#")
-        module = gm.get_submodule(name)
-        if where == "out":
-            handles.append(module.register_forward_hook(lambda m, a, out, key=key: record(key, out, m)))
-        else:
-            handles.append(module.register_forward_pre_hook(lambda m, a, key=key: record(key, a[0], m)))
-    try:
-        with eval_mode(gm), torch.no_grad():
-            for _ in calibration_outputs(gm, context.calib_data, "prune.importance: activation"):
-                pass
-    finally:
-        for handle in handles:
-            handle.remove()
+    class Recorder(fx.Interpreter):
+        def run_node(self, node: fx.Node) -> object:
+            if (node, "input") in watched:
+                args, kwargs = self.fetch_args_kwargs_from_env(node)
+                record(node, "input", args[0] if args else kwargs["input"])
+            result = super().run_node(node)
+            if (node, "output") in watched:
+                record(node, "output", result)
+            return result
+
+    with eval_mode(gm), torch.no_grad():
+        def run(*inputs: torch.Tensor) -> object:
+            return Recorder(gm).run(*gm.graph._codegen.process_inputs(*inputs))  # as GraphModule.forward flattens them
+
+        for _ in calibration_outputs(gm, context.calib_data, "prune.importance: activation", run=run):
+            pass
     return [sums[id(group)] for group in groups]

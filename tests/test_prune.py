@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import warnings
 
 import pytest
@@ -104,6 +105,45 @@ def test_literal_reshape_sizes_follow_pruning() -> None:
     result, error = _prune_and_compare(_ReshapeLiteral(), torch.randn(1, 3, 4, 4))
     (reshape,) = [n for n in result.model.graph.nodes if n.target == "reshape"]
     assert reshape.args[2] == 4 and error < 1e-5
+
+
+class _SizeKeyword(nn.Module):
+    """Literal sizes given by keyword: ``view(size=...)``, ``reshape(shape=...)``, ``expand(size=...)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        flat = h.view(size=(x.shape[0] * x.shape[1], 8)) + h.reshape(shape=(-1, 8))
+        return self.b(flat.expand(size=(x.shape[0] * x.shape[1], 8)))
+
+
+def test_literal_sizes_given_by_keyword_follow_pruning() -> None:
+    result, error = _prune_and_compare(_SizeKeyword(), torch.randn(2, 5, 6))  # view(size=...) broke propagation
+    assert result.model.a.out_features == 4 and error < 1e-5
+
+
+class _ScalarValues(nn.Module):
+    """Elementwise ops on 0-dim values: a normalization by the total, and a scalar output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        h = self.b(torch.relu(self.a(x)))
+        h = h / (h.sum() + 1)
+        return self.c(h).sum() + x.mean()
+
+
+def test_elementwise_ops_on_scalars_are_analyzed() -> None:
+    groups = {tuple(g.producers): g for g in fxcomp.analyze(fxcomp.trace(_ScalarValues(), torch.randn(1, 3, 4, 4)))}
+    assert groups[("a",)].prunable  # the analyzer failed with "expand() missing ... size"
+    assert not groups[("b",)].prunable  # the sum over every channel reads all of them
+    result, error = _prune_and_compare(_ScalarValues(), torch.randn(1, 3, 4, 4))
+    assert result.model.a.out_channels == 4 and error < 1e-5
 
 
 class _ChannelsLastNorm(nn.Module):
@@ -251,6 +291,54 @@ class _FourFilters(nn.Module):
 
     def forward(self, x):
         return self.head(self.bn(self.conv(x)))
+
+
+class _FunctionalDeadChannels(nn.Module):
+    """F.conv2d layers on the model's parameters; channels 1 and 3 never fire after the ReLU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.w = nn.Parameter(torch.randn(4, 2, 1, 1))
+        self.w[1].data.copy_(self.w[0].data + 0.01)  # filters 0 and 1 nearly coincide
+        self.b = nn.Parameter(torch.tensor([5.0, -100.0, 5.0, -100.0]))
+        self.head = nn.Parameter(torch.randn(3, 4, 1, 1))
+
+    def forward(self, x):
+        return torch.nn.functional.conv2d(torch.relu(torch.nn.functional.conv2d(x, self.w, self.b)), self.head).mean((2, 3))
+
+
+@pytest.mark.parametrize(("importance", "removed"), [("activation", [1, 3]), ("fpgm", [0, 1])])
+def test_data_and_filter_criteria_score_functional_layers(importance: str, removed: list[int]) -> None:
+    # Both scored every channel 0 (layers written with F.conv2d are not modules), so the first channels went.
+    model = _FunctionalDeadChannels().eval()
+    fpgm = fxcomp.load_plugins().registry.importance["fpgm"].value
+    gm = fxcomp.trace(model, torch.randn(1, 2, 3, 3))
+    group = next(g for g in fxcomp.analyze(gm) if g.prunable)
+    assert fpgm([group], gm, None)[0].min() > 0
+    recipe = {"passes": [{"pass": "prune", "ratio": 0.5, "importance": importance}]}
+    result = fxcomp.compress(model, torch.randn(1, 2, 3, 3), recipe, calib_data=[torch.randn(8, 2, 3, 3)])
+    assert result.plan[0]["plan"]["groups"][0]["removed"] == removed
+
+
+def test_a_group_without_filters_is_refused_by_filter_criteria() -> None:
+    gm = fxcomp.trace(_FourFilters().eval(), torch.randn(1, 2, 2, 2))
+    (group,) = [g for g in fxcomp.analyze(gm) if g.prunable]
+    bare = dataclasses.replace(group, members=[m for m in group.members if m.name != "conv.weight"])
+    with pytest.raises(fxcomp.RecipeError, match=r"^prune.importance: fpgm scores the filters of conv / linear layers, and the channels of conv have none"):
+        fxcomp.load_plugins().registry.importance["fpgm"].value([bare], gm, None)
+
+
+@pytest.mark.parametrize("target", [torch.tensor([[0], [1], [2], [0]]), torch.tensor([3, 4, 5, 3]), torch.rand(4)])
+def test_taylor_refuses_targets_that_do_not_fit_the_logits(target: torch.Tensor) -> None:
+    model = nn.Sequential(nn.Conv2d(2, 8, 1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 9, 3)).eval()
+    recipe = "passes: [{pass: prune, ratio: 0.5, importance: taylor}]"
+    message = r"^prune.importance: taylor's calib_data targets .* do not fit the model's \(4, 3\) logits; give one integer label in \[0, 3\)"
+    with pytest.raises(fxcomp.CalibrationError, match=message):  # torch's RuntimeError or IndexError inside a PassError
+        fxcomp.compress(model, torch.randn(1, 2, 3, 3), recipe, calib_data=[(torch.randn(4, 2, 3, 3), target)])
+    labels = torch.tensor([0, 2, 1, 2], dtype=torch.int32)  # any integer type, and class probabilities, fit
+    for fits in (labels, torch.softmax(torch.randn(4, 3), 1)):
+        fxcomp.compress(model, torch.randn(1, 2, 3, 3), recipe, calib_data=[(torch.randn(4, 2, 3, 3), fits)])
 
 
 @pytest.mark.parametrize(("importance", "removed"), [("l1", [0, 2]), ("bn_scale", [2, 3]), ("fpgm", [0, 1])])

@@ -681,8 +681,9 @@ def size_arguments(node: fx.Node) -> list[Any] | None:
         return list(module.normalized_shape) if isinstance(module, nn.LayerNorm) and module.weight is None else None
     if node.target in ("view", "reshape", "expand") or node.target is torch.reshape:
         rest = node.args[1:]
-        if not rest and "shape" in node.kwargs:
-            rest = (node.kwargs["shape"],)
+        keyword = next((key for key in ("shape", "size") if key in node.kwargs), None)
+        if not rest and keyword is not None:  # reshape(shape=...), view(size=...), expand(size=...)
+            rest = (node.kwargs[keyword],)
         if len(rest) == 1 and isinstance(rest[0], (list, tuple)):
             return list(rest[0])
         return list(rest)
@@ -697,7 +698,7 @@ def set_size_arguments(node: fx.Node, sizes: list[Any]) -> None:
     if node.op == "call_module":
         node.graph.owning_module.get_submodule(node.target).normalized_shape = tuple(sizes)
         return
-    kwargs = {k: v for k, v in node.kwargs.items() if k not in ("shape", "normalized_shape")}
+    kwargs = {k: v for k, v in node.kwargs.items() if k not in ("shape", "size", "normalized_shape")}
     if node.op == "call_method":
         node.args = (node.args[0], *sizes)
     else:

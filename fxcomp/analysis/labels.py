@@ -34,7 +34,7 @@ def compact(labels: torch.Tensor) -> torch.Tensor:
 
 def expand(labels: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """The compact ``labels`` broadcast (without copying) to the value's real ``shape``."""
-    return labels.expand(*shape)
+    return labels.expand(tuple(shape))  # a tuple: a 0-dim value has no sizes to unpack
 
 
 def unlabelled(ndim: int) -> torch.Tensor:

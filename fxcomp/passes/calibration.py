@@ -9,7 +9,7 @@ batch.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,8 +66,13 @@ def calibration_batches(gm: fx.GraphModule, calib_data: Any, needed_by: str) -> 
         raise CalibrationError(f"{needed_by}: calib_data is empty; give at least one batch")
 
 
-def calibration_outputs(gm: fx.GraphModule, calib_data: Any, needed_by: str) -> Iterator[tuple[Batch, Any]]:
+def calibration_outputs(
+    gm: fx.GraphModule, calib_data: Any, needed_by: str, *, run: Callable[..., Any] | None = None
+) -> Iterator[tuple[Batch, Any]]:
     """Run ``gm`` on each batch of ``calib_data``; yield the batch and the model's output.
+
+    ``run`` replaces ``gm`` as what is called with each batch's inputs (e.g. an
+    ``fx.Interpreter`` that records values inside the graph).
 
     The forward runs when the caller asks for the next pair, so it sees the caller's grad
     mode and hooks. A batch whose inputs differ from the traced example inputs in rank,
@@ -77,7 +82,7 @@ def calibration_outputs(gm: fx.GraphModule, calib_data: Any, needed_by: str) -> 
     traced = [node_info(node).output for node in _required_inputs(gm)]
     for batch in calibration_batches(gm, calib_data, needed_by):
         try:
-            output = gm(*batch.inputs)
+            output = (run or gm)(*batch.inputs)
         except FxcompError:
             raise
         except Exception as error:  # noqa: BLE001 - re-raised unless the batch is the likely cause
