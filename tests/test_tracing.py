@@ -139,6 +139,13 @@ def test_bad_example_inputs(inputs, message) -> None:
         fxcomp.trace(nn.Sequential(nn.Linear(3, 2)), inputs)
 
 
+def test_a_shape_mismatch_is_one_error_and_nothing_on_stderr(capfd) -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+    with pytest.raises(fxcomp.TraceError, match=r"node '2' .*: mat1 and mat2 shapes cannot be multiplied \(1x196 and 144x2\)"):
+        fxcomp.trace(model, torch.randn(1, 3, 9, 9))
+    assert capfd.readouterr().err == ""  # torch's fake tensors logged a 30-line traceback first
+
+
 def test_tracing_leaves_the_model_untouched() -> None:
     model = torchvision.models.resnet18(num_classes=10).train()
     model.layer1.eval()

@@ -20,6 +20,7 @@ mode, so no state (BatchNorm statistics) changes.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -226,6 +227,20 @@ def _failure_message(failure: _NodeFailure) -> str:
     )
 
 
+_FAKE_TENSOR_LOGGER = "torch._subclasses.fake_tensor"  # logs a traceback for every op that fails, before it raises
+
+
+@contextlib.contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    """Silence ``logger`` (the failure it would log is raised, and reported as a TraceError)."""
+    log = logging.getLogger(logger)
+    disabled, log.disabled = log.disabled, True
+    try:
+        yield
+    finally:
+        log.disabled = disabled
+
+
 def propagate(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]) -> None:
     """Annotate every node of ``gm`` with its :class:`NodeInfo` for ``example_inputs``.
 
@@ -242,7 +257,7 @@ def propagate(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]) -> Non
         fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
         try:
             fake_inputs = [fake_mode.from_tensor(tensor) for tensor in example_inputs]
-            with fake_mode:
+            with fake_mode, _quiet(_FAKE_TENSOR_LOGGER):
                 _Propagator(gm).run(*fake_inputs)
             return
         except _NodeFailure as failure:
