@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--input-shape", type=_input_shape, action="append", required=True, help=shape_help)
     comp.add_argument("--out", help="save the compressed model to this file (.fxc)")
     comp.add_argument("--plan", help="write the plan as JSON to this file")
-    comp.add_argument("--dry-run", action="store_true", help="plan only; do not rewrite or save")
+    comp.add_argument("--dry-run", action="store_true", help="plan every step without saving: steps before the last are applied to a scratch copy (so recover steps train), the last is only planned")
     comp.add_argument(
         "--train-data",
         help="labelled data for recover steps and calibration (its first 1,024 training examples): "

@@ -262,7 +262,7 @@ class CompressionReport:
             figures.append(["nonzero params", _count(b.nonzero), _count(a.nonzero), _ratio(b.nonzero, a.nonzero)])
         summary = tabulate(figures, headers=["total", "before", "after", "before ÷ after"])
         passes = tabulate(
-            [[p["pass"], "yes" if p.get("modified") else "no", _stats(p.get("stats", {}))] for p in self.passes],
+            [[p["pass"], _modified(p), _stats(p.get("stats", {}))] for p in self.passes],
             headers=["pass", "modified", "stats"],
         )
         text = f"{layers}\n\n{summary}\n\n{passes}"
@@ -284,6 +284,13 @@ def exit_table(plan: list[dict[str, Any]]) -> str:
         for row in plan
     ]
     return tabulate(rows, headers=["exit", "reads", "head", "head params", "MACs / sample", "of model", "threshold"])
+
+
+def _modified(record: dict[str, Any]) -> str:
+    """Whether a pass changed the graph; a dry run's last pass was only planned."""
+    if "modified" not in record:
+        return "planned only"
+    return "yes" if record["modified"] else "no"
 
 
 def _stats(stats: dict[str, Any]) -> str:

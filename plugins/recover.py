@@ -1,4 +1,4 @@
-"""Built-in plugin ``recover``: fine-tune the compressed model, by default distilling from the original.
+"""Built-in plugin ``recover``: fine-tune the compressed model, distilling from the original when ``distill`` is given.
 
 A recipe step such as ``{pass: recover, epochs: 3, lr: 0.01, distill: {kind: kd, T: 4,
 alpha: 0.9}}`` trains the graph on ``compress(..., train_data=..., val_data=...)`` with
