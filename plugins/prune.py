@@ -173,15 +173,28 @@ def _group_ratios(value: Any, path: str) -> dict[str, float]:
     return {name: float(ratio) for name, ratio in value.items()}
 
 
+def _share_to_remove(original: int, current: int, goal: float) -> float:
+    """The fraction of ``current`` channels to remove so that ``goal`` of the ``original`` ones are gone."""
+    keep = original - int(original * goal + 1e-6)
+    return max(0.0, (current - keep) / current) if current else 0.0
+
+
 def _step_fraction(
     group: ChannelGroup, scores: torch.Tensor | None, original_channels: dict[str, int], goal: float
 ) -> float:
     """The fraction of a group's current channels to remove so that ``goal`` of its original ones are gone."""
     if scores is None:
         return 0.0
-    original = original_channels.get(group.producers[0], group.channels)
-    keep = original - int(original * goal + 1e-6)
-    return max(0.0, (group.channels - keep) / group.channels)
+    return _share_to_remove(original_channels.get(group.producers[0], group.channels), group.channels, goal)
+
+
+def _global_step_fraction(
+    groups: list[ChannelGroup], scores: list[torch.Tensor | None], original_channels: dict[str, int], goal: float
+) -> float:
+    """The fraction of all scored channels to remove so that ``goal`` of the scored groups' original channels are gone."""
+    scored = [group for group, group_scores in zip(groups, scores) if group_scores is not None]
+    original = sum(original_channels.get(group.producers[0], group.channels) for group in scored)
+    return _share_to_remove(original, sum(group.channels for group in scored), goal)
 
 
 def _tensor_versions(gm: fx.GraphModule) -> dict[str, tuple[int, int]]:
@@ -304,19 +317,22 @@ class Prune(Pass):
                 pinned = [{"producers": g.producers, "reasons": g.pinned} for g in groups if not g.prunable]
                 original_channels = {group.producers[0]: group.channels for group in groups}
                 self._check_group_names(groups)
+            # Each group's cap, as a fraction of its current channels: max_ratio_per_group of its original ones.
+            cap = self.options["max_ratio_per_group"]
+            caps = [_step_fraction(g, s, original_channels, cap) for g, s in zip(groups, scores)]
             if self.options["ratio"] is not None:
-                done = self.options["ratio"] * (step - 1) / steps
                 goal = self.options["ratio"] * step / steps
                 if self.options["scope"] == "local":
-                    cap, ratios = self.options["max_ratio_per_group"], self.options["group_ratios"]
+                    ratios = self.options["group_ratios"]
                     goals = [min(ratios.get(g.producers[0], self.options["ratio"]) * step / steps, cap) for g in groups]
                     fractions = [_step_fraction(g, s, original_channels, c) for g, s, c in zip(groups, scores, goals)]
                 else:
-                    fractions = self._fractions(1 - (1 - goal) / (1 - done), groups, scores)
+                    share = _global_step_fraction(groups, scores, original_channels, goal)
+                    fractions = self._fractions(share, groups, scores, caps)
                 step_plan = self._plan_at(fractions, groups, scores)
             else:
                 goal = 1 - (1 - self.options["target_macs"]) * step / steps
-                step_plan, reached = self._plan_for_macs(scratch, context, groups, scores, goal, original_macs)
+                step_plan, reached = self._plan_for_macs(scratch, context, groups, scores, caps, goal, original_macs)
             records.extend({"step": step, **group} for group in step_plan["groups"])
             for table in _TABLES.values():
                 _compose(tables[table], step_plan[table], size)
@@ -344,6 +360,7 @@ class Prune(Pass):
         context: PassContext,
         groups: list[ChannelGroup],
         scores: list[torch.Tensor | None],
+        caps: list[float],
         target: float,
         original_macs: int,
     ) -> tuple[dict[str, Any], float]:
@@ -355,20 +372,20 @@ class Prune(Pass):
             propagate(scratch, context.example_inputs)
             return _total_macs(scratch) / original_macs
 
-        low, high = 0.0, self.options["max_ratio_per_group"]
-        plan = self._plan_at(self._fractions(high, groups, scores), groups, scores)
+        low, high = 0.0, 1.0
+        plan = self._plan_at(self._fractions(high, groups, scores, caps), groups, scores)
         fraction = kept_fraction(plan)
         if fraction > target * 1.02:
             raise RecipeError(
                 f"prune.target_macs: {self.options['target_macs']:g} is out of reach; pruning every unpinned group "
-                f"by max_ratio_per_group={high:g} keeps {fraction:.3f} of the MACs; give target_macs >= {fraction:.3f} "
+                f"by max_ratio_per_group={self.options['max_ratio_per_group']:g} keeps {fraction:.3f} of the MACs; give target_macs >= {fraction:.3f} "
                 "or raise max_ratio_per_group"
             )
         for _ in range(30):
             if abs(fraction / target - 1) <= 0.02:
                 break
             middle = (low + high) / 2
-            candidate = self._plan_at(self._fractions(middle, groups, scores), groups, scores)
+            candidate = self._plan_at(self._fractions(middle, groups, scores, caps), groups, scores)
             candidate_fraction = kept_fraction(candidate)
             if candidate_fraction < target:
                 high = middle
@@ -378,11 +395,12 @@ class Prune(Pass):
                 plan, fraction = candidate, candidate_fraction
         return plan, fraction
 
-    def _fractions(self, ratio: float, groups: list[ChannelGroup], scores: list[torch.Tensor | None]) -> list[float]:
-        """The fraction of each group's channels to remove (0 for pinned groups)."""
-        cap = self.options["max_ratio_per_group"]
+    def _fractions(
+        self, ratio: float, groups: list[ChannelGroup], scores: list[torch.Tensor | None], caps: list[float]
+    ) -> list[float]:
+        """The fraction of each group's channels to remove (0 for pinned groups), at most its entry in ``caps``."""
         if self.options["scope"] == "local":
-            return [min(ratio, cap) if s is not None else 0.0 for s in scores]
+            return [min(ratio, cap) for cap in caps]
         scored = [(index, s) for index, s in enumerate(scores) if s is not None]
         if not scored:
             return [0.0] * len(groups)
@@ -392,7 +410,7 @@ class Prune(Pass):
         counts = torch.bincount(owner[lowest], minlength=len(scored))
         fractions = [0.0] * len(groups)
         for (index, s), count in zip(scored, counts.tolist()):
-            fractions[index] = min(count / s.numel(), cap)
+            fractions[index] = min(count / s.numel(), caps[index])
         return fractions
 
     def _plan_at(

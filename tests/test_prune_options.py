@@ -307,3 +307,43 @@ def test_group_ratios_prune_each_named_group_by_its_own_ratio() -> None:
 def test_bad_group_ratios_are_recipe_errors(options, message) -> None:
     with pytest.raises(fxcomp.RecipeError, match=message):
         fxcomp.compress(_TwoLayers(), torch.randn(1, 2, 3, 3), {"passes": [{"pass": "prune", **options}]})
+
+
+def _chain(width: int, layers: int) -> nn.Sequential:
+    """3 → width conv, then ``layers - 1`` width → width convs (relu between), and a 1×1 head to 2: ``layers`` groups."""
+    torch.manual_seed(0)
+    convs = [nn.Conv2d(3, width, 3, padding=1), *(nn.Conv2d(width, width, 3, padding=1) for _ in range(layers - 1))]
+    return nn.Sequential(*(part for conv in convs for part in (conv, nn.ReLU())), nn.Conv2d(width, 2, 1)).eval()
+
+
+def _widths(model: nn.Module, layers: int) -> list[int]:
+    return [model.get_submodule(str(2 * i)).out_channels for i in range(layers)]
+
+
+@pytest.mark.parametrize(
+    ("goal", "widths"),
+    [({"ratio": 0.6, "scope": "global"}, [16, 16, 16]), ({"target_macs": 0.3, "scope": "global"}, [16, 18, 17])],
+)
+def test_max_ratio_per_group_caps_the_original_channels_over_iterative_steps(goal: dict, widths: list[int]) -> None:
+    # Each step capped half of the channels left, so three steps removed up to 1 - 0.5**3 of a group (72%).
+    recipe = {"passes": [{"pass": "prune", "max_ratio_per_group": 0.5, "iterative_steps": 3, **goal}]}
+    result = fxcomp.compress(_chain(32, 3), torch.randn(1, 3, 8, 8), recipe)
+    assert _widths(result.model, 3) == widths
+
+
+def test_target_macs_out_of_reach_under_the_cap_stays_out_of_reach_over_iterative_steps() -> None:
+    model, x = _chain(32, 3), torch.randn(1, 3, 8, 8)
+    message = r"^prune.target_macs: 0.15 is out of reach; pruning every unpinned group by max_ratio_per_group=0.5 keeps 0.262 of the MACs"
+    for steps in (1, 3):  # three steps reached 0.15 by removing 62% of every group
+        recipe = {"passes": [{"pass": "prune", "target_macs": 0.15, "max_ratio_per_group": 0.5, "iterative_steps": steps}]}
+        with pytest.raises(fxcomp.RecipeError, match=message):
+            fxcomp.compress(model, x, recipe)
+
+
+@pytest.mark.parametrize("steps", [1, 3, 40])
+def test_global_scope_over_iterative_steps_removes_the_ratio_of_the_channels(steps: int) -> None:
+    # Each step took its share of the channels left after the nominal (not the actual) earlier steps,
+    # and rounded down: 15 of 32 with three steps, none with forty.
+    recipe = {"passes": [{"pass": "prune", "ratio": 0.5, "scope": "global", "iterative_steps": steps}]}
+    result = fxcomp.compress(_chain(16, 2), torch.randn(1, 3, 8, 8), recipe)
+    assert sum(_widths(result.model, 2)) == 16
