@@ -216,7 +216,7 @@ class Prune(Pass):
         "target_macs": Option(
             optional(number(0, 1, low_open=True, high_open=True)),
             default=None,
-            doc="fraction of the original MACs to keep (reached within 2%), instead of ratio",
+            doc="fraction of the original MACs to keep, instead of ratio (reached within 2%; else an error names the nearest)",
         ),
         "importance": Option(
             string(), default="l1", doc="criterion: l1, l2, bn_scale, fpgm, taylor, activation, random, or a plugin's"
@@ -332,7 +332,9 @@ class Prune(Pass):
                 step_plan = self._plan_at(fractions, groups, scores)
             else:
                 goal = 1 - (1 - self.options["target_macs"]) * step / steps
-                step_plan, reached = self._plan_for_macs(scratch, context, groups, scores, caps, goal, original_macs)
+                step_plan, reached = self._plan_for_macs(
+                    scratch, context, groups, scores, caps, goal, original_macs, last=step == steps
+                )
             records.extend({"step": step, **group} for group in step_plan["groups"])
             for table in _TABLES.values():
                 _compose(tables[table], step_plan[table], size)
@@ -363,37 +365,60 @@ class Prune(Pass):
         caps: list[float],
         target: float,
         original_macs: int,
+        last: bool,
     ) -> tuple[dict[str, Any], float]:
-        """Bisect the ratio until the pruned graph keeps ``target`` of ``original_macs`` (±2%)."""
+        """Bisect the ratio for the plan keeping nearest ``target`` of ``original_macs``, and that fraction.
 
-        def kept_fraction(plan: dict[str, Any]) -> float:
-            scratch = copy.deepcopy(gm)
-            self.apply(scratch, plan, context)
-            propagate(scratch, context.example_inputs)
-            return _total_macs(scratch) / original_macs
+        The last step's plan must keep within 2% of the target; an earlier step's may miss (the next makes up).
+        """
+        measured = {(): _total_macs(gm) / original_macs}  # kept fraction by the channels a plan removes
+
+        def attempt(ratio: float) -> tuple[dict[str, Any], float]:
+            plan = self._plan_at(self._fractions(ratio, groups, scores, caps), groups, scores)
+            key = tuple((tuple(group["producers"]), tuple(group["removed"])) for group in plan["groups"])
+            if key not in measured:
+                scratch = copy.deepcopy(gm)
+                self.apply(scratch, plan, context)
+                propagate(scratch, context.example_inputs)
+                measured[key] = _total_macs(scratch) / original_macs
+            return plan, measured[key]
+
+        def miss(candidate: tuple[dict[str, Any], float]) -> float:
+            return abs(candidate[1] / target - 1)
 
         low, high = 0.0, 1.0
-        plan = self._plan_at(self._fractions(high, groups, scores, caps), groups, scores)
-        fraction = kept_fraction(plan)
-        if fraction > target * 1.02:
+        above, below = attempt(low), attempt(high)
+        if below[1] > target * 1.02:
             raise RecipeError(
                 f"prune.target_macs: {self.options['target_macs']:g} is out of reach; pruning every unpinned group "
-                f"by max_ratio_per_group={self.options['max_ratio_per_group']:g} keeps {fraction:.3f} of the MACs; give target_macs >= {fraction:.3f} "
-                "or raise max_ratio_per_group"
+                f"by max_ratio_per_group={self.options['max_ratio_per_group']:g} keeps {below[1]:.3f} of the MACs; "
+                f"give target_macs >= {below[1]:.3f} or raise max_ratio_per_group"
             )
         for _ in range(30):
-            if abs(fraction / target - 1) <= 0.02:
+            if miss(min(above, below, key=miss)) <= 0.02:
                 break
             middle = (low + high) / 2
-            candidate = self._plan_at(self._fractions(middle, groups, scores, caps), groups, scores)
-            candidate_fraction = kept_fraction(candidate)
-            if candidate_fraction < target:
-                high = middle
+            candidate = attempt(middle)
+            if candidate[1] < target:
+                high, below = middle, candidate
             else:
-                low = middle
-            if candidate_fraction <= target * 1.02:
-                plan, fraction = candidate, candidate_fraction
-        return plan, fraction
+                low, above = middle, candidate
+        best = min(above, below, key=miss)
+        if last and miss(best) > 0.02:
+            raise self._missed(below[1], above[1])
+        return best
+
+    def _missed(self, below: float, above: float) -> RecipeError:
+        """The error for a target_macs no plan keeps within 2%: the nearest fractions kept and what to change."""
+        changes = ["give target_macs near one of them"]
+        if self.options["round_to"] > 1:
+            changes.append(f"lower round_to (now {self.options['round_to']})")
+        if self.options["scope"] == "local":
+            changes.append("use scope: global, which removes channels one at a time")
+        return RecipeError(
+            f"prune.target_macs: no plan keeps {self.options['target_macs']:g} of the MACs within 2%; the nearest keep "
+            f"{below:.3f} and {above:.3f}; {', '.join(changes[:-1])}{' or ' if len(changes) > 1 else ''}{changes[-1]}"
+        )
 
     def _fractions(
         self, ratio: float, groups: list[ChannelGroup], scores: list[torch.Tensor | None], caps: list[float]

@@ -257,6 +257,26 @@ def test_unreachable_target_macs_says_how_far_it_gets() -> None:
 
 
 @pytest.mark.parametrize(
+    ("options", "nearest", "advice"),
+    [
+        ({"target_macs": 0.6}, "0.461 and 0.619", "give target_macs near one of them or use scope: global, which removes channels one at a time"),
+        ({"target_macs": 0.6, "scope": "global"}, "0.580 and 0.689", "give target_macs near one of them"),
+        ({"target_macs": 0.9, "round_to": 4}, "0.325 and 1.000", "give target_macs near one of them, lower round_to \\(now 4\\) or use scope: global"),
+    ],
+)
+def test_target_macs_no_plan_keeps_within_two_percent_names_the_nearest(options: dict, nearest: str, advice: str) -> None:
+    # Eight channels per group: each removed channel moves the MACs by 10-20%. The pass used to return the
+    # last plan below the target it tried (target 0.6 kept 0.461) without a word.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    target = options["target_macs"]
+    message = rf"^prune.target_macs: no plan keeps {target} of the MACs within 2%; the nearest keep {nearest}; {advice}"
+    with pytest.raises(fxcomp.RecipeError, match=message):
+        fxcomp.compress(model.eval(), torch.randn(1, 3, 8, 8), {"passes": [{"pass": "prune", **options}]})
+
+
+
+@pytest.mark.parametrize(
     ("options", "message"),
     [
         ({}, r"^prune: give exactly one of ratio and target_macs$"),
