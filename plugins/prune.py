@@ -292,6 +292,8 @@ class Prune(Pass):
         criterion = self._criterion(context)
         steps = self.options["iterative_steps"]
         original_macs = _total_macs(gm)
+        if self.options["target_macs"] is not None and not original_macs:
+            raise RecipeError("prune.target_macs: the model has no MACs to reduce; give a ratio of channels instead")
         scratch = copy.deepcopy(gm) if steps > 1 else gm
         sizes = {name: tuple(value.shape) for name, value in [*parameter_values(gm), *gm.named_buffers()]}
         nodes = {qualname(node): node for node in gm.graph.nodes}

@@ -275,6 +275,11 @@ def test_target_macs_no_plan_keeps_within_two_percent_names_the_nearest(options:
         fxcomp.compress(model.eval(), torch.randn(1, 3, 8, 8), {"passes": [{"pass": "prune", **options}]})
 
 
+def test_target_macs_on_a_model_without_macs_is_a_recipe_error() -> None:
+    model = nn.Sequential(nn.Embedding(10, 8), nn.ReLU())  # was a ZeroDivisionError
+    with pytest.raises(fxcomp.RecipeError, match=r"^prune.target_macs: the model has no MACs to reduce; give a ratio of channels instead$"):
+        fxcomp.compress(model, torch.randint(0, 10, (2, 5)), "passes: [{pass: prune, target_macs: 0.5}]")
+
 
 @pytest.mark.parametrize(
     ("options", "message"),
