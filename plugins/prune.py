@@ -77,6 +77,26 @@ def _needs_values(criterion: str) -> UsageError:
     )
 
 
+_SPLIT_KEYWORDS = ("split_size_or_sections", "split_size")
+"""The keywords ``torch.split`` and ``Tensor.split`` take their sizes by."""
+
+
+def _split_sizes(node: fx.Node) -> list[int]:
+    """The sizes a split node cuts its input into, given by position or by keyword."""
+    if len(node.args) > 1:
+        return list(node.args[1])
+    return list(next(node.kwargs[key] for key in _SPLIT_KEYWORDS if key in node.kwargs))
+
+
+def _set_split_sizes(node: fx.Node, sizes: list[int]) -> None:
+    """Write ``sizes`` where :func:`_split_sizes` read them."""
+    if len(node.args) > 1:
+        node.args = (node.args[0], sizes, *node.args[2:])
+    else:
+        key = next(key for key in _SPLIT_KEYWORDS if key in node.kwargs)
+        node.kwargs = {**node.kwargs, key: sizes}
+
+
 def _select(value: torch.Tensor, axes: dict[str, list[int]]) -> torch.Tensor:
     for axis, indices in axes.items():
         value = value.index_select(int(axis), torch.tensor(indices, dtype=torch.long))
@@ -303,7 +323,7 @@ class Prune(Pass):
                 return sizes[name][axis]
             node = nodes[name]
             if node.target in (torch.split, "split"):
-                return sum(node.args[1])
+                return sum(_split_sizes(node))
             written = size_arguments(node)
             if isinstance(written[axis], int):
                 return written[axis]
@@ -486,10 +506,10 @@ class Prune(Pass):
             ((_, indices),) = axes.items()
             start, kept = 0, set(indices)
             new_sizes = []
-            for size in node.args[1]:
+            for size in _split_sizes(node):
                 new_sizes.append(sum(1 for i in range(start, start + size) if i in kept))
                 start += size
-            node.args = (node.args[0], new_sizes, *node.args[2:])
+            _set_split_sizes(node, new_sizes)
         for name, axes in plan["shapes"].items():
             node = nodes[name]
             new_sizes = size_arguments(node)

@@ -178,6 +178,25 @@ def test_split_sizes_follow_pruning() -> None:
     assert error < 1e-4
 
 
+class _KeywordSplit(nn.Module):
+    """conv a (3→8) split 2/6 by ``Tensor.split`` with the sizes given by keyword."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(3, 8, 1), nn.Conv2d(2, 2, 1), nn.Conv2d(6, 2, 1)
+
+    def forward(self, x):
+        p, q = torch.relu(self.a(x)).split(split_size=[2, 6], dim=1)
+        return self.b(p) + self.c(q)
+
+
+def test_split_sizes_given_by_keyword_follow_pruning() -> None:
+    result, error = _prune_and_compare(_KeywordSplit(), torch.randn(1, 3, 4, 4))  # was an IndexError
+    split = next(n for n in result.model.graph.nodes if fxcomp.qualname(n) == "split")
+    assert split.kwargs["split_size"] == [2, 2] and result.model.a.out_channels == 4
+    assert error < 1e-4
+
+
 ZOO = torchvision.models.list_models(module=torchvision.models)
 _CROSS_CHANNEL_NORMS = (nn.LayerNorm, nn.GroupNorm)
 
