@@ -12,7 +12,8 @@ every pruned parameter and buffer, the indices kept along each pruned axis.
 ranks the channels of all groups together (each group's scores divided by their
 mean, so layers of different scale compare) and removes the lowest overall.
 ``iterative_steps: n`` prunes in ``n`` equal steps, analyzing and scoring the
-already-pruned model again before each step.
+already-pruned model again before each step (``calib_data`` given as a one-shot
+iterator, a generator say, is kept as it is read, so every step sees its batches).
 
 The criteria registered here are described in :mod:`fxcomp_plugins.importance`.
 """
@@ -20,7 +21,9 @@ The criteria registered here are described in :mod:`fxcomp_plugins.importance`.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -217,6 +220,27 @@ def _global_step_fraction(
     return _share_to_remove(original, sum(group.channels for group in scored), goal)
 
 
+class _Replayed:
+    """One-shot calibration batches (a generator) that read again: each batch is kept when first read.
+
+    With ``iterative_steps`` a data-driven criterion reads ``calib_data`` once per step.
+    """
+
+    def __init__(self, batches: Iterator[Any]) -> None:
+        self._batches, self._seen = batches, []
+
+    def __iter__(self) -> Iterator[Any]:
+        index = 0
+        while True:
+            if index == len(self._seen):
+                try:
+                    self._seen.append(next(self._batches))
+                except StopIteration:
+                    return
+            yield self._seen[index]
+            index += 1
+
+
 def _tensor_versions(gm: fx.GraphModule) -> dict[str, tuple[int, int]]:
     """Each parameter's and buffer's identity and in-place version counter: what a criterion must leave alone."""
     named = [*gm.named_parameters(remove_duplicate=False), *gm.named_buffers(remove_duplicate=False)]
@@ -317,6 +341,8 @@ class Prune(Pass):
         scratch = copy.deepcopy(gm) if steps > 1 else gm
         sizes = {name: tuple(value.shape) for name, value in [*parameter_values(gm), *gm.named_buffers()]}
         nodes = {qualname(node): node for node in gm.graph.nodes}
+        if steps > 1 and isinstance(context.calib_data, Iterator):
+            context = dataclasses.replace(context, calib_data=_Replayed(context.calib_data))
 
         def size(name: str, axis: int) -> int:
             if name in sizes:

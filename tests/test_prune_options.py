@@ -347,3 +347,15 @@ def test_global_scope_over_iterative_steps_removes_the_ratio_of_the_channels(ste
     recipe = {"passes": [{"pass": "prune", "ratio": 0.5, "scope": "global", "iterative_steps": steps}]}
     result = fxcomp.compress(_chain(16, 2), torch.randn(1, 3, 8, 8), recipe)
     assert sum(_widths(result.model, 2)) == 16
+
+
+def test_a_generator_of_calibration_batches_serves_every_iterative_step() -> None:
+    # Step 1 used to exhaust the generator; step 2 then said "calib_data is empty; give at least one batch".
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 1), nn.ReLU(), nn.Conv2d(8, 1, 1)).eval()
+    recipe = {"passes": [{"pass": "prune", "ratio": 0.5, "importance": "activation", "iterative_steps": 2}]}
+    batches = _digits_batches(3)
+    from_list = fxcomp.compress(model, batches[0][:1], recipe, calib_data=batches)
+    from_generator = fxcomp.compress(model, batches[0][:1], recipe, calib_data=(batch for batch in batches))
+    assert from_generator.plan[0]["plan"]["kept"] == from_list.plan[0]["plan"]["kept"]
+    assert len(from_generator.plan[0]["plan"]["kept"]["0.weight"]["0"]) == 4
