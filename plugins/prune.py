@@ -156,6 +156,8 @@ def _update_attributes(module: nn.Module) -> None:
         module.num_channels = module.weight.shape[0]
     elif isinstance(module, nn.LayerNorm):
         module.normalized_shape = (module.weight.shape[0],)
+    elif isinstance(module, nn.PReLU):
+        module.num_parameters = module.weight.numel()
 
 
 def _compose(

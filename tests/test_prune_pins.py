@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn as nn
@@ -419,6 +421,34 @@ def test_literal_sizes_of_an_expanded_token_and_a_parameterless_layer_norm_follo
     expected = nn.functional.linear(nn.functional.layer_norm(tokens, (4,)), model.o.weight[:, kept], model.o.bias)
     torch.testing.assert_close(result.model(x), expected)
 
+
+
+class _NormsWithoutTensors(nn.Module):
+    """conv a (3→8) → a norm with no parameter or buffer → PReLU(8) → conv h (8→2)."""
+
+    def __init__(self, norm: nn.Module) -> None:
+        super().__init__()
+        self.a, self.norm, self.act, self.h = nn.Conv2d(3, 8, 3), norm, nn.PReLU(8), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        return self.h(self.act(self.norm(self.a(x))))
+
+
+@pytest.mark.parametrize(
+    ("norm", "attribute"),
+    [(nn.InstanceNorm2d(8), "num_features"), (nn.BatchNorm2d(8, affine=False, track_running_stats=False), "num_features"),
+     (nn.GroupNorm(2, 8, affine=False), "num_channels")],
+)
+def test_size_attributes_of_layers_without_shrunk_tensors_follow_pruning(norm: nn.Module, attribute: str) -> None:
+    # They kept the original 8: InstanceNorm2d warned on every forward, PReLU.num_parameters disagreed with its weight.
+    x = torch.randn(2, 3, 6, 6)
+    result, error = _prune_and_compare(_NormsWithoutTensors(norm), x)
+    assert result.model.a.out_channels == 4 and getattr(result.model.norm, attribute) == 4
+    assert result.model.act.num_parameters == 4
+    assert error < 1e-4 or isinstance(norm, nn.GroupNorm)  # GroupNorm mixes channels: zeroing them is no reference
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result.model(x)
 
 class _Squeezed(nn.Module):
     """``a``'s channels pooled to ``B×C×1`` and squeezed (``dim`` None: every size-1 axis) before ``b``."""

@@ -343,7 +343,7 @@ class _Walk:
         if line is None:
             self.pin(x, f"'{qualname(node)}' normalizes channels spread over several axes")
             return x
-        if isinstance(module, nn.LayerNorm) and module.weight is None:  # no parameter to shrink: its size is rewritten
+        if _norm_size_attribute(module) is not None:  # no tensor to shrink: its size is rewritten
             self.member(qualname(node), 0, line, kind="shape")
         for param in ("weight", "bias", "running_mean", "running_var"):
             if getattr(module, param, None) is not None:
@@ -670,15 +670,35 @@ class _Walk:
         return _unlabelled_like(self.spec(node))
 
 
+def _norm_size_attribute(module: nn.Module) -> str | None:
+    """The size attribute of a norm layer with no parameter or buffer that pruning shrinks, or None.
+
+    Such a layer's size (``LayerNorm.normalized_shape``, ``GroupNorm.num_channels``, a BatchNorm's or
+    InstanceNorm's ``num_features``) is a ``shape`` member, rewritten where it is stored.
+    """
+    if isinstance(module, nn.LayerNorm):
+        return "normalized_shape" if module.weight is None else None
+    if isinstance(module, nn.GroupNorm):
+        return "num_channels" if module.weight is None else None
+    if isinstance(module, nn.modules.batchnorm._NormBase):
+        return "num_features" if module.weight is None and module.running_mean is None else None
+    return None
+
+
 def size_arguments(node: fx.Node) -> list[Any] | None:
     """The sizes written into a node that pruning must update, or None for other nodes.
 
     For view, reshape and expand: the target size of every output axis (ints, -1 or
-    nodes); for layer_norm, and a ``LayerNorm`` module without parameters: its ``normalized_shape``.
+    nodes); for layer_norm its ``normalized_shape``; for a norm module without parameters or
+    buffers the size attribute :func:`_norm_size_attribute` names.
     """
     if node.op == "call_module":
         module = node.graph.owning_module.get_submodule(node.target)
-        return list(module.normalized_shape) if isinstance(module, nn.LayerNorm) and module.weight is None else None
+        attribute = _norm_size_attribute(module)
+        if attribute is None:
+            return None
+        size = getattr(module, attribute)
+        return list(size) if attribute == "normalized_shape" else [size]
     if node.target in ("view", "reshape", "expand") or node.target is torch.reshape:
         rest = node.args[1:]
         keyword = next((key for key in ("shape", "size") if key in node.kwargs), None)
@@ -696,7 +716,9 @@ def size_arguments(node: fx.Node) -> list[Any] | None:
 def set_size_arguments(node: fx.Node, sizes: list[Any]) -> None:
     """Write ``sizes`` back where :func:`size_arguments` read them."""
     if node.op == "call_module":
-        node.graph.owning_module.get_submodule(node.target).normalized_shape = tuple(sizes)
+        module = node.graph.owning_module.get_submodule(node.target)
+        attribute = _norm_size_attribute(module)
+        setattr(module, attribute, tuple(sizes) if attribute == "normalized_shape" else sizes[0])
         return
     kwargs = {k: v for k, v in node.kwargs.items() if k not in ("shape", "size", "normalized_shape")}
     if node.op == "call_method":

@@ -85,7 +85,8 @@ class Member:
     ``name`` is the qualified name of a parameter or buffer in the graph module
     (``layer1.0.conv1.weight``) or, for ``kind="split"``, of the graph node whose
     split sizes follow the channels, or, for ``kind="shape"``, of the view /
-    reshape / expand node whose literal size for output axis ``axis`` must
+    reshape / expand node whose literal size for output axis ``axis`` (the layer_norm
+    node, or norm module without parameters or buffers, whose size) must
     become the number of entries kept. Of the ``size`` entries along ``axis``,
     entry ``positions[i]`` belongs to group channel ``group_channels[i]``
     (``positions`` ascending, a ``range`` where they are contiguous); the other entries belong to other groups.
