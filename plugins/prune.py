@@ -35,7 +35,7 @@ from torch.nn.utils import parametrize
 from fxcomp import ChannelGroup, PluginError, RecipeError, UsageError, analyze, hookimpl, node_info, propagate, qualname
 from fxcomp.analysis import set_size_arguments, size_arguments
 from fxcomp.passes import (
-    Option, Pass, PassContext, PassResult, choice, globs, integer, number, optional, parameter_values, string,
+    Option, Pass, PassContext, PassResult, choice, globs, integer, matches, number, optional, parameter_values, string,
 )
 from fxcomp_plugins.importance import (
     Criterion,
@@ -272,7 +272,7 @@ class Prune(Pass):
             default="local",
             doc="local: the same fraction of every group; global: rank all channels together",
         ),
-        "ignore": Option(globs(), default=(), doc="qualified-name globs of layers whose output channels stay"),
+        "ignore": Option(globs(), default=(), doc="qualified-name globs of layers whose output channels stay (each must match a layer)"),
         "round_to": Option(integer(1), default=1, doc="keep a multiple of this many channels per group"),
         "max_ratio_per_group": Option(number(0, 1), default=0.95, doc="never remove more than this fraction"),
         "iterative_steps": Option(
@@ -367,6 +367,7 @@ class Prune(Pass):
                 pinned = [{"producers": g.producers, "reasons": g.pinned} for g in groups if not g.prunable]
                 original_channels = {group.producers[0]: group.channels for group in groups}
                 self._check_group_names(groups)
+                self._check_ignore(scratch, groups)
             # Each group's cap, as a fraction of its current channels: max_ratio_per_group of its original ones.
             cap = self.options["max_ratio_per_group"]
             caps = [_step_fraction(g, s, original_channels, cap) for g, s in zip(groups, scores)]
@@ -405,6 +406,17 @@ class Prune(Pass):
                 f"prune.group_ratios.{unknown[0]}: no prunable group starts at this layer; "
                 f"groups are named by their first producer: {', '.join(known[:8])}{' …' if len(known) > 8 else ''}"
             )
+
+    def _check_ignore(self, gm: fx.GraphModule, groups: list[ChannelGroup]) -> None:
+        """Every glob in ``ignore`` must match a layer: a module or a group's producer (``F.conv2d`` nodes too)."""
+        producers = [producer for group in groups for producer in group.producers]
+        names = {name for name, _ in gm.named_modules() if name} | set(producers)
+        for pattern in self.options["ignore"]:
+            if not any(matches(name, [pattern]) for name in names):
+                raise RecipeError(
+                    f"prune.ignore: '{pattern}' matches no layer of the model; globs match qualified names "
+                    f"like {', '.join(producers[:6])}{' …' if len(producers) > 6 else ''}"
+                )
 
     def _plan_for_macs(
         self,

@@ -359,3 +359,19 @@ def test_a_generator_of_calibration_batches_serves_every_iterative_step() -> Non
     from_generator = fxcomp.compress(model, batches[0][:1], recipe, calib_data=(batch for batch in batches))
     assert from_generator.plan[0]["plan"]["kept"] == from_list.plan[0]["plan"]["kept"]
     assert len(from_generator.plan[0]["plan"]["kept"]["0.weight"]["0"]) == 4
+
+
+def test_ignore_keeps_the_channels_of_any_layer_it_names() -> None:
+    # Only a group's producers were matched: ignoring the BatchNorm (or a name matching nothing) pruned anyway.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Conv2d(8, 2, 1))
+    x = torch.randn(1, 3, 8, 8)
+
+    def widths(ignore: list[str]) -> tuple[int, int, int]:
+        pruned = fxcomp.compress(model.eval(), x, {"passes": [{"pass": "prune", "ratio": 0.5, "ignore": ignore}]}).model
+        return pruned.get_submodule("0").out_channels, pruned.get_submodule("1").num_features, pruned.get_submodule("3").out_channels
+
+    assert widths(["1"]) == (8, 8, 4)
+    assert widths(["3"]) == (4, 4, 8)  # a consumer keeps its own output channels, not its input's
+    with pytest.raises(fxcomp.RecipeError, match=r"^prune.ignore: 'no_such_layer' matches no layer of the model; globs match qualified names like 0, 3, 5$"):
+        widths(["0", "no_such_layer"])

@@ -1428,10 +1428,19 @@ def _build_groups(walk: _Walk, ignore: Sequence[str]) -> list[ChannelGroup]:
                 continue
         for index in owners:
             groups[index].pinned.append(f"{count} equal segments span channels of several groups")
-    for group in groups:
-        if ignore and any(matches(p, ignore) for p in group.producers):
-            group.pinned.append("ignored by the user")
+    if ignore:
+        _pin_ignored(groups, ignore)
     return groups
+
+
+def _pin_ignored(groups: list[ChannelGroup], ignore: Sequence[str]) -> None:
+    """Pin the groups a glob in ``ignore`` names: by a producer, or by a layer that produces no group
+    but holds members (a BatchNorm, a PReLU: its channels are the group's)."""
+    producers = {producer for group in groups for producer in group.producers}
+    for group in groups:
+        holders = {m.name.rpartition(".")[0] for m in group.members if m.kind == "parameter"} - producers
+        if any(matches(name, ignore) for name in (*group.producers, *holders)):
+            group.pinned.append("ignored by the user")
 
 
 def _parametrized_by(parametrized: dict[str, nn.Module], name: str) -> str | None:
@@ -1452,7 +1461,8 @@ def analyze(
 
     Args:
         gm: a graph from :func:`fxcomp.trace` (its nodes carry shapes).
-        ignore: qualified-name globs of producer layers whose groups must stay whole.
+        ignore: qualified-name globs of layers whose output channels must stay: the groups they
+            produce, and those whose channels a layer producing none (a BatchNorm) holds.
         plugins: the plugins whose channel rules teach the analyzer more ops; loaded
             from entry points when omitted (pass them when analyzing many graphs).
 
