@@ -140,7 +140,7 @@ def test_errors_say_what_to_change(trained, example, data) -> None:
         _exits(trained, example, at=["layer9"])
     with pytest.raises(RecipeError, match="fewer than 9 distinct cut points"):
         _exits(trained, example, num_exits=9)
-    with pytest.raises(RecipeError, match=r"^early_exit: num_exits spaces automatic exits; with at: \[\.\.\.\] the list gives them"):
+    with pytest.raises(RecipeError, match=r"^passes\[0\] \(early_exit\): num_exits spaces automatic exits; with at: \[\.\.\.\] the list gives them"):
         _exits(trained, example, at=["layer1"], num_exits=3)
     with pytest.raises(ExitError, match="has no early exits"):
         EarlyExitModel(fxcomp.trace(trained, example))

@@ -372,3 +372,12 @@ def test_outputs_appearing_or_vanishing_on_the_meta_device_are_an_infinite_error
     assert relative_error(real, meta)[0] == float("inf")
     assert relative_error(meta, torch.empty(3, device="meta")) == (0.0, 0)
     assert relative_error(meta, torch.empty(4, device="meta"))[0] == float("inf")
+
+
+def test_recipe_errors_a_pass_raises_name_the_step(small_cnn, image) -> None:
+    recipe = {"passes": [{"pass": "prune", "ratio": 0.25}, {"pass": "prune", "ratio": 0.25, "importance": "nosuch"}]}
+    with pytest.raises(fxcomp.RecipeError, match=r"^passes\[1\]\.importance: no criterion 'nosuch' is registered"):
+        fxcomp.compress(small_cnn, image, recipe)  # it said prune.importance: which of the two?
+    recipe = {"passes": [{"pass": "fold_bn"}, {"pass": "lowrank", "rank": 2, "energy": 0.5}]}
+    with pytest.raises(fxcomp.RecipeError, match=r"^passes\[1\] \(lowrank\): give one of rank, ratio or energy, not rank and energy$"):
+        fxcomp.compress(small_cnn, image, recipe)

@@ -271,7 +271,7 @@ def test_target_macs_is_reached_within_two_percent(target: float) -> None:
 
 def test_unreachable_target_macs_says_how_far_it_gets() -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3))  # one prunable group, small
-    with pytest.raises(fxcomp.RecipeError, match=r"prune.target_macs: 0.01 is out of reach; .* keeps 0\.\d+ of the MACs; give target_macs >= 0\.\d+"):
+    with pytest.raises(fxcomp.RecipeError, match=r"passes\[0\].target_macs: 0.01 is out of reach; .* keeps 0\.\d+ of the MACs; give target_macs >= 0\.\d+"):
         fxcomp.compress(model, torch.randn(1, 3, 8, 8), "passes: [{pass: prune, target_macs: 0.01}]")
 
 
@@ -289,23 +289,23 @@ def test_target_macs_no_plan_keeps_within_two_percent_names_the_nearest(options:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1))
     target = options["target_macs"]
-    message = rf"^prune.target_macs: no plan keeps {target} of the MACs within 2%; the nearest keep {nearest}; {advice}"
+    message = rf"^passes\[0\].target_macs: no plan keeps {target} of the MACs within 2%; the nearest keep {nearest}; {advice}"
     with pytest.raises(fxcomp.RecipeError, match=message):
         fxcomp.compress(model.eval(), torch.randn(1, 3, 8, 8), {"passes": [{"pass": "prune", **options}]})
 
 
 def test_target_macs_on_a_model_without_macs_is_a_recipe_error() -> None:
     model = nn.Sequential(nn.Embedding(10, 8), nn.ReLU())  # was a ZeroDivisionError
-    with pytest.raises(fxcomp.RecipeError, match=r"^prune.target_macs: the model has no MACs to reduce; give a ratio of channels instead$"):
+    with pytest.raises(fxcomp.RecipeError, match=r"^passes\[0\].target_macs: the model has no MACs to reduce; give a ratio of channels instead$"):
         fxcomp.compress(model, torch.randint(0, 10, (2, 5)), "passes: [{pass: prune, target_macs: 0.5}]")
 
 
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({}, r"^prune: give exactly one of ratio and target_macs$"),
-        ({"ratio": 0.5, "target_macs": 0.5}, r"^prune: give exactly one of ratio and target_macs$"),
-        ({"ratio": 0.5, "importance": "magic"}, r"^prune.importance: no criterion 'magic' is registered; registered: activation, bn_scale, fpgm, l1, l2, random, taylor$"),
+        ({}, r"^passes\[0\] \(prune\): give exactly one of ratio and target_macs$"),
+        ({"ratio": 0.5, "target_macs": 0.5}, r"^passes\[0\] \(prune\): give exactly one of ratio and target_macs$"),
+        ({"ratio": 0.5, "importance": "magic"}, r"^passes\[0\].importance: no criterion 'magic' is registered; registered: activation, bn_scale, fpgm, l1, l2, random, taylor$"),
     ],
 )
 def test_option_errors(options, message, small_cnn, image) -> None:

@@ -298,7 +298,7 @@ def test_group_ratios_prune_each_named_group_by_its_own_ratio() -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"group_ratios": {"c": 0.5}}, r"prune.group_ratios.c: no prunable group starts at this layer; .*: a, b"),
+        ({"group_ratios": {"c": 0.5}}, r"passes\[0\].group_ratios.c: no prunable group starts at this layer; .*: a, b"),
         ({"group_ratios": {"a": 0.5}, "target_macs": 0.5}, "group_ratios works with scope local"),
         ({"group_ratios": {"a": 0.5}, "scope": "global"}, "group_ratios works with scope local"),
         ({"group_ratios": {"a": 1.5}}, r"passes\[0\].group_ratios.a: expected a ratio in \[0, 1\)"),
@@ -333,7 +333,7 @@ def test_max_ratio_per_group_caps_the_original_channels_over_iterative_steps(goa
 
 def test_target_macs_out_of_reach_under_the_cap_stays_out_of_reach_over_iterative_steps() -> None:
     model, x = _chain(32, 3), torch.randn(1, 3, 8, 8)
-    message = r"^prune.target_macs: 0.15 is out of reach; pruning every unpinned group by max_ratio_per_group=0.5 keeps 0.262 of the MACs"
+    message = r"^passes\[0\].target_macs: 0.15 is out of reach; pruning every unpinned group by max_ratio_per_group=0.5 keeps 0.262 of the MACs"
     for steps in (1, 3):  # three steps reached 0.15 by removing 62% of every group
         recipe = {"passes": [{"pass": "prune", "target_macs": 0.15, "max_ratio_per_group": 0.5, "iterative_steps": steps}]}
         with pytest.raises(fxcomp.RecipeError, match=message):
@@ -373,5 +373,5 @@ def test_ignore_keeps_the_channels_of_any_layer_it_names() -> None:
 
     assert widths(["1"]) == (8, 8, 4)
     assert widths(["3"]) == (4, 4, 8)  # a consumer keeps its own output channels, not its input's
-    with pytest.raises(fxcomp.RecipeError, match=r"^prune.ignore: 'no_such_layer' matches no layer of the model; globs match qualified names like 0, 3, 5$"):
+    with pytest.raises(fxcomp.RecipeError, match=r"^passes\[0\].ignore: 'no_such_layer' matches no layer of the model; globs match qualified names like 0, 3, 5$"):
         widths(["0", "no_such_layer"])

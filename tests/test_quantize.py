@@ -117,9 +117,9 @@ def test_quantize_options_and_skips() -> None:
     x = torch.randn(1, 3, 8, 8)
     with pytest.raises(RecipeError, match="scheme"):
         fxcomp.compress(SmallCNN(), x, {"passes": [{"pass": "quantize", "scheme": "int3"}]})
-    with pytest.raises(RecipeError, match=r"^quantize: observer applies to scheme int8; drop it with scheme int8_weight_only, which keeps inputs in float$"):
+    with pytest.raises(RecipeError, match=r"^passes\[0\] \(quantize\): observer applies to scheme int8; drop it with scheme int8_weight_only, which keeps inputs in float$"):
         fxcomp.compress(SmallCNN(), x, {"passes": [{"pass": "quantize", "observer": "percentile"}]})
-    with pytest.raises(RecipeError, match=r"^quantize: group_size applies to scheme int4_weight_only; drop it with scheme binary$"):
+    with pytest.raises(RecipeError, match=r"^passes\[0\] \(quantize\): group_size applies to scheme int4_weight_only; drop it with scheme binary$"):
         fxcomp.compress(SmallCNN(), x, {"passes": [{"pass": "quantize", "scheme": "binary", "group_size": 8}]})
     twice = {"passes": [{"pass": "quantize"}, {"pass": "quantize", "include": ["fc"]}]}
     result = fxcomp.compress(SmallCNN(), x, twice)

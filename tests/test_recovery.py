@@ -387,7 +387,7 @@ def test_recover_after_prune_in_a_recipe_beats_prune_alone(data, trained) -> Non
         fxcomp.compress(trained, x, {"passes": [{"pass": "recover"}]})
     with pytest.raises(RecipeError, match=r"passes\[0\].distill: distill fitnet: 'student' must name a node"):
         fxcomp.compress(trained, x, {"passes": [{"pass": "recover", "distill": {"kind": "fitnet"}}]})
-    with pytest.raises(RecipeError, match=r"recover: momentum applies to optimizer sgd; drop it with adam"):
+    with pytest.raises(RecipeError, match=r"passes\[0\] \(recover\): momentum applies to optimizer sgd; drop it with adam"):
         fxcomp.compress(trained, x, {"passes": [{"pass": "recover", "optimizer": "adam", "momentum": 0.9}]}, train_data=data.train)
 
 

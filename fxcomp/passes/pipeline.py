@@ -14,12 +14,12 @@ import torch.fx as fx
 import torch.nn as nn
 
 from fxcomp.dynamic.model import EarlyExitModel, has_exits
-from fxcomp.errors import FxcompError, LoweringError, PassError, UsageError, first_line
+from fxcomp.errors import FxcompError, LoweringError, PassError, RecipeError, UsageError, first_line
 from fxcomp.export.deep import CodecReport
 from fxcomp.export.files import save
 from fxcomp.lowering import LoweringResult, lower
 from fxcomp.passes.base import Pass, PassContext, PassResult
-from fxcomp.passes.recipe import RecipeLike, load_recipe
+from fxcomp.passes.recipe import RecipeLike, load_recipe, located
 from fxcomp.passes.verify import run_graph, start_checks, verify
 from fxcomp.plugin.host import Plugins, load_plugins
 from fxcomp.report import CompressionReport, layer_rows, totals
@@ -53,13 +53,21 @@ class CompressionResult:
         return save(self.model, path, plugins=plugins, **self.save_options)
 
 
-def _run_pass_step(label: str, step: Callable[..., Any], *args: Any) -> Any:
+def _label(index: int, compression_pass: Pass) -> str:
+    """How messages name recipe step ``index``."""
+    return f"pass '{compression_pass.name}' (passes[{index}])"
+
+
+def _run_pass_step(index: int, compression_pass: Pass, step: Callable[..., Any], *args: Any) -> Any:
+    """``step(*args)`` of recipe step ``index``, ``compression_pass``; its errors name the step."""
     try:
         return step(*args)
+    except RecipeError as error:
+        raise located(error, index, compression_pass.name) from error
     except FxcompError:
         raise
     except Exception as error:  # noqa: BLE001 - a crashing pass is reported with its name
-        raise PassError(f"{label} raised {type(error).__name__}: {first_line(error)}") from error
+        raise PassError(f"{_label(index, compression_pass)} raised {type(error).__name__}: {first_line(error)}") from error
 
 
 def _working_copy(
@@ -143,13 +151,13 @@ def compress(
     original = copy.deepcopy(gm) if any(p.uses_original for p in passes) else None
     records: list[dict[str, Any]] = []
     for index, compression_pass in enumerate(passes):
-        label = f"pass '{compression_pass.name}' (passes[{index}])"
+        label = _label(index, compression_pass)
         # Copies of what the caller owns, of the original model and of earlier records, so a pass cannot change them.
         teacher = copy.deepcopy(original) if compression_pass.uses_original else None
         context = PassContext(
             tuple(t.clone() for t in inputs), calib_data, plugins, train_data, val_data, teacher, copy.deepcopy(records)
         )
-        plan = _run_pass_step(label, compression_pass.plan, gm, context)
+        plan = _run_pass_step(index, compression_pass, compression_pass.plan, gm, context)
         try:
             json.dumps(plan)
         except (TypeError, ValueError) as error:
@@ -159,7 +167,7 @@ def compress(
         records.append(record)
         if dry_run and index == len(passes) - 1:
             break
-        result: PassResult = _run_pass_step(label, compression_pass.apply, gm, plan, context)
+        result: PassResult = _run_pass_step(index, compression_pass, compression_pass.apply, gm, plan, context)
         _check_result(label, result)
         gm = result.graph_module
         outputs = verify(gm, compression_pass, label, inputs, outputs, baseline, plugins.registry.checks, states)

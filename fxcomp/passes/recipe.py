@@ -84,6 +84,20 @@ def _read(recipe: str | os.PathLike) -> Any:
         raise RecipeError(f"recipe is not valid YAML{where}: {problem}") from error
 
 
+def located(error: RecipeError, index: int, name: str) -> RecipeError:
+    """``error``, raised by recipe step ``index`` (pass ``name``), with its message naming the step's path.
+
+    ``prune.importance: …`` becomes ``passes[1].importance: …``, like the schema's own errors; other
+    messages get ``passes[1] (prune): `` in front.
+    """
+    message, path = str(error), f"passes[{index}]"
+    for own in (f"{name}.", f"pass '{name}': ", f"{name}: "):
+        if message.startswith(own):
+            rest = message.removeprefix(own)
+            return RecipeError(f"{path}.{rest}" if own.endswith(".") else f"{path} ({name}): {rest}")
+    return error if message.startswith(path) else RecipeError(f"{path} ({name}): {message}")
+
+
 def _build(entry: Any, index: int, plugins: Plugins) -> Pass:
     path = f"passes[{index}]"
     if not isinstance(entry, Mapping):
@@ -98,7 +112,10 @@ def _build(entry: Any, index: int, plugins: Plugins) -> Pass:
     pass_class: type[Pass] = passes[name].value
     options = {key: value for key, value in entry.items() if key != "pass"}
     validate_options(pass_class.schema, options, path)  # errors name the recipe field; the pass checks once more
-    return pass_class(**options)  # from the values given, so that a normalizing check applies once
+    try:
+        return pass_class(**options)  # from the values given, so that a normalizing check applies once
+    except RecipeError as error:
+        raise located(error, index, name) from error
 
 
 @dataclass
