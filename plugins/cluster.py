@@ -40,6 +40,7 @@ from fxcomp.passes import (
     globs,
     has_parametrization,
     integer,
+    is_whole,
     parameter_holders,
     selected_modules,
     share_weights,
@@ -50,14 +51,14 @@ _KINDS = {"conv": nn.modules.conv._ConvNd, "linear": nn.Linear}
 
 
 def _bits(value: Any, path: str) -> dict[str, int]:
-    if isinstance(value, int) and not isinstance(value, bool):
+    if is_whole(value):
         value = {kind: value for kind in _KINDS}
     if not isinstance(value, dict) or not value or set(value) - set(_KINDS):
         raise RecipeError(f"{path}: expected a number of bits or a mapping like {{conv: 8, linear: 5}}, got {value!r}")
     for kind, bits in value.items():
-        if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= 16:
+        if not is_whole(bits) or not 1 <= bits <= 16:
             raise RecipeError(f"{path}.{kind}: expected a number of bits in [1, 16], got {bits!r}")
-    return dict(value)
+    return {kind: int(bits) for kind, bits in value.items()}  # plain ints: the plan is JSON
 
 
 def kmeans_1d(values: torch.Tensor, clusters: int, iterations: int = 100) -> tuple[torch.Tensor, torch.Tensor]:

@@ -148,6 +148,9 @@ def test_cluster_options_are_checked() -> None:
     for bits in ({"rnn": 4}, {}):
         with pytest.raises(RecipeError, match=r"bits: expected a number of bits or a mapping like \{conv: 8, linear: 5\}"):
             fxcomp.compress(SmallCNN(), torch.randn(1, 3, 8, 8), {"passes": [{"pass": "cluster", "bits": bits}]})
+    for bits, expected in ((np.int64(3), [3, 3, 3]), ({"conv": np.int32(2)}, [2, 2])):  # NumPy whole numbers work as plain ones
+        result = fxcomp.compress(SmallCNN(), torch.randn(1, 3, 8, 8), {"passes": [{"pass": "cluster", "bits": bits}]})
+        assert [layer["bits"] for layer in result.plan[0]["plan"]["layers"]] == expected
 
 
 def test_shared_weights_round_trip_through_save_and_load(sparse_shared, tmp_path) -> None:

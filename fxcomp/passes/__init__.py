@@ -1,8 +1,8 @@
 """Stages plan → rewrite → verify.
 
 This package's namespace is the pass-author API: the :class:`Pass` contract and
-the option checks; :class:`Mask` / :func:`add_mask`, which hold pruned
-weights at zero, and :func:`parameter_values`, which reads weights as the model
+the option checks (and :func:`is_whole`, their test for a Python or NumPy whole
+number); :class:`Mask` / :func:`add_mask`, which hold pruned weights at zero, and :func:`parameter_values`, which reads weights as the model
 computes them (:mod:`fxcomp.passes.masks`); :func:`calibration_batches` /
 :func:`calibration_outputs`, which feed ``calib_data`` to data-driven passes (:mod:`fxcomp.passes.calibration`); and :func:`replace_with_chain` /
 :func:`cost_change`, which swap one layer for several and weigh the swap
@@ -12,6 +12,7 @@ computes them (:mod:`fxcomp.passes.masks`); :func:`calibration_batches` /
 build on it and on the plugins.
 """
 
+from fxcomp.arguments import is_whole
 from fxcomp.passes.base import (
     CheckContext,
     Pass,
@@ -99,6 +100,7 @@ __all__ = [
     "globs",
     "has_parametrization",
     "integer",
+    "is_whole",
     "integer_forward",
     "integer_weight",
     "matches",
