@@ -251,6 +251,14 @@ def test_validation_data_that_does_not_fit_the_model_is_named_before_training(da
         evaluate(mlp, [(images, labels[:, None])])
 
 
+def test_evaluate_runs_in_eval_mode_and_gives_the_modes_back(data) -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.Dropout(0.5), nn.Linear(16, 10)).train()
+    model[3].eval()
+    first = evaluate(model, data.val)
+    assert evaluate(model, data.val) == first  # dropout was off
+    assert [m.training for m in model.modules()] == [True, True, True, True, False]
+
+
 def test_a_loader_without_a_length_trains_and_a_one_shot_iterator_is_refused(data) -> None:
     images, labels = data.train.tensors
 

@@ -78,18 +78,19 @@ def evaluate_outputs(
     """Mean cross-entropy and accuracy (0–1) of each of ``model``'s outputs on labelled ``data``.
 
     A plain model has one output; an early-exit model has one per exit, the final output last.
-    Inputs the model fails on and targets that are not one class index per example raise an
-    error naming the ``what`` data.
+    The model runs in eval mode; every submodule's mode is restored afterwards. Inputs the
+    model fails on and targets that are not one class index per example raise an error
+    naming the ``what`` data.
     """
-    model.eval()
     run = model.all_exits if isinstance(model, EarlyExitModel) else lambda x: [model(x)]
     total, losses, correct = 0, None, None
-    for y, outputs in labelled_outputs(data, run, what, batch_size):
-        batch_losses = [F.cross_entropy(logits, y, reduction="sum").item() for logits in outputs]
-        batch_correct = [int((logits.argmax(1) == y).sum()) for logits in outputs]
-        losses = batch_losses if losses is None else [a + b for a, b in zip(losses, batch_losses)]
-        correct = batch_correct if correct is None else [a + b for a, b in zip(correct, batch_correct)]
-        total += len(y)
+    with eval_mode(model):
+        for y, outputs in labelled_outputs(data, run, what, batch_size):
+            batch_losses = [F.cross_entropy(logits, y, reduction="sum").item() for logits in outputs]
+            batch_correct = [int((logits.argmax(1) == y).sum()) for logits in outputs]
+            losses = batch_losses if losses is None else [a + b for a, b in zip(losses, batch_losses)]
+            correct = batch_correct if correct is None else [a + b for a, b in zip(correct, batch_correct)]
+            total += len(y)
     if total == 0 or losses is None or correct is None:
         raise DataError(f"the {what} data holds no examples")
     return [loss / total for loss in losses], [right / total for right in correct]
@@ -99,6 +100,7 @@ def evaluate(model: nn.Module, data: Any, *, batch_size: int = 256) -> tuple[flo
     """Mean cross-entropy and accuracy (0–1) of ``model`` on labelled ``data``.
 
     For an early-exit model, the means over its exits (each sample scored at every exit).
+    The model runs in eval mode and gets its modes back.
     """
     losses, accuracies = evaluate_outputs(model, data, batch_size=batch_size)
     return sum(losses) / len(losses), sum(accuracies) / len(accuracies)
