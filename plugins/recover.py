@@ -20,7 +20,7 @@ from typing import Any
 import torch.fx as fx
 
 from fxcomp import DataError, EarlyExitModel, RecipeError, hookimpl, recover
-from fxcomp.data import Splits, known_length
+from fxcomp.data import known_length, validation_part
 from fxcomp.dynamic import EXITS, has_exits
 from fxcomp.passes import Option, Pass, PassContext, PassResult, choice, integer, number, optional
 from fxcomp.recovery import SGD_MOMENTUM, exit_training, objective, rename_through
@@ -91,13 +91,12 @@ class Recover(Pass):
             raise RecipeError("recover: 'exits' trains early exits, but the model has none; put early_exit before it")
         self._check_fit(gm, context)
         count = known_length(context.train_data)
-        return {"train_batches_or_examples": count, "validation": context.val_data is not None, "exits": has_exits(gm)}
+        return {"train_batches_or_examples": count, "validation": validation_part(context.train_data, context.val_data) is not None, "exits": has_exits(gm)}
 
     def _check_fit(self, gm: fx.GraphModule, context: PassContext) -> None:
         """Refuse, naming the field, a ``patience`` without validation data and exit weights that do not fit ``gm``."""
         path = f"passes[{len(context.records)}]"  # the records are the earlier passes'
-        validated = context.val_data is not None or isinstance(context.train_data, Splits)
-        if self.options["patience"] is not None and not validated:
+        if self.options["patience"] is not None and validation_part(context.train_data, context.val_data) is None:
             raise RecipeError(
                 f"{path}.patience: counts epochs without a better validation result, but there is no validation data; "
                 "pass val_data= to fxcomp.compress or drop patience"

@@ -291,6 +291,20 @@ def test_patience_without_validation_data_is_refused(data) -> None:
         fxcomp.compress(DigitsNet(), data.example_inputs(), recipe, train_data=data.train)
 
 
+def test_a_splits_without_validation_examples_trains_without_validation(data) -> None:
+    no_val, mlp = digits(val=0), nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    result = recover(mlp, no_val, epochs=1, lr=0.1, progress=False)
+    assert result.best_epoch is None and result.history[0].val_accuracy is None
+    with pytest.raises(UsageError, match="^patience counts epochs without a better validation result"):
+        recover(mlp, no_val, epochs=2, patience=1, progress=False)
+    with pytest.raises(RecipeError, match=r"^passes\[0\]\.patience: counts epochs without a better validation result"):
+        fxcomp.compress(mlp, data.example_inputs(), {"passes": [{"pass": "recover", "patience": 1}]}, train_data=no_val)
+    for train, validated in ((no_val, False), (data, True)):
+        result = fxcomp.compress(mlp, data.example_inputs(), {"passes": [{"pass": "recover", "epochs": 1}]}, train_data=train)
+        assert result.plan[0]["plan"]["validation"] is validated
+        assert result.plan[0]["stats"]["best_epoch"] == (1 if validated else None)
+
+
 def test_a_diverging_loss_stops_training_with_what_to_change(data) -> None:
     with pytest.raises(fxcomp.TrainingError, match=r"^the training loss became (nan|inf) at epoch 1, batch \d+; lower lr"):
         recover(DigitsNet(), data, epochs=1, lr=1e30, progress=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -38,6 +39,14 @@ class Splits:
     def example_inputs(self, batch: int = 1) -> torch.Tensor:
         """The first ``batch`` training images, for tracing."""
         return self.train.tensors[0][:batch]
+
+
+def validation_part(train_data: Any, val_data: Any) -> Any:
+    """The validation data training on ``train_data`` uses: ``val_data`` when given, else the
+    validation part of a :class:`Splits` that holds one (cut with ``val=0``, it holds none), else None."""
+    if val_data is None and isinstance(train_data, Splits) and len(train_data.val):
+        return train_data.val
+    return val_data
 
 
 def split(

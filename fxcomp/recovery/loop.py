@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from fxcomp.arguments import is_real, is_whole
 from fxcomp.data.batches import Batches, check_targets, known_length, labelled_outputs, loader, outputs_on, pair
-from fxcomp.data.splits import Splits
+from fxcomp.data.splits import validation_part
 from fxcomp.dynamic.model import EarlyExitModel
 from fxcomp.errors import DataError, TrainingError, UsageError
 from fxcomp.recovery.exits import ExitTraining, exit_training
@@ -282,12 +282,12 @@ def _features(
 
 
 def _train_and_val(train_data: Any, val_data: Any, batch_size: int, seed: int) -> tuple[Batches, Batches | None]:
-    """Shuffled training batches and validation batches; a :class:`Splits` supplies missing validation data.
+    """Shuffled training batches and validation batches; a :class:`Splits` holding validation
+    examples supplies missing validation data (see :func:`validation_part`).
 
     Both are read once per epoch, so a one-shot iterator (a generator) is refused.
     """
-    if isinstance(train_data, Splits) and val_data is None:
-        val_data = train_data.val
+    val_data = validation_part(train_data, val_data)
     for what, data in (("training", train_data), ("validation", val_data)):
         if isinstance(data, Iterator):
             raise DataError(
@@ -359,7 +359,7 @@ def recover(
         model: the model to train (an ``nn.Module`` or a compressed ``GraphModule``); not modified.
         train_data: a Dataset, a DataLoader or a list of ``(inputs, target)`` batches (read once
             per epoch, so not a generator); a :class:`fxcomp.data.Splits` gives its train part
-            (and its validation part when ``val_data`` is omitted). Its first batch is checked
+            (and its validation part, unless it holds no examples, when ``val_data`` is omitted). Its first batch is checked
             against the model before training.
         val_data: labelled data evaluated after every epoch (its first batch is checked before
             training); the best epoch (accuracy, then loss) is restored at the end. Without it
