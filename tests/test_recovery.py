@@ -231,6 +231,17 @@ def test_a_label_out_of_range_in_a_later_training_batch_is_named(data) -> None:
         mutual_learning(peers, batches, epochs=1, progress=False)
 
 
+def test_integer_labels_of_any_width_train_and_evaluate_like_int64_ones(data) -> None:
+    images, labels = data.train.tensors[0][:256], data.train.tensors[1][:256]
+    runs = {}
+    for dtype in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        batches = [(images[:128], labels[:128].to(dtype)), (images[128:], labels[128:].to(dtype))]
+        torch.manual_seed(0)
+        result = recover(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), batches, val_data=batches, epochs=1, lr=0.1, progress=False)
+        runs[dtype] = (result.history[0].train_loss, result.history[0].val_accuracy, evaluate(result.model, batches))
+    assert len(set(runs.values())) == 1, runs
+
+
 def test_validation_data_that_does_not_fit_the_model_is_named_before_training(data, capsys) -> None:
     images, labels = data.val.tensors
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))

@@ -57,11 +57,21 @@ def loader(data: Any, batch_size: int, *, shuffle: bool, seed: int = 0, split: s
     raise DataError(f"training data must be a Dataset, a DataLoader or a list of (inputs, target) batches; got {type(data).__name__}")
 
 
+def _integral(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` holds integers (not floats, complex numbers or bools)."""
+    return not tensor.is_floating_point() and not tensor.is_complex() and tensor.dtype != torch.bool
+
+
 def pair(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(inputs, target)`` of a labelled batch; a :class:`DataError` for anything else."""
+    """``(inputs, target)`` of a labelled batch; a :class:`DataError` for anything else.
+
+    Integer targets of any width (int32 labels from NumPy, uint8) come back as int64, the
+    type ``cross_entropy`` takes class indices in.
+    """
     if not isinstance(batch, (tuple, list)) or len(batch) != 2 or not all(isinstance(b, torch.Tensor) for b in batch):
         raise DataError("recovery needs labelled batches: each batch must be (inputs, target)")
-    return batch[0], batch[1]
+    x, y = batch
+    return x, y.long() if _integral(y) else y
 
 
 def known_length(data: Any) -> int | None:
@@ -87,14 +97,13 @@ def _described(value: Any) -> str:
     if not isinstance(value, torch.Tensor):
         return f"a {type(value).__name__}"
     text = described(value.shape, value.dtype)
-    integral = not value.is_floating_point() and not value.is_complex() and value.dtype != torch.bool
-    return f"{text} in [{int(value.min())}, {int(value.max())}]" if integral and value.numel() else text
+    return f"{text} in [{int(value.min())}, {int(value.max())}]" if _integral(value) and value.numel() else text
 
 
 def check_targets(logits: Any, y: torch.Tensor, what: str) -> None:
     """Raise :class:`TrainingError` unless ``logits`` are (batch, classes) and ``y`` holds one class index per example."""
     classes = logits.shape[-1] if isinstance(logits, torch.Tensor) and logits.dim() == 2 else None
-    fits = y.dim() == 1 and not y.is_floating_point() and not y.is_complex() and y.dtype != torch.bool
+    fits = y.dim() == 1 and _integral(y)
     if classes is None or not fits or len(y) != len(logits) or (len(y) and (y.min() < 0 or y.max() >= classes)):
         raise TrainingError(
             f"the {what} targets do not fit a classifier: the model gives {_described(logits)} and the targets are "
