@@ -398,6 +398,13 @@ def test_the_teacher_is_left_as_it_was(data) -> None:
     assert all(module.training for module in teacher.modules())
 
 
+def test_a_teacher_that_fails_on_the_training_inputs_is_named(data) -> None:
+    teacher = nn.Sequential(nn.Flatten(), nn.Linear(32, 10)).train()  # digits have 64 features
+    with pytest.raises(DataError, match=r"^the teacher fails on the training inputs \(2×1×8×8\): .*; give a teacher that takes the student's inputs$"):
+        recover(DigitsNet(width=8), data, teacher=teacher, distill={"kind": "kd"}, epochs=1, progress=False)
+    assert teacher.training
+
+
 # --- recipes ---------------------------------------------------------------------------------
 
 

@@ -82,14 +82,17 @@ def known_length(data: Any) -> int | None:
         return None
 
 
-def outputs_on(run: Callable[[torch.Tensor], Any], x: torch.Tensor, what: str) -> Any:
-    """``run(x)``; a :class:`DataError` naming the ``what`` inputs' shape when the model fails on them."""
+def outputs_on(
+    run: Callable[[torch.Tensor], Any], x: torch.Tensor, what: str, *, model: str = "model", fix: str = ""
+) -> Any:
+    """``run(x)``; a :class:`DataError` naming the ``what`` inputs' shape when the ``model`` (or the
+    role given, e.g. "teacher") fails on them, ending with ``fix`` (by default: give inputs it takes)."""
     try:
         return run(x)
     except Exception as error:  # noqa: BLE001 - the model's own error, named with the batch's shape
         raise DataError(
-            f"the model fails on the {what} inputs ({'×'.join(map(str, x.shape))}): {first_line(error)}; "
-            "give inputs shaped like the model expects"
+            f"the {model} fails on the {what} inputs ({'×'.join(map(str, x.shape))}): {first_line(error)}; "
+            f"{fix or f'give inputs shaped like the {model} expects'}"
         ) from error
 
 

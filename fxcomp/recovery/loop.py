@@ -405,7 +405,8 @@ def recover(
             stack.enter_context(eval_mode(teacher))  # the caller's teacher gets its modes back, whatever happens
             teacher_run = _features(teacher, goal.feature_names("teacher"), example, training=False)
             with torch.no_grad(), eval_mode(student):
-                goal.build(student_run(example), teacher_run(example))
+                taught = outputs_on(teacher_run, example, "training", model="teacher", fix="give a teacher that takes the student's inputs")
+                goal.build(student_run(example), taught)
         ((history, best_epoch),) = _fit(
             [student], goal.parameters(), _step_loss(goal, joint, student_run, teacher_run), train, val,
             epochs=epochs, lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay,
