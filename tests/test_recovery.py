@@ -242,6 +242,25 @@ def test_integer_labels_of_any_width_train_and_evaluate_like_int64_ones(data) ->
     assert len(set(runs.values())) == 1, runs
 
 
+def test_a_model_returning_a_tuple_in_training_mode_is_named(data) -> None:
+    class WithAuxiliary(nn.Module):
+        """Auxiliary logits in training mode, as torchvision's GoogLeNet gives."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc, self.aux = nn.Linear(64, 10), nn.Linear(64, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+            x = x.flatten(1)
+            return (self.fc(x), self.aux(x)) if self.training else self.fc(x)
+
+    message = r"^the model returns a tuple in training mode, but training needs one tensor of logits; make its forward return the logits alone"
+    with pytest.raises(fxcomp.TrainingError, match=message):
+        recover(WithAuxiliary(), data, epochs=1, progress=False)
+    with pytest.raises(fxcomp.TrainingError, match=message):
+        mutual_learning([nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), WithAuxiliary()], data, epochs=1, progress=False)
+
+
 def test_validation_data_that_does_not_fit_the_model_is_named_before_training(data, capsys) -> None:
     images, labels = data.val.tensors
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))

@@ -209,9 +209,8 @@ def _fit(
             x, y = pair(batch)
             try:
                 loss, logits = step_loss(x, y)
-            except Exception:  # a label out of range in a later batch: say so rather than cross_entropy's IndexError
-                with torch.no_grad(), eval_mode(students[0]):
-                    check_targets(outputs_on(students[0], x, f"training batch {index}"), y, f"training batch {index}")
+            except Exception:  # say what does not fit rather than cross_entropy's IndexError or TypeError
+                _explain_failed_step(students, x, y, f"training batch {index}")
                 raise
             if not torch.isfinite(loss.detach()):
                 raise TrainingError(
@@ -258,6 +257,25 @@ def _fit(
         s.eval()
         results.append((history, kept[2] if kept is not None else None))
     return results
+
+
+def _explain_failed_step(students: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, what: str) -> None:
+    """After a training step failed on the ``what`` batch: a :class:`TrainingError` if its labels do not
+    fit the model or a model gives no single logits tensor in training mode; else nothing (the step's
+    own error stands)."""
+    with torch.no_grad():
+        with eval_mode(students[0]):
+            check_targets(outputs_on(students[0], x, what), y, what)
+        for student in students:
+            if isinstance(student, EarlyExitModel):  # its training forward gives every exit's logits
+                continue
+            with in_mode(student, training=True):
+                output = outputs_on(student, x, what)
+            if not isinstance(output, torch.Tensor):
+                raise TrainingError(
+                    f"the model returns a {type(output).__name__} in training mode, but training needs one tensor of "
+                    "logits; make its forward return the logits alone (e.g. drop auxiliary outputs)"
+                )
 
 
 def _features(
