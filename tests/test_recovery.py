@@ -309,6 +309,20 @@ def test_a_loader_without_a_length_trains_and_a_one_shot_iterator_is_refused(dat
             recover(mlp, epochs=2, progress=False, **kwargs)
 
 
+def test_a_model_that_cannot_be_copied_is_a_usage_error_as_in_compress(data) -> None:
+    def uncopyable() -> nn.Module:
+        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+        with pytest.warns(FutureWarning):
+            nn.utils.weight_norm(model[1])  # the deprecated hook keeps a computed weight deepcopy refuses
+        return model
+
+    message = r"^cannot copy the model to work on \(.*\); remove torch\.nn\.utils\.weight_norm hooks"
+    with pytest.raises(UsageError, match=message):
+        recover(uncopyable(), data, epochs=1, progress=False)
+    with pytest.raises(UsageError, match=message):
+        mutual_learning([uncopyable(), uncopyable()], data, epochs=1, progress=False)
+
+
 def test_patience_without_validation_data_is_refused(data) -> None:
     message = r"^patience counts epochs without a better validation result; pass val_data= or drop patience$"
     with pytest.raises(UsageError, match=message):

@@ -13,8 +13,9 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from fxcomp.arguments import working_copy
 from fxcomp.dynamic.model import EarlyExitModel, has_exits
-from fxcomp.errors import FxcompError, LoweringError, PassError, RecipeError, UsageError, first_line
+from fxcomp.errors import FxcompError, LoweringError, PassError, RecipeError, first_line
 from fxcomp.export.deep import CodecReport
 from fxcomp.export.files import save
 from fxcomp.lowering import LoweringResult, lower
@@ -76,13 +77,7 @@ def _working_copy(
     leaf_modules: Sequence[LeafSpec],
     concrete_args: dict[str, Any] | None,
 ) -> fx.GraphModule:
-    try:
-        working = copy.deepcopy(model.model if isinstance(model, EarlyExitModel) else model)
-    except RuntimeError as error:  # old-style weight_norm / spectral_norm keep computed tensors deepcopy refuses
-        raise UsageError(
-            f"cannot copy the model to work on ({first_line(error)}); remove torch.nn.utils.weight_norm hooks "
-            "(torch.nn.utils.remove_weight_norm) or use torch.nn.utils.parametrizations.weight_norm"
-        ) from error
+    working = working_copy(model.model if isinstance(model, EarlyExitModel) else model)
     if isinstance(working, fx.GraphModule):
         propagate(working, inputs)
         return working

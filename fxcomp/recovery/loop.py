@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fxcomp.arguments import is_real, is_whole
+from fxcomp.arguments import is_real, is_whole, working_copy
 from fxcomp.data.batches import Batches, check_targets, known_length, labelled_outputs, loader, outputs_on, pair
 from fxcomp.data.splits import validation_part
 from fxcomp.dynamic.model import EarlyExitModel
@@ -400,7 +400,7 @@ def recover(
     if not is_whole(seed):
         raise UsageError(f"recovery needs a whole-number seed, got {seed!r}")
     torch.manual_seed(seed)
-    student = copy.deepcopy(model)
+    student = working_copy(model)
     train, val = _train_and_val(train_data, val_data, batch_size, seed)
     goal: Objective = objective(distill)
     if goal.needs_teacher and teacher is None:
@@ -472,7 +472,7 @@ def mutual_learning(peers: Sequence[nn.Module], train_data: Any, *, val_data: An
     if not is_whole(seed):
         raise UsageError(f"mutual learning needs a whole-number seed, got {seed!r}")
     torch.manual_seed(seed)
-    students = [copy.deepcopy(p) for p in peers]
+    students = [working_copy(p) for p in peers]
     train, val = _train_and_val(train_data, val_data, batch_size, seed)
 
     def step_loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -505,7 +505,7 @@ def teacher_assistant_chain(
 
 def _reinitialized(model: nn.Module, seed: int) -> nn.Module:
     """A copy of ``model`` whose modules' ``reset_parameters`` drew new weights from ``seed``."""
-    fresh = copy.deepcopy(model)
+    fresh = working_copy(model)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for module in fresh.modules():
