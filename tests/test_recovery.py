@@ -157,6 +157,18 @@ def test_kd_from_a_teacher_beats_chance_and_feature_terms_train_adapters(data, t
         assert evaluate(result.model, data.test)[1] > 0.3, spec
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+def test_fitnet_trains_models_of_any_float_dtype(dtype) -> None:
+    def net() -> nn.Module:
+        return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10)).to(dtype)
+
+    torch.manual_seed(0)
+    student, x, y = net(), torch.randn(32, 1, 8, 8, dtype=dtype), torch.randint(0, 10, (32,))
+    spec = {"kind": "fitnet", "student": "1", "teacher": "1"}  # the adapter is built in the student's dtype
+    result = recover(student, [(x, y)], teacher=net(), distill=spec, epochs=1, progress=False)
+    assert result.model[0].weight.dtype == dtype and not torch.equal(result.model[0].weight, student[0].weight)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [

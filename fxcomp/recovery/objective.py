@@ -75,7 +75,8 @@ class Objective:
 
     def build(self, student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor]) -> None:
         """Check that each term's pairs fit and create the FitNet adapters from one batch's features
-        (their channel counts); a :class:`fxcomp.TrainingError` names a pair that does not fit."""
+        (their channel counts; the student feature's dtype and device); a :class:`fxcomp.TrainingError`
+        names a pair that does not fit."""
         for term in self.terms:
             for s_name, t_name in zip(term.student, term.teacher):
                 problem = _pair_problem(term.kind, student[s_name], teacher[t_name])
@@ -84,7 +85,7 @@ class Objective:
                     raise TrainingError(f"distill {term.kind}: the student's {side}: {problem}")
             if term.loss is None:
                 s, t = student[term.student[0]], teacher[term.teacher[0]]
-                term.loss = HintLoss(s.shape[1], t.shape[1], spatial=s.dim() == 4)
+                term.loss = HintLoss(s.shape[1], t.shape[1], spatial=s.dim() == 4).to(s.device, s.dtype)
 
     def parameters(self) -> list[nn.Parameter]:
         """Trainable parameters of the terms (FitNet adapters)."""
