@@ -101,6 +101,21 @@ def test_relational_and_similarity_losses_ignore_scale_and_vanish_on_equal_relat
     assert mutual_loss(feature, [feature.clone()]).item() < 1e-7
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_normalizing_losses_compute_half_precision_features_in_float32(dtype) -> None:
+    torch.manual_seed(0)
+    maps, vectors = torch.relu(torch.randn(2, 4, 3, 4, 4)).to(dtype), torch.randn(2, 8, 16).to(dtype)
+    maps[0, 0] = 0  # one example's map all zero (a dead ReLU): its norm is below float16's smallest number
+    for loss, (student, teacher) in (
+        (AttentionTransferLoss(), maps), (SimilarityPreservingLoss(), maps), (RelationalKDLoss(), vectors),  # angles: zero differences
+    ):
+        student = student.clone().requires_grad_()
+        value = loss(student, teacher)
+        value.backward()
+        assert value.item() == loss(student.detach().float(), teacher.float()).item(), loss
+        assert student.grad.abs().max() < 1 and student.grad.dtype == dtype, loss  # SP's all-zero row: no 1/1e-12 factor
+
+
 def test_relational_kd_terms_are_zero_on_batches_too_small_for_them() -> None:
     # the last batch of an epoch may hold one example: no distance to compare (two), no angle (three)
     assert RelationalKDLoss()(torch.randn(1, 8), torch.randn(1, 8)).item() == 0.0

@@ -2,6 +2,9 @@
 
 Every loss takes the student's tensor first and the teacher's second, and detaches
 the teacher's, so gradients reach only the student (and the loss's own adapter).
+The losses that normalize (attention transfer, relational KD, similarity-preserving)
+compute in float32 when the features are float16 or bfloat16, whose smallest
+numbers cannot hold the normalization's guard against dividing by zero.
 """
 
 from __future__ import annotations
@@ -65,9 +68,18 @@ class HintLoss(nn.Module):
         return F.mse_loss(student, teacher)
 
 
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32 if it is in a narrower float type: normalizing divides by a norm clamped
+    to 1e-12, which is 0 in float16 (an all-zero row, or an angle's zero difference, gives NaN)."""
+    return x.float() if x.is_floating_point() and torch.finfo(x.dtype).bits < 32 else x
+
+
 def attention_map(feature: torch.Tensor, p: float = 2.0) -> torch.Tensor:
-    """Spatial attention of a ``(N, C, H, W)`` feature: the mean over channels of ``|f|^p``, flattened, unit L2 norm."""
-    return F.normalize(feature.abs().pow(p).mean(dim=1).flatten(1), dim=1)
+    """Spatial attention of a ``(N, C, H, W)`` feature: the mean over channels of ``|f|^p``, flattened, unit L2 norm.
+
+    Computed in float32 at least (a half-precision feature gives a float32 map).
+    """
+    return F.normalize(_wide(feature).abs().pow(p).mean(dim=1).flatten(1), dim=1)
 
 
 class AttentionTransferLoss(nn.Module):
@@ -117,8 +129,8 @@ class RelationalKDLoss(nn.Module):
         return torch.bmm(unit, unit.transpose(1, 2)).flatten()
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-        s, t = student.flatten(1), teacher.detach().flatten(1)
-        loss = student.new_zeros(())
+        s, t = _wide(student.flatten(1)), _wide(teacher.detach().flatten(1))
+        loss = s.new_zeros(())
         if self.distance_weight and len(s) >= 2:
             loss = loss + self.distance_weight * F.smooth_l1_loss(self._distances(s), self._distances(t))
         if self.angle_weight and len(s) >= 3:
@@ -126,16 +138,24 @@ class RelationalKDLoss(nn.Module):
         return loss
 
 
+def _unit_rows(matrix: torch.Tensor) -> torch.Tensor:
+    """Each row divided by its L2 norm; an all-zero row (an example whose features are all zero) stays
+    zero with the gradient it would have unnormalized (``F.normalize`` divides it by 1e-12 instead,
+    which multiplies its gradient by 1e12: infinite in float16)."""
+    norm = torch.linalg.vector_norm(matrix, dim=1, keepdim=True)
+    return matrix / torch.where(norm > 0, norm, torch.ones_like(norm))
+
+
 class SimilarityPreservingLoss(nn.Module):
     """Similarity-preserving KD (Tung & Mori, 2019): match the batch's example-by-example similarity.
 
-    ``G = normalize_rows(f fᵀ)`` for the flattened features of student and teacher; the
-    loss is ``‖G_s − G_t‖²_F / N²``.
+    ``G = normalize_rows(f fᵀ)`` for the flattened features of student and teacher (the row
+    of an example whose features are all zero stays zero); the loss is ``‖G_s − G_t‖²_F / N²``.
     """
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-        s, t = student.flatten(1), teacher.detach().flatten(1)
-        g_s, g_t = F.normalize(s @ s.t(), dim=1), F.normalize(t @ t.t(), dim=1)
+        s, t = _wide(student.flatten(1)), _wide(teacher.detach().flatten(1))
+        g_s, g_t = _unit_rows(s @ s.t()), _unit_rows(t @ t.t())
         return (g_s - g_t).pow(2).sum() / (len(s) ** 2)
 
 
