@@ -269,6 +269,21 @@ def test_integer_labels_of_any_width_train_and_evaluate_like_int64_ones(data) ->
     assert len(set(runs.values())) == 1, runs
 
 
+def test_a_one_example_leftover_batch_is_skipped_and_a_lone_one_is_named(data) -> None:
+    images, labels = data.train.tensors
+
+    def batchnormed() -> nn.Module:
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 10))
+
+    batches = [(images[:8], labels[:8]), (images[8:9], labels[8:9])]  # BatchNorm cannot train on the second
+    result = recover(batchnormed(), batches, epochs=2, progress=False)
+    assert [r.epoch for r in result.history] == [1, 2] and result.history[0].train_accuracy * 8 % 1 == 0  # of 8 examples
+    assert len(mutual_learning([batchnormed(), batchnormed()], batches, epochs=1, progress=False)) == 2
+    with pytest.raises(DataError, match=r"^the model fails on the training batch 1 inputs \(1×1×8×8\): .*; train on batches of two "
+                                        r"examples or more \(BatchNorm needs them\): raise batch_size or merge the batch$"):
+        recover(batchnormed(), batches[1:], epochs=1, progress=False)
+
+
 def test_a_model_returning_a_tuple_in_training_mode_is_named(data) -> None:
     class WithAuxiliary(nn.Module):
         """Auxiliary logits in training mode, as torchvision's GoogLeNet gives."""

@@ -167,7 +167,8 @@ def _fit(
     """Train ``students`` together on ``step_loss``; per student its history and restored best epoch.
 
     ``step_loss`` returns the batch's loss and, per student, its logits (a list of them for an
-    early-exit model, whose training accuracy is the mean over its exits).
+    early-exit model, whose training accuracy is the mean over its exits). A batch of one example
+    after larger ones in an epoch is skipped (BatchNorm cannot train on it).
     """
     if not is_whole(epochs) or epochs < 1:
         raise UsageError(f"recovery needs epochs >= 1 (a whole number), got {epochs!r}")
@@ -207,6 +208,8 @@ def _fit(
             s.train()
         for index, batch in enumerate(train, 1):
             x, y = pair(batch)
+            if len(y) == 1 and seen:  # a Dataset's one-example leftover: BatchNorm cannot train on it
+                continue
             try:
                 loss, logits = step_loss(x, y)
             except Exception:  # say what does not fit rather than cross_entropy's IndexError or TypeError
@@ -259,6 +262,9 @@ def _fit(
     return results
 
 
+_ONE_EXAMPLE = "train on batches of two examples or more (BatchNorm needs them): raise batch_size or merge the batch"
+
+
 def _explain_failed_step(students: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, what: str) -> None:
     """After a training step failed on the ``what`` batch: a :class:`TrainingError` if its labels do not
     fit the model or a model gives no single logits tensor in training mode; else nothing (the step's
@@ -270,7 +276,7 @@ def _explain_failed_step(students: Sequence[nn.Module], x: torch.Tensor, y: torc
             if isinstance(student, EarlyExitModel):  # its training forward gives every exit's logits
                 continue
             with in_mode(student, training=True):
-                output = outputs_on(student, x, what)
+                output = outputs_on(student, x, what, fix=_ONE_EXAMPLE if len(x) == 1 else "")
             if not isinstance(output, torch.Tensor):
                 raise TrainingError(
                     f"the model returns a {type(output).__name__} in training mode, but training needs one tensor of "
@@ -392,7 +398,9 @@ def recover(
         optimizer, momentum, weight_decay, schedule: ``sgd`` (Nesterov momentum, 0.9 unless
             ``momentum`` is given) or ``adam`` (no ``momentum``); ``cosine`` decays the rate to
             zero over all steps, ``constant`` keeps it.
-        batch_size: used when the data is a Dataset.
+        batch_size: used when the data is a Dataset. A training batch of one example after larger
+            ones (the leftover of a Dataset one longer than a multiple of it) is skipped:
+            BatchNorm cannot train on one example.
         patience: stop after this many epochs without a better validation result (needs validation data).
         seed: seeds the weights' random state and the shuffling.
         progress: print a progress line per epoch on stderr.
