@@ -365,6 +365,19 @@ def test_a_model_that_cannot_be_copied_is_a_usage_error_as_in_compress(data) -> 
         mutual_learning([uncopyable(), uncopyable()], data, epochs=1, progress=False)
 
 
+def test_a_cosine_rate_decays_on_data_without_a_length_as_on_data_with_one(data) -> None:
+    examples = list(zip(*(t[:256] for t in data.train.tensors)))
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            return iter(examples)
+
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    for train in (DataLoader(Stream(), batch_size=64), DataLoader(examples, batch_size=64)):  # without and with len()
+        history = recover(mlp, train, epochs=4, lr=0.1, progress=False).history
+        assert [r.lr for r in history] == pytest.approx([0.1, 0.1 * (1 + 2**-0.5) / 2, 0.05, 0.1 * (1 - 2**-0.5) / 2])
+
+
 def test_patience_without_validation_data_is_refused(data) -> None:
     message = r"^patience counts epochs without a better validation result; pass val_data= or drop patience$"
     with pytest.raises(UsageError, match=message):

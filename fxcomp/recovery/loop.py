@@ -148,6 +148,38 @@ def _optimizer(name: str, parameters: list[nn.Parameter], lr: float, momentum: f
     raise UsageError(f"optimizer '{name}' is not one of: sgd, adam")
 
 
+class _Cosine:
+    """The rate decaying from its start to zero along a half cosine over ``steps`` optimizer steps.
+
+    With ``steps`` unknown (data without a length) the rate holds until :meth:`count`, at the end
+    of the first epoch, takes that epoch's steps for every epoch; the decay then goes on as if
+    the length had been known.
+    """
+
+    def __init__(self, optim: torch.optim.Optimizer, steps: int | None) -> None:
+        self.steps = steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optim, self.factor)
+
+    def factor(self, step: int) -> float:
+        """The rate at ``step`` as a fraction of the starting rate."""
+        if self.steps is None:
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * min(step, self.steps) / self.steps))
+
+    def step(self) -> None:
+        """One optimizer step done."""
+        self.scheduler.step()
+
+    def count(self, epochs: int) -> None:
+        """After an epoch: if the steps were unknown, the ``epochs`` epochs take as many as this one did."""
+        if self.steps is not None:
+            return
+        done = self.scheduler.last_epoch
+        self.steps = epochs * done
+        for group, start in zip(self.scheduler.optimizer.param_groups, self.scheduler.base_lrs):
+            group["lr"] = start * self.factor(done)
+
+
 def _fit(
     students: Sequence[nn.Module],
     extra: list[nn.Parameter],
@@ -190,12 +222,7 @@ def _fit(
     if val is not None:
         _first_batch(val, students[0], "validation")
     total = known_length(train)
-    steps = epochs * total if total else None
-    scheduler = (
-        torch.optim.lr_scheduler.LambdaLR(optim, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, steps) / steps)))
-        if schedule == "cosine" and steps
-        else None
-    )
+    scheduler = _Cosine(optim, epochs * total if total else None) if schedule == "cosine" else None
     bar = _Progress(progress, epochs)
     histories: list[list[EpochRecord]] = [[] for _ in students]
     best: list[tuple[float, float, int, dict[str, torch.Tensor]] | None] = [None] * len(students)
@@ -233,6 +260,8 @@ def _fit(
             bar.step(epoch, index, total, loss_sum / seen)
         if seen == 0:
             raise DataError("the training data holds no examples")
+        if scheduler is not None:
+            scheduler.count(epochs)
         improved = False
         for i, s in enumerate(students):
             val_loss = val_accuracy = exit_accuracies = None
@@ -397,7 +426,9 @@ def recover(
             equal weights; ``distill`` (teacher) then applies to the final output only.
         optimizer, momentum, weight_decay, schedule: ``sgd`` (Nesterov momentum, 0.9 unless
             ``momentum`` is given) or ``adam`` (no ``momentum``); ``cosine`` decays the rate to
-            zero over all steps, ``constant`` keeps it.
+            zero over all steps (for data without a length, such as a DataLoader over an
+            ``IterableDataset``, the first epoch counts them at the starting rate), ``constant``
+            keeps it.
         batch_size: used when the data is a Dataset. A training batch of one example after larger
             ones (the leftover of a Dataset one longer than a multiple of it) is skipped:
             BatchNorm cannot train on one example.
