@@ -458,6 +458,23 @@ def test_teacher_assistant_chain_and_born_again_produce_one_model_per_step(data,
     assert not torch.equal(generations[0].model.conv1.weight, trained.conv1.weight)
 
 
+def test_born_again_redraws_masked_weights_and_refuses_shared_ones(data) -> None:
+    torch.manual_seed(0)
+    mlp, x = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10)), data.example_inputs(2)
+    batches = [data.train[:64]]
+    sparse = fxcomp.compress(mlp, x, {"passes": [{"pass": "sparsify", "sparsity": 0.5}]}).model
+    before = copy.deepcopy(sparse.state_dict())
+    start = born_again(sparse, batches, generations=1, epochs=1, lr=1e-30, progress=False)[0].model  # lr ~0: the start point
+    for name in ("1", "3"):
+        old, new = sparse.get_submodule(name).weight, start.get_submodule(name).weight
+        assert torch.equal(new == 0, old == 0) and not (new == old)[old != 0].any(), name  # new values, the same zeros
+    assert all(torch.equal(before[k], v) for k, v in sparse.state_dict().items())
+    shared = fxcomp.compress(mlp, x, {"passes": [{"pass": "cluster", "bits": 2}]}).model
+    with pytest.raises(UsageError, match=r"^born_again cannot draw new weights for '1\.weight': they come from a fixed codebook or integers "
+                                        r"\(cluster, quantize's convert\); pass factory= returning a freshly initialized model$"):
+        born_again(shared, batches, generations=1, epochs=1, progress=False)
+
+
 def test_scheme_options_are_checked_and_born_again_is_seeded(data, trained) -> None:
     with pytest.raises(UsageError, match="mutual_learning got unknown option\\(s\\) distill; it takes epochs, lr"):
         mutual_learning([DigitsNet(width=8), DigitsNet(width=8)], data, distill={"kind": "kd"})

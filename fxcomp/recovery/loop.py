@@ -20,12 +20,14 @@ from typing import Any, TextIO
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.utils import parametrize
 
 from fxcomp.arguments import is_real, is_whole, working_copy
 from fxcomp.data.batches import Batches, check_targets, known_length, labelled_outputs, loader, outputs_on, pair
 from fxcomp.data.splits import validation_part
 from fxcomp.dynamic.model import EarlyExitModel
 from fxcomp.errors import DataError, TrainingError, UsageError
+from fxcomp.passes.masks import class_before_parametrizations
 from fxcomp.recovery.exits import ExitTraining, exit_training
 from fxcomp.recovery.features import as_graph, with_features
 from fxcomp.recovery.losses import mutual_loss
@@ -543,14 +545,46 @@ def teacher_assistant_chain(
 
 
 def _reinitialized(model: nn.Module, seed: int) -> nn.Module:
-    """A copy of ``model`` whose modules' ``reset_parameters`` drew new weights from ``seed``."""
+    """A copy of ``model`` whose modules' ``reset_parameters`` drew new weights from ``seed``,
+    also for tensors a parametrization computes (see :func:`_reset`)."""
     fresh = working_copy(model)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for module in fresh.modules():
+        for name, module in fresh.named_modules():
             if hasattr(module, "reset_parameters") and module is not fresh:
-                module.reset_parameters()
+                _reset(module, name)
     return fresh
+
+
+def _reset(module: nn.Module, name: str) -> None:
+    """``module.reset_parameters()``, reaching its parametrized tensors too.
+
+    ``reset_parameters`` writes into the tensor a parametrization computes, never into the one
+    it stores; so it runs on a plain twin of the module, whose new values are assigned back
+    (through the parametrizations: a pruning mask keeps its zeros, fake quantization its scheme).
+    """
+    if not parametrize.is_parametrized(module):
+        module.reset_parameters()
+        return
+    for tensor, steps in module.parametrizations.items():
+        stored = [*steps.parameters(recurse=False), *steps.buffers(recurse=False)]
+        if any(getattr(step, "freezes_original", False) for step in steps) or not all(t.is_floating_point() for t in stored):
+            raise UsageError(
+                f"born_again cannot draw new weights for '{name}.{tensor}': they come from a fixed codebook or "
+                "integers (cluster, quantize's convert); pass factory= returning a freshly initialized model"
+            )
+    plain = copy.deepcopy(module)
+    plain.__class__ = class_before_parametrizations(module)
+    del plain.parametrizations
+    for tensor in module.parametrizations:
+        plain.register_parameter(tensor, nn.Parameter(getattr(module, tensor).detach().clone()))
+    plain.reset_parameters()
+    with torch.no_grad():
+        for tensor, value in [*plain.named_parameters(recurse=False), *plain.named_buffers(recurse=False)]:
+            if parametrize.is_parametrized(module, tensor):
+                setattr(module, tensor, value.detach())  # a Parameter would be registered, not assigned
+            else:
+                getattr(module, tensor).copy_(value)
 
 
 def born_again(
@@ -569,6 +603,12 @@ def born_again(
     from ``seed`` plus the generation's number; parameters of modules without that method keep
     their values, so give ``factory`` for such models) and is trained with ``distill`` (default
     KD) from the previous one. Returns one result per new generation.
+
+    A compressed ``model`` keeps its compression: a weight under a pruning mask (``prune``,
+    ``sparsify``) gets new values where the mask keeps entries and stays zero elsewhere, and a
+    fake-quantized one stays fake-quantized. Weights shared from a codebook (``cluster``) or
+    stored as integers cannot be drawn anew: that is a :class:`UsageError` asking for
+    ``factory`` (a fresh, uncompressed model, for instance).
     """
     if not is_whole(generations) or generations < 1:
         raise UsageError(f"born_again needs generations >= 1 (a whole number), got {generations!r}")
