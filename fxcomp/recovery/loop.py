@@ -297,9 +297,10 @@ _ONE_EXAMPLE = "train on batches of two examples or more (BatchNorm needs them):
 
 
 def _explain_failed_step(students: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, what: str) -> None:
-    """After a training step failed on the ``what`` batch: a :class:`TrainingError` if its labels do not
-    fit the model or a model gives no single logits tensor in training mode; else nothing (the step's
-    own error stands)."""
+    """After a training step failed on the ``what`` batch, raise what the user can change: a
+    :class:`TrainingError` if its labels do not fit the model or a model gives no single logits
+    tensor in training mode, a :class:`DataError` if a model fails on it in training mode (a lone
+    example under BatchNorm); else return, and the step's own error stands."""
     with torch.no_grad():
         with eval_mode(students[0]):
             check_targets(outputs_on(students[0], x, what), y, what)
@@ -414,8 +415,8 @@ def recover(
         model: the model to train (an ``nn.Module`` or a compressed ``GraphModule``); not modified.
         train_data: a Dataset, a DataLoader or a list of ``(inputs, target)`` batches (read once
             per epoch, so not a generator); a :class:`fxcomp.data.Splits` gives its train part
-            (and its validation part, unless it holds no examples, when ``val_data`` is omitted). Its first batch is checked
-            against the model before training.
+            (and its validation part, unless it holds no examples, when ``val_data`` is omitted).
+            Its first batch is checked against the model before training.
         val_data: labelled data evaluated after every epoch (its first batch is checked before
             training); the best epoch (accuracy, then loss) is restored at the end. Without it
             the last epoch is kept.
@@ -464,8 +465,8 @@ def recover(
             stack.enter_context(eval_mode(teacher))  # the caller's teacher gets its modes back, whatever happens
             teacher_run = _features(teacher, goal.feature_names("teacher"), example, training=False)
             with torch.no_grad(), eval_mode(student):
-                taught = outputs_on(teacher_run, example, "training", model="teacher", fix="give a teacher that takes the student's inputs")
-                goal.build(student_run(example), taught)
+                fix = "give a teacher that takes the student's inputs"
+                goal.build(student_run(example), outputs_on(teacher_run, example, "training", model="teacher", fix=fix))
         ((history, best_epoch),) = _fit(
             [student], goal.parameters(), _step_loss(goal, joint, student_run, teacher_run), train, val,
             epochs=epochs, lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay,
@@ -556,6 +557,18 @@ def _reinitialized(model: nn.Module, seed: int) -> nn.Module:
     return fresh
 
 
+def _check_redrawable(module: nn.Module, name: str) -> None:
+    """Raise :class:`UsageError` if a parametrized tensor of ``module`` (named ``name``) cannot take
+    new values: its stored tensor is frozen (a codebook's) or integers."""
+    for tensor, steps in module.parametrizations.items():
+        stored = [*steps.parameters(recurse=False), *steps.buffers(recurse=False)]
+        if any(getattr(step, "freezes_original", False) for step in steps) or not all(t.is_floating_point() for t in stored):
+            raise UsageError(
+                f"born_again cannot draw new weights for '{name}.{tensor}': they come from a fixed codebook or "
+                "integers (cluster, quantize's convert); pass factory= returning a freshly initialized model"
+            )
+
+
 def _reset(module: nn.Module, name: str) -> None:
     """``module.reset_parameters()``, reaching its parametrized tensors too.
 
@@ -566,13 +579,7 @@ def _reset(module: nn.Module, name: str) -> None:
     if not parametrize.is_parametrized(module):
         module.reset_parameters()
         return
-    for tensor, steps in module.parametrizations.items():
-        stored = [*steps.parameters(recurse=False), *steps.buffers(recurse=False)]
-        if any(getattr(step, "freezes_original", False) for step in steps) or not all(t.is_floating_point() for t in stored):
-            raise UsageError(
-                f"born_again cannot draw new weights for '{name}.{tensor}': they come from a fixed codebook or "
-                "integers (cluster, quantize's convert); pass factory= returning a freshly initialized model"
-            )
+    _check_redrawable(module, name)
     plain = copy.deepcopy(module)
     plain.__class__ = class_before_parametrizations(module)
     del plain.parametrizations
@@ -604,8 +611,8 @@ def born_again(
     their values, so give ``factory`` for such models) and is trained with ``distill`` (default
     KD) from the previous one. Returns one result per new generation.
 
-    A compressed ``model`` keeps its compression: a weight under a pruning mask (``prune``,
-    ``sparsify``) gets new values where the mask keeps entries and stays zero elsewhere, and a
+    A compressed ``model`` keeps its compression: a weight under a pruning mask (``sparsify``)
+    gets new values where the mask keeps entries and stays zero elsewhere, and a
     fake-quantized one stays fake-quantized. Weights shared from a codebook (``cluster``) or
     stored as integers cannot be drawn anew: that is a :class:`UsageError` asking for
     ``factory`` (a fresh, uncompressed model, for instance).
