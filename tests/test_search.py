@@ -198,6 +198,9 @@ def test_recalibration_without_batches_keeps_the_statistics(data) -> None:
     before = {name: value.clone() for name, value in model.state_dict().items()}
     assert recalibrate_batchnorm(model, data.train, batches=0) == 0
     assert recalibrate_batchnorm(model, [], batches=4) == 0
+    for batches in (2.5, -1, True):  # 2.5 ran every batch
+        with pytest.raises(fxcomp.UsageError, match=r"^recalibrate_batchnorm needs batches >= 0 \(a whole number\), got"):
+            recalibrate_batchnorm(model, data.train, batches=batches)
     assert all(torch.equal(value, before[name]) for name, value in model.state_dict().items())
     assert model[1].momentum == 0.1
 

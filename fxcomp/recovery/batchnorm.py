@@ -7,7 +7,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from fxcomp.arguments import is_whole
 from fxcomp.data.batches import loader, pair
+from fxcomp.errors import UsageError
 from fxcomp.tracing import eval_mode
 
 
@@ -20,8 +22,11 @@ def recalibrate_batchnorm(model: nn.Module, data: Any, *, batches: int = 10, bat
     ``batches`` batches of labelled ``data`` (shuffled with ``seed``), every other module in
     eval mode, nothing trained. Returns the number of batches used: 0 when ``model`` has no
     BatchNorm with running statistics, ``batches`` is 0 or ``data`` holds no batch — the
-    statistics are then left as they were.
+    statistics are then left as they were. Raises :class:`fxcomp.UsageError` unless ``batches``
+    is a whole number >= 0.
     """
+    if not is_whole(batches) or batches < 0:
+        raise UsageError(f"recalibrate_batchnorm needs batches >= 0 (a whole number), got {batches!r}")
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not norms or batches < 1:
         return 0
