@@ -21,6 +21,7 @@ all groups at once, so a data-driven criterion runs the calibration data once.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -189,8 +190,9 @@ def fpgm_importance(groups: Sequence[ChannelGroup], gm: fx.GraphModule, context:
 
 @each_group
 def random_importance(group: ChannelGroup, gm: fx.GraphModule, context: PassContext) -> torch.Tensor:
-    """Uniform random scores, seeded by the group's shape (a baseline)."""
-    generator = torch.Generator().manual_seed(len(group.members) * 7919 + group.channels)
+    """Uniform random scores, seeded by the group's first producer and size (a baseline)."""
+    # Seeded by name too: groups of one shape drew the same scores, so each lost the same channels.
+    generator = torch.Generator().manual_seed(zlib.crc32(group.producers[0].encode()) * 7919 + group.channels)
     return torch.rand(group.channels, generator=generator, dtype=torch.float64)
 
 

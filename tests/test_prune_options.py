@@ -197,6 +197,15 @@ def test_a_model_on_the_meta_device_prunes_by_random_importance_only() -> None:
     assert conv.out_channels == 4 and conv.weight.is_meta
 
 
+def test_random_importance_draws_other_scores_for_groups_of_one_shape() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 1), nn.ReLU(), nn.Conv2d(8, 2, 1)).eval()
+    x = torch.randn(1, 3, 4, 4)
+    removed = lambda: [g["removed"] for g in fxcomp.compress(model, x, "passes: [{pass: prune, ratio: 0.5, importance: random}]").plan[0]["plan"]["groups"]]  # noqa: E731
+    first = removed()
+    assert len(first) == 2 and first[0] != first[1]  # both groups lost the same channels
+    assert removed() == first  # still seeded
+
+
 def test_taylor_importance_matches_hand_computed_first_order_terms() -> None:
     torch.manual_seed(0)
     model = _Classifier().eval()
