@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
 from fxcomp import ChannelGroup, PluginError, RecipeError, UsageError, analyze, hookimpl, node_info, propagate, qualname
-from fxcomp.analysis import set_size_arguments, size_arguments
+from fxcomp.analysis import set_size_arguments, set_split_sizes, size_arguments, split_sizes
 from fxcomp.passes import (
     Option, Pass, PassContext, PassResult, choice, globs, integer, matches, number, optional, parameter_values, string,
 )
@@ -78,26 +78,6 @@ def _needs_values(criterion: str) -> UsageError:
         f"prune.importance: '{criterion}' needs the weights' values, which a model on the meta device does not have; "
         "load real weights or use importance: random"
     )
-
-
-_SPLIT_KEYWORDS = ("split_size_or_sections", "split_size")
-"""The keywords ``torch.split`` and ``Tensor.split`` take their sizes by."""
-
-
-def _split_sizes(node: fx.Node) -> list[int]:
-    """The sizes a split node cuts its input into, given by position or by keyword."""
-    if len(node.args) > 1:
-        return list(node.args[1])
-    return list(next(node.kwargs[key] for key in _SPLIT_KEYWORDS if key in node.kwargs))
-
-
-def _set_split_sizes(node: fx.Node, sizes: list[int]) -> None:
-    """Write ``sizes`` where :func:`_split_sizes` read them."""
-    if len(node.args) > 1:
-        node.args = (node.args[0], sizes, *node.args[2:])
-    else:
-        key = next(key for key in _SPLIT_KEYWORDS if key in node.kwargs)
-        node.kwargs = {**node.kwargs, key: sizes}
 
 
 def _select(value: torch.Tensor, axes: dict[str, list[int]]) -> torch.Tensor:
@@ -351,7 +331,7 @@ class Prune(Pass):
                 return sizes[name][axis]
             node = nodes[name]
             if node.target in (torch.split, "split"):
-                return sum(_split_sizes(node))
+                return sum(split_sizes(node))
             written = size_arguments(node)
             if isinstance(written[axis], int):
                 return written[axis]
@@ -546,10 +526,10 @@ class Prune(Pass):
             ((_, indices),) = axes.items()
             start, kept = 0, set(indices)
             new_sizes = []
-            for size in _split_sizes(node):
+            for size in split_sizes(node):
                 new_sizes.append(sum(1 for i in range(start, start + size) if i in kept))
                 start += size
-            _set_split_sizes(node, new_sizes)
+            set_split_sizes(node, new_sizes)
         for name, axes in plan["shapes"].items():
             node = nodes[name]
             new_sizes = size_arguments(node)

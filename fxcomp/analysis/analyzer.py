@@ -1148,6 +1148,26 @@ def _tie_shuffle_groups(walk: _Walk, node: fx.Node, groups: int) -> None:
         walk.labels.union(rows[0], row)
 
 
+_SPLIT_KEYWORDS = ("split_size_or_sections", "split_size")
+"""The keywords ``torch.split`` and ``Tensor.split`` take their sizes by."""
+
+
+def split_sizes(node: fx.Node) -> Any:
+    """The sizes (or size) a split node cuts its input into, given by position or by keyword; None if missing."""
+    if len(node.args) > 1:
+        return node.args[1]
+    return next((node.kwargs[key] for key in _SPLIT_KEYWORDS if key in node.kwargs), None)
+
+
+def set_split_sizes(node: fx.Node, sizes: list[int]) -> None:
+    """Write ``sizes`` where :func:`split_sizes` read them."""
+    if len(node.args) > 1:
+        node.args = (node.args[0], sizes, *node.args[2:])
+    else:
+        key = next(key for key in _SPLIT_KEYWORDS if key in node.kwargs)
+        node.kwargs = {**node.kwargs, key: sizes}
+
+
 def _split_sizes(walk: _Walk, node: fx.Node) -> None:
     """Record split sizes written into the graph (they must follow pruning) and chunk counts (equal parts)."""
     is_split = node.target in (torch.split, "split")
@@ -1155,7 +1175,7 @@ def _split_sizes(walk: _Walk, node: fx.Node) -> None:
         return
     given, named = dict(zip(("input", "parts", "dim"), node.args)), node.kwargs
     source = given.get("input", named.get("tensor", named.get("input")))
-    parts = given.get("parts", next((named[k] for k in ("split_size_or_sections", "split_size", "chunks") if k in named), None))
+    parts = split_sizes(node) if is_split else given.get("parts", named.get("chunks"))
     dim = given.get("dim", named.get("dim", 0))
     if source is None or parts is None:
         return
